@@ -1,0 +1,22 @@
+"""Interlock: durable state-machine workflows.
+
+Workflows are written with the names below; everything else is imported by module
+(``engine.runtime.Interlock`` to run them, ``engine.testing`` to test them).
+"""
+
+from statemachine import State
+
+from .definitions import Workflow, after, at, recheck, step, trigger
+from .errors import (CallbackError, DefinitionError, InterlockError, InvalidData, InvalidTransition,
+                     RunNotActive, RunNotFound, SchemaOutOfDate, WorkflowNotFound)
+from .runtime import Interlock
+
+__all__ = [
+    # defining workflows
+    "Workflow", "State", "step", "after", "at", "trigger", "recheck",
+    # running them
+    "Interlock",
+    # errors
+    "InterlockError", "DefinitionError", "WorkflowNotFound", "RunNotFound", "InvalidData",
+    "InvalidTransition", "RunNotActive", "CallbackError", "SchemaOutOfDate",
+]

@@ -1,0 +1,66 @@
+"""The Dramatiq broker, built from the settings before the step actor is declared on it.
+
+Each runtime builds its own broker and declares its own actor on it explicitly, so
+no actor ever binds to Dramatiq's implicit global broker.
+"""
+
+import logging
+
+import dramatiq
+from dramatiq.brokers.stub import StubBroker
+from dramatiq.middleware import ShutdownNotifications, TimeLimit
+
+from .errors import ConfigurationError
+
+log = logging.getLogger(__name__)
+
+ACTOR_NAME = "interlock_step"
+
+
+def build_broker(url: str) -> dramatiq.Broker:
+    middleware = [TimeLimit(), ShutdownNotifications()]
+    if url in ("memory://", "memory", "stub://"):
+        return StubBroker(middleware=middleware)
+    if url.startswith(("redis://", "rediss://", "unix://")):
+        from dramatiq.brokers.redis import RedisBroker
+
+        return RedisBroker(url=url, middleware=middleware)
+    if url.startswith(("amqp://", "amqps://")):
+        from dramatiq.brokers.rabbitmq import RabbitmqBroker
+
+        # Publisher confirms: a step message is on the broker's disk before we move on.
+        return RabbitmqBroker(url=url, middleware=middleware, confirm_delivery=True)
+    raise ConfigurationError(
+        f"unsupported broker URL {url!r}: use memory://, redis://host:port/db or amqp://user:pass@host:port/")
+
+
+def is_in_memory(broker) -> bool:
+    return isinstance(broker, StubBroker)
+
+
+class Dispatcher:
+    """Sends committed tasks to the step actor.
+
+    ``delivers`` says whether a send from this process reaches a worker: always for a
+    real broker; for the in-memory broker only when this process runs a worker.
+    Otherwise tasks stay in the outbox table until a worker's reconciler sends them.
+    """
+
+    def __init__(self, broker, queue: str, execute):
+        self.broker = broker
+        self.actor = dramatiq.Actor(execute, broker=broker, actor_name=ACTOR_NAME, queue_name=queue,
+                                    priority=0, options={"max_retries": 0})
+        self.delivers = not is_in_memory(broker)
+
+    def send(self, task_id: str, delay: float = 0.0, time_limit: float | None = None) -> bool:
+        options = {}
+        if time_limit:
+            options["time_limit"] = int(time_limit * 1000)
+        try:
+            self.actor.send_with_options(args=(task_id,), delay=int(delay * 1000) or None, **options)
+            return True
+        except Exception:
+            # The task is committed: the reconciler sends it again, so this is not fatal.
+            log.warning("could not send task %s to the broker; the reconciler will retry", task_id,
+                        exc_info=True, extra={"task_id": task_id})
+            return False

@@ -1,0 +1,247 @@
+"""How users declare workflows: a strict state machine plus steps, timers and triggers.
+
+Everything here is checked when the workflow class is created, so a mistake in a
+definition fails at import with a :class:`DefinitionError`, not on the first run.
+"""
+
+from dataclasses import dataclass, field
+from datetime import timedelta
+from typing import Any, Callable
+
+from statemachine import State, StateMachine
+from statemachine.exceptions import InvalidDefinition
+from statemachine.factory import StateMachineMetaclass
+
+from .errors import DefinitionError
+
+RUN_STATUSES = ("running", "waiting", "succeeded", "failed", "cancelled")
+FINAL_STATUSES = ("succeeded", "failed", "cancelled")
+
+
+def _seconds(value, what) -> float:
+    if isinstance(value, timedelta):
+        value = value.total_seconds()
+    if not isinstance(value, (int, float)) or value < 0:
+        raise DefinitionError(f"{what} must be a timedelta or a number of seconds >= 0, got {value!r}")
+    return float(value)
+
+
+def _state_ref(state) -> str | State:
+    if isinstance(state, (str, State)):
+        return state
+    raise DefinitionError(f"expected a State or a state id, got {state!r}")
+
+
+@dataclass
+class StepSpec:
+    """Background work run by a worker when its state is entered."""
+
+    func: Callable
+    state: Any
+    retries: int = 3
+    backoff: float = 1.0
+    max_backoff: float = 300.0
+    time_limit: float = 600.0
+    on_error: str | None = None
+    default: str | None = None
+    name: str = ""
+    state_id: str = ""
+
+    def delay_before(self, attempt: int) -> float:
+        """Backoff before attempt number ``attempt`` (the 2nd attempt waits ``backoff``)."""
+        return min(self.max_backoff, self.backoff * 2 ** max(0, attempt - 2))
+
+    @property
+    def max_attempts(self) -> int:
+        return self.retries + 1
+
+
+def step(state, *, retries=3, backoff=timedelta(seconds=1), max_backoff=timedelta(minutes=5),
+         time_limit=timedelta(minutes=10), on_error=None, default=None):
+    """Declare the decorated method as the step of ``state``.
+
+    The method runs in a worker, outside any transaction, as ``func(self, run)``.
+    It returns the next event's name, ``(event, data)``, a data dict (then
+    ``default`` is sent), ``recheck(...)``, or None (``default`` is sent).
+    After ``retries`` failed retries the run takes ``on_error`` or fails.
+    """
+    if not isinstance(retries, int) or retries < 0:
+        raise DefinitionError(f"retries must be an int >= 0, got {retries!r}")
+
+    def mark(func):
+        func._interlock_step = StepSpec(
+            func=func, state=_state_ref(state), retries=retries,
+            backoff=_seconds(backoff, "backoff"), max_backoff=_seconds(max_backoff, "max_backoff"),
+            time_limit=_seconds(time_limit, "time_limit"), on_error=on_error, default=default,
+            name=func.__name__,
+        )
+        return func
+
+    return mark
+
+
+@dataclass
+class TimerSpec:
+    """An event sent after a duration in a state, or at a time read from the run's data."""
+
+    state: Any
+    send: str
+    delay: float | None = None
+    at_field: str | None = None
+    name: str = ""
+    state_id: str = ""
+
+
+def after(duration, state, *, send) -> TimerSpec:
+    return TimerSpec(state=_state_ref(state), send=send, delay=_seconds(duration, "duration"))
+
+
+def at(data_field: str, state, *, send) -> TimerSpec:
+    """Send ``send`` at the time stored in ``run.data[data_field]`` (ISO 8601 or epoch seconds)."""
+    if not isinstance(data_field, str) or not data_field:
+        raise DefinitionError("at() needs the name of a data field holding a time")
+    return TimerSpec(state=_state_ref(state), send=send, at_field=data_field)
+
+
+@dataclass
+class TriggerSpec:
+    """Send ``send`` when ``data[field]`` changes and ``when(run, old, new)`` holds."""
+
+    field: str
+    send: str
+    when: Callable | None = None
+    states: tuple = ()
+    name: str = ""
+    state_ids: tuple = ()
+
+
+def trigger(data_field: str, *, send: str, when=None, states=()) -> TriggerSpec:
+    if when is not None and not callable(when):
+        raise DefinitionError("trigger(when=...) must be callable as when(run, old, new)")
+    return TriggerSpec(field=data_field, send=send, when=when,
+                       states=tuple(_state_ref(s) for s in states))
+
+
+@dataclass(frozen=True)
+class Recheck:
+    """A step's answer "not yet": run the step again after ``delay`` seconds."""
+
+    delay: float
+    data: dict = field(default_factory=dict)
+
+
+def recheck(after=timedelta(minutes=10), data=None) -> Recheck:
+    return Recheck(delay=_seconds(after, "recheck delay"), data=dict(data or {}))
+
+
+class WorkflowMeta(StateMachineMetaclass):
+    def __init__(cls, name, bases, attrs):
+        workflow_name = attrs.get("name", getattr(cls, "workflow_name", None))
+        try:
+            super().__init__(name, bases, attrs)
+        except InvalidDefinition as exc:
+            raise DefinitionError(f"{name}: {exc}") from exc
+        if not cls.states:  # the abstract base
+            return
+        cls.workflow_name = workflow_name
+        # python-statemachine overwrites ``name`` with the class name; keep the workflow's.
+        cls.name = workflow_name
+        _check_and_collect(cls, name)
+
+
+def _resolve(cls, ref, what) -> str:
+    if isinstance(ref, str):
+        if ref not in cls.states_map:
+            raise DefinitionError(f"{cls.__name__}: {what} names unknown state {ref!r}")
+        return ref
+    for value, state in cls.states_map.items():
+        if state is ref or (state.id == ref.id and ref in cls.states):
+            return value
+    raise DefinitionError(f"{cls.__name__}: {what} uses state {ref!r}, which is not a state of this workflow")
+
+
+def _only_event_leaving(cls, state_id) -> str | None:
+    events = {e.id for t in cls.states_map[state_id].transitions for e in t.events}
+    return events.pop() if len(events) == 1 else None
+
+
+def _check_and_collect(cls, class_name):
+    if not isinstance(cls.workflow_name, str) or not cls.workflow_name:
+        raise DefinitionError(f"{class_name}: set `name = \"...\"` on the workflow class")
+    if not isinstance(getattr(cls, "version", None), int) or cls.version < 1:
+        raise DefinitionError(f"{class_name}: set `version` to an int >= 1")
+    events = {e.id for e in cls._events}
+    finals = {s.value for s in cls.states_map.values() if s.final}
+
+    def check_event(ev, what):
+        if ev is not None and ev not in events:
+            raise DefinitionError(f"{class_name}: {what} sends unknown event {ev!r}")
+
+    steps, timers, triggers = {}, [], []
+    seen = {}
+    for klass in reversed(cls.__mro__):
+        seen.update(vars(klass))
+    for attr, value in seen.items():
+        spec = getattr(value, "_interlock_step", None)
+        if isinstance(spec, StepSpec):
+            spec.state_id = _resolve(cls, spec.state, f"step {attr}")
+            if spec.state_id in finals:
+                raise DefinitionError(f"{class_name}: step {attr} is on final state {spec.state_id!r}")
+            if spec.state_id in steps:
+                raise DefinitionError(
+                    f"{class_name}: state {spec.state_id!r} has two steps "
+                    f"({steps[spec.state_id].name}, {attr})")
+            check_event(spec.on_error, f"step {attr} on_error")
+            check_event(spec.default, f"step {attr} default")
+            if spec.default is None:
+                spec.default = _only_event_leaving(cls, spec.state_id)
+            steps[spec.state_id] = spec
+        elif isinstance(value, TimerSpec):
+            value.name = attr
+            value.state_id = _resolve(cls, value.state, f"timer {attr}")
+            if value.state_id in finals:
+                raise DefinitionError(f"{class_name}: timer {attr} is on final state {value.state_id!r}")
+            check_event(value.send, f"timer {attr}")
+            timers.append(value)
+        elif isinstance(value, TriggerSpec):
+            value.name = attr
+            value.state_ids = tuple(_resolve(cls, s, f"trigger {attr}") for s in value.states)
+            check_event(value.send, f"trigger {attr}")
+            triggers.append(value)
+
+    final_status = dict(getattr(cls, "final_status", {}) or {})
+    for state_id, status in final_status.items():
+        if state_id not in finals:
+            raise DefinitionError(f"{class_name}: final_status names {state_id!r}, which is not a final state")
+        if status not in FINAL_STATUSES:
+            raise DefinitionError(f"{class_name}: final_status {status!r} is not one of {FINAL_STATUSES}")
+    cls._steps = steps
+    cls._timers = tuple(timers)
+    cls._triggers = tuple(triggers)
+    cls._final_status = final_status
+    cls._event_ids = tuple(e.id for e in cls._events)
+
+
+class Workflow(StateMachine, metaclass=WorkflowMeta):
+    """Base class of every workflow: a strict python-statemachine ``StateMachine``.
+
+    Invalid events raise, callback errors propagate (and roll back the transition's
+    transaction), and nothing is silently ignored. Subclasses set ``name`` and ``version``.
+    Callbacks may take ``run`` (the run: id, data, business_key…), ``db`` (the SQLAlchemy
+    connection of the transition's transaction) and ``data`` (the event's data).
+    """
+
+    # Final states whose run status is not "succeeded": {"lost": "failed"}.
+    final_status: dict = {}
+    # Data used by `interlock run NAME` when no --data is given.
+    demo_data: dict = {}
+    # Events `interlock run` sends on behalf of the outside world: {state: event or (event, data)}.
+    demo_events: dict = {}
+
+    @classmethod
+    def step_for(cls, state_id) -> StepSpec | None:
+        return cls._steps.get(state_id)
+
+    @classmethod
+    def status_of_final(cls, state_id) -> str:
+        return cls._final_status.get(state_id, "succeeded")

@@ -1,0 +1,125 @@
+"""One error tree for everything Interlock raises on purpose.
+
+Each error carries a stable ``code`` (used as the problem ``type`` by the API)
+and the facts a caller needs to react, as attributes.
+"""
+
+
+class InterlockError(Exception):
+    """Base of every error Interlock raises on purpose."""
+
+    code = "interlock-error"
+    status = 400
+
+    def to_dict(self) -> dict:
+        return {"type": self.code, "detail": str(self)}
+
+
+class DefinitionError(InterlockError):
+    """A workflow definition is wrong (found when its module is imported)."""
+
+    code = "definition-error"
+
+
+class ConfigurationError(InterlockError):
+    """A setting is missing or malformed."""
+
+    code = "configuration-error"
+
+
+class SchemaOutOfDate(InterlockError):
+    """The database is behind the latest migration."""
+
+    code = "schema-out-of-date"
+    status = 503
+
+    def __init__(self, current, head):
+        self.current, self.head = current, head
+        super().__init__(
+            f"database schema is at {current or 'nothing'}, the code needs {head}: "
+            "run `interlock db upgrade`"
+        )
+
+
+class WorkflowNotFound(InterlockError):
+    code = "workflow-not-found"
+    status = 404
+
+    def __init__(self, name, version=None):
+        self.name, self.version = name, version
+        label = name if version is None else f"{name} v{version}"
+        super().__init__(f"unknown workflow {label!r}")
+
+
+class RunNotFound(InterlockError):
+    code = "run-not-found"
+    status = 404
+
+    def __init__(self, run_id):
+        self.run_id = run_id
+        super().__init__(f"unknown run {run_id!r}")
+
+
+class InvalidData(InterlockError):
+    """Input that is not what the engine accepts (data not a JSON object, say)."""
+
+    code = "invalid-data"
+    status = 422
+
+    def __init__(self, message, field=None):
+        self.field = field
+        super().__init__(message)
+
+    def to_dict(self) -> dict:
+        return {**super().to_dict(), "field": self.field}
+
+
+class InvalidTransition(InterlockError):
+    """The event is not accepted by the run in its current state."""
+
+    code = "invalid-transition"
+    status = 409
+
+    def __init__(self, run_id, event, states, allowed, reason=None):
+        self.run_id, self.event = run_id, event
+        self.states, self.allowed = list(states), list(allowed)
+        self.reason = reason
+        why = f" ({reason})" if reason else ""
+        super().__init__(
+            f"run {run_id} cannot take event {event!r} in state "
+            f"{', '.join(self.states) or '-'}{why}; allowed now: {', '.join(self.allowed) or 'none'}"
+        )
+
+    def to_dict(self) -> dict:
+        return {
+            **super().to_dict(),
+            "run_id": self.run_id,
+            "event": self.event,
+            "states": self.states,
+            "allowed_events": self.allowed,
+        }
+
+
+class RunNotActive(InterlockError):
+    """The run has ended (or is failed) and cannot take this action."""
+
+    code = "run-not-active"
+    status = 409
+
+    def __init__(self, run_id, status, action):
+        self.run_id, self.status_value, self.action = run_id, status, action
+        super().__init__(f"run {run_id} is {status}: cannot {action}")
+
+    def to_dict(self) -> dict:
+        return {**super().to_dict(), "run_id": self.run_id, "status": self.status_value}
+
+
+class CallbackError(InterlockError):
+    """A workflow callback raised; the transition was rolled back."""
+
+    code = "callback-error"
+    status = 422
+
+    def __init__(self, run_id, event, error):
+        self.run_id, self.event, self.error = run_id, event, error
+        super().__init__(f"run {run_id}: event {event!r} failed in a callback: {error!r}")

@@ -1,0 +1,66 @@
+"""Rebuilding a workflow's state machine at a stored configuration."""
+
+from statemachine.orderedset import OrderedSet
+
+from .definitions import Workflow
+from .errors import DefinitionError
+
+
+class RunContext:
+    """What callbacks and steps see of a run; also the machine's model.
+
+    ``configuration`` is the machine's state field; ``data`` is the run's JSON data,
+    which callbacks may change (the change is saved with the transition).
+    """
+
+    def __init__(self, *, id, workflow, version, data, business_key=None, status=None,
+                 configuration=None, state=None, attempt=None, entered_seq=None):
+        self.id, self.workflow, self.version = id, workflow, version
+        self.data = data
+        self.business_key = business_key
+        self.status = status
+        self.configuration = configuration
+        self.state = state  # a step's state
+        self.attempt = attempt  # a step's attempt number, from 1
+        self.entered_seq = entered_seq
+
+    def __repr__(self):
+        return f"RunContext(id={self.id!r}, workflow={self.workflow!r}, configuration={self.configuration!r})"
+
+
+def restore(cls: type[Workflow], ctx: RunContext, stored: list) -> Workflow:
+    """A machine at ``stored`` (every active state). Entry callbacks do not run."""
+    unknown = [value for value in stored if value not in cls.states_map]
+    if unknown or not stored:
+        raise DefinitionError(
+            f"run {ctx.id} is in state(s) {unknown or stored} that workflow "
+            f"{cls.workflow_name} v{cls.version} does not define")
+    ctx.configuration = stored[0] if len(stored) == 1 else OrderedSet(stored)
+    return cls(model=ctx, state_field="configuration")
+
+
+def create(cls: type[Workflow], ctx: RunContext, **kwargs) -> Workflow:
+    """A new machine: enters the initial state, running its entry callbacks with ``kwargs``."""
+    ctx.configuration = None
+    return cls(model=ctx, state_field="configuration", **kwargs)
+
+
+def configuration(machine: Workflow) -> list:
+    return list(machine.configuration_values)
+
+
+def leaves(machine: Workflow) -> list[str]:
+    return [s.id for s in machine.configuration if s.is_atomic]
+
+
+def accepted_events(machine: Workflow) -> list[str]:
+    """Events the run accepts now, before guards; internal statechart events left out."""
+    seen = []
+    for event in machine.allowed_events:
+        if event.id not in seen and not event.id.startswith(("done.", "error.")):
+            seen.append(event.id)
+    return seen
+
+
+def is_final(machine: Workflow) -> bool:
+    return machine.is_terminated or all(s.final for s in machine.configuration if s.is_atomic)

@@ -1,0 +1,104 @@
+"""The database schema (SQLAlchemy Core). Alembic migrations are the only thing that create it.
+
+Times are stored as epoch seconds (double precision): portable across SQLite,
+PostgreSQL and MariaDB, and cheap to compare for due timers and leases.
+"""
+
+from sqlalchemy import (JSON, Column, Double, Index, Integer, MetaData, String, Table, Text,
+                        UniqueConstraint)
+
+metadata = MetaData(naming_convention={
+    "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+    "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+})
+
+ID = String(32)
+
+runs = Table(
+    "runs", metadata,
+    Column("id", ID, primary_key=True),
+    Column("workflow", String(200), nullable=False),
+    Column("version", Integer, nullable=False),
+    Column("status", String(16), nullable=False),
+    # Leaf states, comma-joined: what people filter and read.
+    Column("state", String(500), nullable=False),
+    # Every active state (compound and parallel parents included), as stored by the machine.
+    Column("configuration", JSON, nullable=False),
+    # History seq at which each active state was entered: tasks and timers are bound to it.
+    Column("entries", JSON, nullable=False),
+    Column("data", JSON, nullable=False),
+    Column("business_key", String(255)),
+    Column("idempotency_key", String(255)),
+    Column("last_seq", Integer, nullable=False),
+    # Tasks queued or running: "running" vs "waiting" without a query.
+    Column("open_tasks", Integer, nullable=False),
+    Column("created_at", Double, nullable=False),
+    Column("updated_at", Double, nullable=False),
+    Column("finished_at", Double),
+    UniqueConstraint("workflow", "idempotency_key"),
+    Index(None, "business_key"),
+    Index(None, "status", "id"),
+    Index(None, "workflow", "id"),
+    Index(None, "state"),
+)
+
+history = Table(
+    "history", metadata,
+    Column("run_id", ID, primary_key=True),
+    Column("seq", Integer, primary_key=True, autoincrement=False),
+    Column("at", Double, nullable=False),
+    # started, transition, step_started, step_succeeded, step_failed, step_rechecked,
+    # timer_fired, event_rejected, ignored, failed, cancelled, retried, data_updated
+    Column("kind", String(32), nullable=False),
+    Column("event", String(200)),
+    Column("source", String(500)),
+    Column("target", String(500)),
+    Column("cause", String(32)),
+    Column("data", JSON),
+    Column("detail", JSON),
+)
+
+tasks = Table(
+    "tasks", metadata,
+    Column("id", ID, primary_key=True),
+    Column("run_id", ID, nullable=False),
+    Column("state", String(200), nullable=False),
+    Column("entry_seq", Integer, nullable=False),
+    Column("name", String(200), nullable=False),
+    Column("kind", String(16), nullable=False),
+    # queued, running, succeeded, failed, superseded, cancelled
+    Column("status", String(16), nullable=False),
+    Column("attempt", Integer, nullable=False),
+    Column("max_attempts", Integer, nullable=False),
+    Column("available_at", Double, nullable=False),
+    Column("sent_at", Double),
+    Column("claimed_at", Double),
+    Column("lease_until", Double),
+    Column("last_error", Text),
+    Column("created_at", Double, nullable=False),
+    Column("updated_at", Double, nullable=False),
+    Index(None, "status", "available_at"),
+    Index(None, "run_id"),
+)
+
+timers = Table(
+    "timers", metadata,
+    Column("id", ID, primary_key=True),
+    Column("run_id", ID, nullable=False),
+    Column("state", String(200), nullable=False),
+    Column("entry_seq", Integer, nullable=False),
+    Column("name", String(200), nullable=False),
+    # "timer" sends `event`; "recheck" runs the state's step again.
+    Column("kind", String(16), nullable=False),
+    Column("event", String(200)),
+    Column("due_at", Double, nullable=False),
+    # armed, fired, cancelled
+    Column("status", String(16), nullable=False),
+    Column("created_at", Double, nullable=False),
+    Column("fired_at", Double),
+    Index(None, "status", "due_at"),
+    Index(None, "run_id"),
+)

@@ -1,0 +1,236 @@
+"""The operations ``transitions.apply`` performs: each changes one run inside its transaction."""
+
+from dataclasses import dataclass, field
+
+from sqlalchemy import select, update
+
+from . import machine as m
+from .errors import CallbackError, InterlockError, InvalidTransition, RunNotActive
+from .ids import new_id
+from .models import runs, tasks, timers
+from .transitions import ACTIVE, Change, require_active
+
+
+@dataclass
+class Start:
+    cls: type
+    data: dict
+    business_key: str | None = None
+    idempotency_key: str | None = None
+
+    def existing(self, rt, conn):
+        if self.idempotency_key is None:
+            return None
+        row = conn.execute(select(runs).where(
+            runs.c.workflow == self.cls.workflow_name,
+            runs.c.idempotency_key == self.idempotency_key)).mappings().first()
+        return dict(row) if row else None
+
+    def begin(self, rt, conn, now) -> Change:
+        row = {"id": new_id(), "workflow": self.cls.workflow_name, "version": self.cls.version,
+               "status": "running", "state": "", "configuration": [], "entries": {},
+               "data": self.data, "business_key": self.business_key,
+               "idempotency_key": self.idempotency_key, "last_seq": 0, "open_tasks": 0,
+               "created_at": now, "updated_at": now, "finished_at": None}
+        return Change(rt, conn, row, self.cls, now, new=True)
+
+    def perform(self, change: Change):
+        try:
+            change.machine = m.create(self.cls, change.ctx, run=change.ctx, db=change.conn,
+                                      data=self.data)
+        except InterlockError:
+            raise
+        except Exception as exc:
+            raise CallbackError(change.row["id"], "start", exc) from exc
+        seq = change.record("started", target=change.leaves(), cause="start", data=self.data,
+                            detail={"workflow": self.cls.workflow_name, "version": self.cls.version,
+                                    "business_key": self.business_key})
+        change.enter_states(m.configuration(change.machine), seq)
+
+
+@dataclass
+class SendEvent:
+    event: str
+    data: dict
+    cause: str = "event"
+
+    def perform(self, change: Change):
+        require_active(change, f"take event {self.event!r}")
+        change.send(self.event, self.data, self.cause)
+
+
+@dataclass
+class UpdateData:
+    patch: dict
+    cause: str = "data"
+
+    def perform(self, change: Change):
+        require_active(change, "update its data")
+        change.update_data(self.patch, self.cause)
+
+
+@dataclass
+class StepResult:
+    """What a step returned: an event (with data), or a recheck after ``recheck`` seconds."""
+
+    event: str | None
+    data: dict = field(default_factory=dict)
+    recheck: float | None = None
+
+
+def _load_task(change: Change, task_id, attempt, started_at) -> dict | None:
+    """The task if this result still counts; else records why it is ignored and returns None."""
+    row = change.conn.execute(select(tasks).where(tasks.c.id == task_id)).mappings().first()
+    reason = None
+    if row is None or row["run_id"] != change.row["id"]:
+        reason = "unknown task"
+    elif row["status"] != "running" or row["attempt"] != attempt:
+        reason = f"task is {row['status']} (attempt {row['attempt']}), result was for attempt {attempt}"
+    elif change.status not in ACTIVE or change.entries.get(row["state"]) != row["entry_seq"]:
+        reason = (f"run is {change.status}" if change.status not in ACTIVE
+                  else f"run left state {row['state']!r} before the step finished")
+        change.close_tasks(tasks.c.id == task_id, "superseded")
+    if reason is None:
+        return dict(row)
+    change.record("ignored", cause="step", at=started_at,
+                  detail={"task": task_id, "attempt": attempt, "reason": reason})
+    return None
+
+
+def _started(change, task, started_at):
+    change.record("step_started", cause="step", at=started_at,
+                  detail={"task": task["id"], "step": task["name"], "state": task["state"],
+                          "attempt": task["attempt"]})
+
+
+@dataclass
+class StepDone:
+    task_id: str
+    attempt: int
+    result: StepResult
+    started_at: float
+    duration: float
+
+    def perform(self, change: Change):
+        task = _load_task(change, self.task_id, self.attempt, self.started_at)
+        if task is None:
+            return
+        _started(change, task, self.started_at)
+        change.close_tasks(tasks.c.id == task["id"], "succeeded")
+        detail = {"task": task["id"], "step": task["name"], "attempt": task["attempt"],
+                  "duration": round(self.duration, 6)}
+        if self.result.recheck is not None:
+            due = change.now + self.result.recheck
+            change.record("step_rechecked", cause="step", data=self.result.data,
+                          detail={**detail, "recheck_in": self.result.recheck})
+            change.add_timer(task["state"], task["entry_seq"], task["name"], "recheck", None, due)
+            if self.result.data:
+                change.update_data(self.result.data, "step", record=False)
+            return
+        change.record("step_succeeded", cause="step", event=self.result.event,
+                      data=self.result.data, detail=detail)
+        change.send(self.result.event, self.result.data, "step", detail={"task": task["id"]})
+
+
+@dataclass
+class StepFailed:
+    task_id: str
+    attempt: int
+    error: str
+    traceback: str | None
+    started_at: float
+    lost: bool = False
+
+    def perform(self, change: Change):
+        task = _load_task(change, self.task_id, self.attempt, self.started_at)
+        if task is None:
+            return
+        _started(change, task, self.started_at)
+        spec = change.cls.step_for(task["state"])
+        detail = {"task": task["id"], "step": task["name"], "attempt": task["attempt"],
+                  "error": self.error, "traceback": self.traceback, "lost": self.lost or None}
+        values = {"last_error": self.error, "lease_until": None, "updated_at": change.now}
+        if task["attempt"] < task["max_attempts"]:
+            delay = spec.delay_before(task["attempt"] + 1)
+            change.record("step_failed", cause="step", detail={**detail, "retry_in": delay})
+            change.schedule(task, delay, spec)
+            values.update(status="queued", available_at=task["available_at"], sent_at=task["sent_at"])
+            change.conn.execute(update(tasks).where(tasks.c.id == task["id"]).values(values))
+            return
+        change.record("step_failed", cause="step", detail={**detail, "final": True})
+        change.conn.execute(update(tasks).where(tasks.c.id == task["id"]).values(values))
+        change.close_tasks(tasks.c.id == task["id"], "failed")
+        if spec.on_error:
+            try:
+                change.send(spec.on_error, {}, "step_error", detail={"task": task["id"], "error": self.error})
+                return
+            except InvalidTransition as exc:
+                detail["on_error"] = str(exc)
+        change.fail({"task": task["id"], "step": task["name"], "error": self.error,
+                     "on_error": detail.get("on_error")})
+
+
+@dataclass
+class TimerFired:
+    timer_id: str
+    # Set when a first try failed in a callback: record the failure instead of retrying forever.
+    error: str | None = None
+
+    def perform(self, change: Change):
+        timer = change.conn.execute(select(timers).where(timers.c.id == self.timer_id)).mappings().first()
+        if timer is None or timer.status != "armed":
+            return
+        change.conn.execute(update(timers).where(timers.c.id == timer.id).values(
+            status="fired", fired_at=change.now))
+        detail = {"timer": timer.name, "timer_id": timer.id, "kind": timer.kind,
+                  "due_at": timer.due_at, "lag": round(change.now - timer.due_at, 6)}
+        if change.status not in ACTIVE or change.entries.get(timer.state) != timer.entry_seq:
+            change.record("ignored", cause="timer", event=timer.event,
+                          detail={**detail, "reason": "state entry already left"})
+            return
+        if timer.kind == "recheck":
+            change.record("timer_fired", cause="timer", detail=detail)
+            change.add_task(timer.state, timer.entry_seq, change.cls.step_for(timer.state))
+            return
+        change.record("timer_fired", cause="timer", event=timer.event, detail=detail)
+        if self.error is not None:
+            change.record("event_rejected", cause="timer", event=timer.event,
+                          detail={"timer": timer.name, "error": self.error})
+            return
+        try:
+            change.send(timer.event, {}, "timer", detail={"timer": timer.name})
+        except InvalidTransition as exc:
+            change.record("event_rejected", cause="timer", event=timer.event,
+                          detail={"timer": timer.name, "error": str(exc)})
+
+
+@dataclass
+class Cancel:
+    reason: str | None = None
+
+    def perform(self, change: Change):
+        require_active(change, "be cancelled")
+        change.cancel_everything("cancelled")
+        change.status, change.finished_at = "cancelled", change.now
+        change.record("cancelled", cause="cancel", source=change.leaves(),
+                      detail={"reason": self.reason} if self.reason else None)
+
+
+@dataclass
+class Retry:
+    def perform(self, change: Change):
+        if change.status != "failed":
+            raise RunNotActive(change.row["id"], change.status, "be retried (only failed runs can)")
+        failed = change.conn.execute(select(tasks).where(
+            tasks.c.run_id == change.row["id"], tasks.c.status == "failed",
+        ).order_by(tasks.c.updated_at.desc())).mappings().all()
+        task = next((t for t in failed if change.entries.get(t.state) == t.entry_seq), None)
+        if task is None:
+            raise RunNotActive(change.row["id"], change.status, "be retried: no failed step to run again")
+        change.conn.execute(update(timers).where(
+            timers.c.run_id == change.row["id"], timers.c.status == "suspended").values(status="armed"))
+        change.status, change.finished_at = "running", None
+        change.record("retried", cause="retry", detail={"step": task.name, "state": task.state,
+                                                        "failed_task": task.id})
+        change.add_task(task.state, task.entry_seq, change.cls.step_for(task.state))
+

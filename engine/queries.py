@@ -1,0 +1,118 @@
+"""Reading runs and their history (reads never go through the transition function)."""
+
+from dataclasses import asdict, dataclass
+
+from sqlalchemy import and_, or_, select
+
+from .errors import InvalidData, RunNotFound
+from .models import history, runs
+from .timeparse import iso
+
+MAX_PAGE = 500
+
+
+@dataclass(frozen=True)
+class Run:
+    id: str
+    workflow: str
+    version: int
+    status: str
+    state: str
+    configuration: list
+    data: dict
+    business_key: str | None
+    idempotency_key: str | None
+    last_seq: int
+    created_at: float
+    updated_at: float
+    finished_at: float | None
+
+    @classmethod
+    def from_row(cls, row) -> "Run":
+        return cls(**{name: row[name] for name in cls.__dataclass_fields__})
+
+    def to_dict(self) -> dict:
+        out = asdict(self)
+        for name in ("created_at", "updated_at", "finished_at"):
+            out[name] = iso(out[name])
+        return out
+
+
+@dataclass(frozen=True)
+class HistoryEntry:
+    seq: int
+    at: float
+    kind: str
+    event: str | None
+    source: str | None
+    target: str | None
+    cause: str | None
+    data: dict | None
+    detail: dict | None
+
+    @classmethod
+    def from_row(cls, row) -> "HistoryEntry":
+        return cls(**{name: row[name] for name in cls.__dataclass_fields__})
+
+    def to_dict(self) -> dict:
+        out = asdict(self)
+        out["at"] = iso(self.at)
+        return out
+
+
+@dataclass(frozen=True)
+class Page:
+    runs: list
+    next: str | None
+
+
+def get_run(conn, run_id) -> Run:
+    row = conn.execute(select(runs).where(runs.c.id == run_id)).mappings().first()
+    if row is None:
+        raise RunNotFound(run_id)
+    return Run.from_row(row)
+
+
+def get_history(conn, run_id, after: int = 0, limit: int | None = None) -> list[HistoryEntry]:
+    query = (select(history).where(history.c.run_id == run_id, history.c.seq > after)
+             .order_by(history.c.seq))
+    if limit is not None:
+        query = query.limit(limit)
+    return [HistoryEntry.from_row(r) for r in conn.execute(query).mappings()]
+
+
+def list_runs(conn, *, workflow=None, version=None, status=None, state=None, business_key=None,
+              created_after=None, created_before=None, cursor=None, limit=50) -> Page:
+    """Newest first; ``cursor`` is the ``next`` of the previous page (a run id: ids sort by time)."""
+    if not isinstance(limit, int) or not 1 <= limit <= MAX_PAGE:
+        raise InvalidData(f"limit must be between 1 and {MAX_PAGE}", field="limit")
+    conditions = []
+    for column, value in ((runs.c.workflow, workflow), (runs.c.version, version),
+                          (runs.c.status, status), (runs.c.business_key, business_key)):
+        if value is not None:
+            conditions.append(column == value)
+    if state is not None:
+        # `state` holds comma-joined leaves; match one leaf exactly.
+        conditions.append(or_(runs.c.state == state, runs.c.state.like(f"{state},%"),
+                              runs.c.state.like(f"%,{state}"), runs.c.state.like(f"%,{state},%")))
+    if created_after is not None:
+        conditions.append(runs.c.created_at >= created_after)
+    if created_before is not None:
+        conditions.append(runs.c.created_at < created_before)
+    if cursor is not None:
+        if not isinstance(cursor, str) or len(cursor) != 32 or not _is_hex(cursor):
+            raise InvalidData("cursor is not a value returned as `next`", field="cursor")
+        conditions.append(runs.c.id < cursor)
+    query = select(runs).where(and_(*conditions)).order_by(runs.c.id.desc()).limit(limit + 1)
+    rows = [Run.from_row(r) for r in conn.execute(query).mappings()]
+    more = len(rows) > limit
+    rows = rows[:limit]
+    return Page(runs=rows, next=rows[-1].id if more else None)
+
+
+def _is_hex(value: str) -> bool:
+    try:
+        int(value, 16)
+        return True
+    except ValueError:
+        return False

@@ -1,0 +1,115 @@
+"""The loop every worker runs: fire due timers, send the outbox, recover lost tasks, renew leases.
+
+The broker only moves messages; this loop is what guarantees progress. It runs once at
+start-up and then every ``poll_interval`` seconds. Several of them may run at once (one
+per worker process): every action it takes is idempotent under the run's lock.
+"""
+
+import logging
+import threading
+import time
+
+from sqlalchemy import and_, or_, select, update
+
+from .errors import CallbackError, InterlockError
+from .models import runs, tasks, timers
+from .operations import StepFailed, TimerFired
+from .transitions import apply
+
+log = logging.getLogger(__name__)
+BATCH = 500
+
+
+class Reconciler:
+    def __init__(self, rt):
+        self.rt = rt
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._last_renewal = 0.0
+
+    def start(self) -> "Reconciler":
+        self._thread = threading.Thread(target=self._loop, name="interlock-reconciler", daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self, timeout: float = 10.0) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout)
+
+    def _loop(self) -> None:
+        while not self._stop.is_set():
+            try:
+                busy = self.tick()
+            except Exception:
+                log.exception("reconciler pass failed; trying again")
+                busy = False
+            if not busy:
+                self._stop.wait(self.rt.settings.poll_interval)
+
+    def tick(self) -> bool:
+        """One pass; True when it found a full batch of something (so go again at once)."""
+        self.renew_leases()
+        fired = self.fire_due_timers()
+        sent = self.send_outbox()
+        recovered = self.recover_lost_tasks()
+        return max(fired, sent, recovered) >= BATCH
+
+    def renew_leases(self) -> None:
+        now = time.time()
+        if now - self._last_renewal >= self.rt.settings.lease_seconds / 3:
+            self._last_renewal = now
+            self.rt.executor.renew_leases()
+
+    def fire_due_timers(self) -> int:
+        with self.rt.db.read() as conn:
+            due = conn.execute(select(timers.c.id, timers.c.run_id).where(
+                timers.c.status == "armed", timers.c.due_at <= time.time(),
+            ).order_by(timers.c.due_at).limit(BATCH)).all()
+        for timer_id, run_id in due:
+            try:
+                apply(self.rt, run_id, TimerFired(timer_id))
+            except CallbackError as exc:
+                apply(self.rt, run_id, TimerFired(timer_id, error=str(exc)))
+            except InterlockError:
+                log.exception("timer %s of run %s could not fire", timer_id, run_id)
+        return len(due)
+
+    def send_outbox(self) -> int:
+        """Send tasks never sent (committed by a process without a broker) or sent but unclaimed."""
+        if not self.rt.dispatcher.delivers:
+            return 0
+        now = time.time()
+        stale = now - self.rt.settings.resend_after
+        needs_send = and_(tasks.c.status == "queued", tasks.c.kind == "step", tasks.c.available_at <= now,
+                          or_(tasks.c.sent_at.is_(None),
+                              and_(tasks.c.sent_at < stale, tasks.c.available_at < stale)))
+        with self.rt.db.read() as conn:
+            pending = conn.execute(
+                select(tasks.c.id, tasks.c.state, runs.c.workflow, runs.c.version)
+                .join(runs, runs.c.id == tasks.c.run_id).where(needs_send).limit(BATCH)).all()
+        sent = 0
+        for task_id, state, workflow, version in pending:
+            with self.rt.db.write(self.rt.db.lease_engine) as conn:
+                taken = conn.execute(update(tasks).where(tasks.c.id == task_id, needs_send)
+                                     .values(sent_at=now)).rowcount
+            if taken != 1:
+                continue  # another reconciler took it
+            spec = self.rt.registry.get(workflow, version).step_for(state)
+            self.rt.dispatcher.send(task_id, 0.0, spec.time_limit if spec else None)
+            sent += 1
+        if sent:
+            log.info("sent %d task(s) from the outbox", sent)
+        return len(pending)
+
+    def recover_lost_tasks(self) -> int:
+        """Running tasks whose lease expired: their worker died. Each counts as a failed attempt."""
+        with self.rt.db.read() as conn:
+            lost = conn.execute(select(tasks.c.id, tasks.c.run_id, tasks.c.attempt, tasks.c.claimed_at).where(
+                tasks.c.status == "running", tasks.c.lease_until < time.time()).limit(BATCH)).all()
+        for task_id, run_id, attempt, claimed_at in lost:
+            log.warning("task %s of run %s lost its worker (lease expired); retrying", task_id, run_id,
+                        extra={"run_id": run_id, "task_id": task_id})
+            apply(self.rt, run_id, StepFailed(task_id, attempt, "WorkerLost: the worker stopped renewing "
+                                              "its lease (crashed or was killed)", None, claimed_at, lost=True))
+        return len(lost)

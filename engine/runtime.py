@@ -1,0 +1,186 @@
+"""``Interlock``: the engine's Python API over one database, one broker and the loaded workflows."""
+
+import logging
+
+import dramatiq
+from sqlalchemy import event
+from sqlalchemy.exc import IntegrityError
+
+from . import operations as ops
+from . import queries
+from .broker import Dispatcher, build_broker, is_in_memory
+from .config import Settings
+from .db import Database
+from .errors import InvalidData
+from .notify import Notifier
+from .reconciler import Reconciler
+from .registry import Registry
+from .steps import StepExecutor
+from .transitions import apply, check_data
+
+log = logging.getLogger(__name__)
+_PENDING = "interlock_pending"
+
+
+def _check_key(value, name):
+    if value is None:
+        return None
+    if not isinstance(value, str) or not value or len(value) > 255:
+        raise InvalidData(f"{name} must be a non-empty string of at most 255 characters", field=name)
+    return value
+
+
+def _check_event(name):
+    if not isinstance(name, str) or not name:
+        raise InvalidData("event must be a non-empty string", field="event")
+    return name
+
+
+class Interlock:
+    """Start, drive and inspect runs. Every change goes through ``transitions.apply``."""
+
+    def __init__(self, settings: Settings | None = None, *, registry: Registry | None = None,
+                 check_schema: bool = True):
+        self.settings = settings or Settings.from_env()
+        self.db = Database(self.settings.database_url)
+        if check_schema:
+            self.db.check_schema()
+        self.registry = registry or Registry().load_modules(self.settings.workflow_modules)
+        self.broker = build_broker(self.settings.broker_url)
+        self.executor = StepExecutor(self)
+        self.dispatcher = Dispatcher(self.broker, self.settings.queue, self.executor.execute)
+        self.notifier = Notifier()
+        self._worker: "Worker | None" = None
+
+    # -- after a commit ------------------------------------------------------------
+
+    def after_commit(self, outcome) -> None:
+        for item in outcome.dispatch:
+            self.dispatcher.send(item.task_id, item.delay, item.time_limit)
+        if outcome.seqs:
+            run = outcome.run
+            self.notifier.publish(run["id"], run["last_seq"], run["status"])
+
+    def after_session_commit(self, session, outcome) -> None:
+        """Dispatch only once the caller's transaction commits; forget it if it rolls back."""
+        pending = session.info.setdefault(_PENDING, [])
+        if not pending:
+            event.listen(session, "after_commit", self._flush_session, once=True)
+            event.listen(session, "after_rollback", self._drop_session, once=True)
+        pending.append(outcome)
+
+    def _flush_session(self, session) -> None:
+        outcomes = session.info.pop(_PENDING, [])
+        if event.contains(session, "after_rollback", self._drop_session):
+            event.remove(session, "after_rollback", self._drop_session)
+        for outcome in outcomes:
+            self.after_commit(outcome)
+
+    def _drop_session(self, session) -> None:
+        session.info.pop(_PENDING, None)
+        if event.contains(session, "after_commit", self._flush_session):
+            event.remove(session, "after_commit", self._flush_session)
+
+    # -- changing runs -------------------------------------------------------------
+
+    def start(self, workflow: str, data=None, *, business_key=None, idempotency_key=None,
+              version=None, session=None) -> queries.Run:
+        """Start a run; with ``idempotency_key``, a repeat returns the first run unchanged."""
+        cls = self.registry.get(workflow, version)
+        op = ops.Start(cls, check_data(data), _check_key(business_key, "business_key"),
+                       _check_key(idempotency_key, "idempotency_key"))
+        try:
+            outcome = apply(self, None, op, session=session)
+        except IntegrityError:
+            # Another start with the same idempotency key committed first.
+            if idempotency_key is None or session is not None:
+                raise
+            with self.db.read() as conn:
+                existing = op.existing(self, conn)
+            if existing is None:
+                raise
+            return queries.Run.from_row(existing)
+        return queries.Run.from_row(outcome.run)
+
+    def send(self, run_id: str, event_name: str, data=None, *, session=None, cause="event") -> queries.Run:
+        op = ops.SendEvent(_check_event(event_name), check_data(data), cause)
+        return queries.Run.from_row(apply(self, run_id, op, session=session).run)
+
+    def update_data(self, run_id: str, patch, *, session=None) -> queries.Run:
+        op = ops.UpdateData(check_data(patch, "patch"))
+        return queries.Run.from_row(apply(self, run_id, op, session=session).run)
+
+    def cancel(self, run_id: str, reason: str | None = None) -> queries.Run:
+        return queries.Run.from_row(apply(self, run_id, ops.Cancel(reason)).run)
+
+    def retry(self, run_id: str) -> queries.Run:
+        return queries.Run.from_row(apply(self, run_id, ops.Retry()).run)
+
+    # -- reading ---------------------------------------------------------------------
+
+    def get(self, run_id: str) -> queries.Run:
+        with self.db.read() as conn:
+            return queries.get_run(conn, run_id)
+
+    def history(self, run_id: str, after: int = 0, limit: int | None = None) -> list[queries.HistoryEntry]:
+        with self.db.read() as conn:
+            queries.get_run(conn, run_id)
+            return queries.get_history(conn, run_id, after, limit)
+
+    def list_runs(self, **filters) -> queries.Page:
+        with self.db.read() as conn:
+            return queries.list_runs(conn, **filters)
+
+    # -- working ---------------------------------------------------------------------
+
+    def worker(self, threads: int | None = None) -> "Worker":
+        """The step worker, reconciler and timers of this process (start() it, or use ``with``)."""
+        if self._worker is None:
+            self._worker = Worker(self, threads or self.settings.worker_threads)
+        return self._worker
+
+    def close(self) -> None:
+        if self._worker is not None:
+            self._worker.stop()
+        self.broker.close()
+        self.db.dispose()
+
+
+class Worker:
+    """A Dramatiq worker on the runtime's broker plus the reconciler loop."""
+
+    def __init__(self, rt: Interlock, threads: int):
+        self.rt, self.threads = rt, threads
+        self._dramatiq: dramatiq.Worker | None = None
+        self.reconciler = Reconciler(rt)
+
+    def start(self) -> "Worker":
+        if self._dramatiq is not None:
+            return self
+        broker = self.rt.broker
+        if is_in_memory(broker):
+            # Sends from this process now reach a worker.
+            self.rt.dispatcher.delivers = True
+        broker.emit_after("process_boot")  # starts the TimeLimit monitor
+        self._dramatiq = dramatiq.Worker(broker, worker_threads=self.threads, worker_timeout=100)
+        # The default prefetch (2 x threads) starves threads that finish fast on Redis.
+        self._dramatiq.queue_prefetch = max(64, self.threads * 2)
+        self._dramatiq.start()
+        self.reconciler.tick()  # recovery at start-up, before new work piles on
+        self.reconciler.start()
+        return self
+
+    def stop(self) -> None:
+        if self._dramatiq is None:
+            return
+        self.reconciler.stop()
+        self._dramatiq.stop(timeout=10_000)
+        self._dramatiq = None
+        if is_in_memory(self.rt.broker):
+            self.rt.dispatcher.delivers = False
+
+    def __enter__(self) -> "Worker":
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()

@@ -1,0 +1,321 @@
+"""The one path for every change to a run.
+
+``apply`` locks the run, rebuilds its machine, performs one operation (start, event,
+step result, step failure, timer, cancel, retry, data update), records history,
+schedules the tasks and timers of entered states, cancels those of exited states,
+writes the run, commits, and only then hands new tasks to the broker.
+
+Tasks and timers carry the history seq at which their state was entered; a step
+result or timer for an entry the run has left is recorded and ignored. That is what
+turns at-least-once delivery into exactly-once transitions.
+"""
+
+import copy
+import json
+import time
+from dataclasses import dataclass, field
+
+from sqlalchemy import insert, select, update
+from statemachine.exceptions import TransitionNotAllowed
+
+from . import machine as m
+from .errors import (CallbackError, InterlockError, InvalidData, InvalidTransition, RunNotActive,
+                     RunNotFound)
+from .ids import new_id
+from .models import history, runs, tasks, timers
+from .timeparse import parse_time
+
+ACTIVE = ("running", "waiting")
+OPEN_TASK = ("queued", "running")
+# Retries waiting longer than this are left to the reconciler instead of a delayed message.
+MAX_BROKER_DELAY = 30.0
+MAX_TRIGGER_CHAIN = 10
+
+
+def check_data(data, what="data") -> dict:
+    """A JSON object, or a typed error naming the problem."""
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise InvalidData(f"{what} must be a JSON object, got {type(data).__name__}", field=what)
+    try:
+        json.dumps(data, allow_nan=False)
+    except (TypeError, ValueError) as exc:
+        raise InvalidData(f"{what} is not JSON-serializable: {exc}", field=what) from None
+    for key in data:
+        if not isinstance(key, str):
+            raise InvalidData(f"{what} keys must be strings, got {key!r}", field=what)
+    return data
+
+
+@dataclass
+class Dispatch:
+    task_id: str
+    delay: float
+    time_limit: float
+
+
+@dataclass
+class Outcome:
+    run: dict
+    seqs: list = field(default_factory=list)
+    dispatch: list = field(default_factory=list)
+    created: bool = False
+
+
+class Change:
+    """One transaction's worth of change to one run."""
+
+    def __init__(self, rt, conn, row: dict, cls, now: float, *, new: bool = False):
+        self.rt, self.conn, self.cls, self.now = rt, conn, cls, now
+        self.row = row
+        self.new = new
+        self.ctx = m.RunContext(id=row["id"], workflow=row["workflow"], version=row["version"],
+                                data=copy.deepcopy(row["data"]), business_key=row["business_key"],
+                                status=row["status"])
+        self.machine = None if new else m.restore(cls, self.ctx, list(row["configuration"]))
+        self.entries = dict(row["entries"])
+        self.seq = row["last_seq"]
+        self.status = row["status"]
+        self.finished_at = row["finished_at"]
+        self.open_tasks = row["open_tasks"]
+        self.history_rows: list[dict] = []
+        self.new_tasks: list[dict] = []
+        self.new_timers: list[dict] = []
+        self.dispatch: list[Dispatch] = []
+
+    # -- history ---------------------------------------------------------------
+
+    def record(self, kind, *, event=None, source=None, target=None, cause=None, data=None,
+               detail=None, at=None) -> int:
+        self.seq += 1
+        self.history_rows.append({
+            "run_id": self.row["id"], "seq": self.seq, "at": self.now if at is None else at,
+            "kind": kind, "event": event, "source": source, "target": target, "cause": cause,
+            "data": data or None, "detail": detail or None,
+        })
+        return self.seq
+
+    # -- the machine -------------------------------------------------------------
+
+    def accepted(self) -> list[str]:
+        return m.accepted_events(self.machine)
+
+    def leaves(self) -> str:
+        return ",".join(m.leaves(self.machine))
+
+    def send(self, event: str, data: dict, cause: str, detail=None) -> int:
+        """Send ``event``; raise InvalidTransition (nothing changed) or CallbackError."""
+        before, before_leaves = m.configuration(self.machine), self.leaves()
+        data_before = copy.deepcopy(self.ctx.data) if self.cls._triggers else None
+        try:
+            self.machine.send(event, run=self.ctx, db=self.conn, data=data)
+        except TransitionNotAllowed:
+            accepted = self.accepted()
+            reason = "a guard did not hold" if event in accepted else None
+            raise InvalidTransition(self.row["id"], event, m.leaves(self.machine), accepted, reason) from None
+        except InterlockError:
+            raise
+        except Exception as exc:
+            raise CallbackError(self.row["id"], event, exc) from exc
+        self.ctx.data.update(data)
+        seq = self.record("transition", event=event, source=before_leaves, target=self.leaves(),
+                          cause=cause, data=data, detail=detail)
+        after = m.configuration(self.machine)
+        self.exit_states([s for s in before if s not in after])
+        self.enter_states([s for s in after if s not in before], seq)
+        if data_before is not None:
+            self.fire_triggers(data_before)
+        return seq
+
+    def update_data(self, patch: dict, cause: str, record: bool = True):
+        data_before = copy.deepcopy(self.ctx.data) if self.cls._triggers else None
+        self.ctx.data.update(patch)
+        if record:
+            self.record("data_updated", cause=cause, data=patch)
+        if data_before is not None:
+            self.fire_triggers(data_before)
+
+    def fail(self, detail: dict):
+        """The run stops here until retried; its timers wait, suspended."""
+        self.status, self.finished_at = "failed", self.now
+        self.conn.execute(update(timers).where(
+            timers.c.run_id == self.row["id"], timers.c.status == "armed").values(status="suspended"))
+        self.record("failed", cause="step", source=self.leaves(), detail=detail)
+
+    def fire_triggers(self, data_before: dict):
+        for _ in range(MAX_TRIGGER_CHAIN):
+            if m.is_final(self.machine):
+                return
+            fired = self._first_trigger(data_before)
+            if fired is None:
+                return
+            spec, old, new = fired
+            data_before = copy.deepcopy(self.ctx.data)
+            try:
+                self.send(spec.send, {}, "trigger", detail={"trigger": spec.name, "field": spec.field,
+                                                           "old": old, "new": new})
+            except InvalidTransition:
+                continue
+
+    def _first_trigger(self, data_before):
+        active = set(m.configuration(self.machine))
+        accepted = set(self.accepted())
+        for spec in self.cls._triggers:
+            old, new = data_before.get(spec.field), self.ctx.data.get(spec.field)
+            if old == new or spec.send not in accepted:
+                continue
+            if spec.state_ids and not active.intersection(spec.state_ids):
+                continue
+            if spec.when is None or spec.when(self.ctx, old, new):
+                return spec, old, new
+        return None
+
+    # -- scheduling ----------------------------------------------------------------
+
+    def enter_states(self, states, seq):
+        for state in states:
+            self.entries[state] = seq
+            spec = self.cls.step_for(state)
+            if spec is not None:
+                self.add_task(state, seq, spec)
+            for timer in self.cls._timers:
+                if timer.state_id == state:
+                    self.add_timer(state, seq, timer.name, "timer", timer.send, self.due_at(timer))
+
+    def due_at(self, timer) -> float:
+        if timer.delay is not None:
+            return self.now + timer.delay
+        raw = self.ctx.data.get(timer.at_field)
+        due = parse_time(raw)
+        if due is None:
+            raise InvalidData(f"timer {timer.name} needs a time in data field {timer.at_field!r}, "
+                              f"got {raw!r}", field=timer.at_field)
+        return due
+
+    def add_task(self, state, seq, spec):
+        row = {"id": new_id(), "run_id": self.row["id"], "state": state, "entry_seq": seq,
+               "name": spec.name, "kind": "step", "status": "queued", "attempt": 0,
+               "max_attempts": spec.max_attempts, "available_at": self.now, "sent_at": None,
+               "claimed_at": None, "lease_until": None, "last_error": None,
+               "created_at": self.now, "updated_at": self.now}
+        self.schedule(row, 0.0, spec)
+        self.new_tasks.append(row)
+        self.open_tasks += 1
+
+    def schedule(self, task: dict, delay: float, spec):
+        """Mark the task sent and queue its dispatch, if this process can deliver it now."""
+        task["available_at"] = self.now + delay
+        if self.rt.dispatcher.delivers and delay <= MAX_BROKER_DELAY:
+            task["sent_at"] = self.now
+            self.dispatch.append(Dispatch(task["id"], delay, spec.time_limit))
+        else:
+            task["sent_at"] = None
+
+    def add_timer(self, state, seq, name, kind, event, due_at):
+        self.new_timers.append({"id": new_id(), "run_id": self.row["id"], "state": state,
+                                "entry_seq": seq, "name": name, "kind": kind, "event": event,
+                                "due_at": due_at, "status": "armed", "created_at": self.now,
+                                "fired_at": None})
+
+    def exit_states(self, states):
+        if not states:
+            return
+        for state in states:
+            self.entries.pop(state, None)
+        gone = set(states)
+        kept = [t for t in self.new_tasks if t["state"] not in gone]
+        self.open_tasks -= len(self.new_tasks) - len(kept)
+        self.dispatch = [d for d in self.dispatch if d.task_id in {t["id"] for t in kept}]
+        self.new_tasks = kept
+        self.new_timers = [t for t in self.new_timers if t["state"] not in gone]
+        with_steps = [s for s in states if self.cls.step_for(s) is not None]
+        if with_steps:
+            self.close_tasks(tasks.c.state.in_(with_steps), "superseded")
+        if with_steps or any(t.state_id in gone for t in self.cls._timers):
+            self.conn.execute(update(timers).where(
+                timers.c.run_id == self.row["id"], timers.c.state.in_(states),
+                timers.c.status == "armed").values(status="cancelled"))
+
+    def close_tasks(self, where, status):
+        result = self.conn.execute(update(tasks).where(
+            tasks.c.run_id == self.row["id"], tasks.c.status.in_(OPEN_TASK), where,
+        ).values(status=status, updated_at=self.now, lease_until=None))
+        self.open_tasks -= result.rowcount
+
+    def cancel_everything(self, task_status):
+        self.close_tasks(tasks.c.state.isnot(None), task_status)
+        self.conn.execute(update(timers).where(
+            timers.c.run_id == self.row["id"], timers.c.status == "armed").values(status="cancelled"))
+
+    # -- commit ------------------------------------------------------------------
+
+    def finish(self) -> Outcome:
+        if not self.history_rows and not self.new:
+            return Outcome(run=self.row)
+        if self.status in ACTIVE:
+            if m.is_final(self.machine):
+                leaf = m.leaves(self.machine)[0]
+                self.status, self.finished_at = self.cls.status_of_final(leaf), self.now
+                self.cancel_everything("superseded")
+            else:
+                self.status = "running" if self.open_tasks > 0 else "waiting"
+        values = {"status": self.status, "state": self.leaves(),
+                  "configuration": m.configuration(self.machine), "entries": self.entries,
+                  "data": self.ctx.data, "last_seq": self.seq, "open_tasks": self.open_tasks,
+                  "updated_at": self.now, "finished_at": self.finished_at}
+        if self.new:
+            self.conn.execute(insert(runs).values({**self.row, **values}))
+        else:
+            self.conn.execute(update(runs).where(runs.c.id == self.row["id"]).values(values))
+        if self.history_rows:
+            self.conn.execute(insert(history), self.history_rows)
+        if self.new_tasks:
+            self.conn.execute(insert(tasks), self.new_tasks)
+        if self.new_timers:
+            self.conn.execute(insert(timers), self.new_timers)
+        return Outcome(run={**self.row, **values}, seqs=[h["seq"] for h in self.history_rows],
+                       dispatch=self.dispatch, created=self.new)
+
+
+def lock_run(conn, db, run_id) -> dict:
+    query = select(runs).where(runs.c.id == run_id)
+    if db.locks_rows:
+        query = query.with_for_update()
+    row = conn.execute(query).mappings().first()
+    if row is None:
+        raise RunNotFound(run_id)
+    return dict(row)
+
+
+def apply(rt, run_id, op, *, session=None) -> Outcome:
+    """Perform ``op`` on run ``run_id`` in one transaction (the caller's, given ``session``)."""
+    if session is not None:
+        conn = session.connection()
+        outcome = _perform(rt, conn, run_id, op)
+        rt.after_session_commit(session, outcome)
+        return outcome
+    with rt.db.write() as conn:
+        outcome = _perform(rt, conn, run_id, op)
+    rt.after_commit(outcome)
+    return outcome
+
+
+def _perform(rt, conn, run_id, op) -> Outcome:
+    now = time.time()
+    if run_id is None:
+        existing = op.existing(rt, conn)
+        if existing is not None:
+            return Outcome(run=existing)
+        change = op.begin(rt, conn, now)
+    else:
+        row = lock_run(conn, rt.db, run_id)
+        cls = rt.registry.get(row["workflow"], row["version"])
+        change = Change(rt, conn, row, cls, now)
+    op.perform(change)
+    return change.finish()
+
+
+def require_active(change, action):
+    if change.status not in ACTIVE:
+        raise RunNotActive(change.row["id"], change.status, action)
