@@ -1,0 +1,1 @@
+"""Example workflows shipped with Interlock: cargo tracking and an order pipeline."""
