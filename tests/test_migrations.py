@@ -1,0 +1,89 @@
+"""The schema comes from Alembic alone, and the migrations match the models on every database."""
+
+from contextlib import contextmanager
+
+import pytest
+from alembic.autogenerate import compare_metadata
+from alembic.runtime.migration import MigrationContext
+from sqlalchemy import create_engine, inspect, text
+
+from engine.config import Settings
+from engine.db import Database
+from engine.errors import SchemaOutOfDate
+from engine.models import metadata
+from engine.runner import follow
+from engine.runtime import Interlock
+
+from .conftest import PG_ADMIN_URL, require_server
+
+MARIADB_ADMIN_URL = "mysql+pymysql://root@127.0.0.1:3306/"
+
+
+@contextmanager
+def fresh_database(kind, tmp_path):
+    """A URL of a database with no tables at all."""
+    if kind == "sqlite":
+        yield f"sqlite:///{tmp_path / 'fresh.db'}"
+        return
+    if kind == "postgresql":
+        require_server("PostgreSQL", "127.0.0.1", 5432)
+        admin_url, quote = PG_ADMIN_URL, '"'
+        base = PG_ADMIN_URL.rsplit("/", 1)[0] + "/"
+    else:
+        require_server("MariaDB", "127.0.0.1", 3306)
+        admin_url, quote, base = MARIADB_ADMIN_URL, "`", MARIADB_ADMIN_URL
+    name = f"interlock_migrations_{tmp_path.name[-20:]}".replace("-", "_").lower()
+    admin = create_engine(admin_url, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(text(f"DROP DATABASE IF EXISTS {quote}{name}{quote}"))
+        conn.execute(text(f"CREATE DATABASE {quote}{name}{quote}"))
+    yield base + name
+    with admin.connect() as conn:
+        if kind == "postgresql":
+            conn.execute(text(f"SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = '{name}'"))
+        conn.execute(text(f"DROP DATABASE IF EXISTS {quote}{name}{quote}"))
+    admin.dispose()
+
+
+@pytest.fixture(params=["sqlite", "postgresql", "mariadb"])
+def empty_database(request, tmp_path):
+    with fresh_database(request.param, tmp_path) as url:
+        yield url
+
+
+@pytest.fixture
+def mariadb_database(tmp_path):
+    with fresh_database("mariadb", tmp_path) as url:
+        yield url
+
+
+def test_upgrade_from_empty_to_head_matches_the_models(empty_database):
+    db = Database(empty_database)
+    db.upgrade()
+    assert db.current_revision() == db.head_revision()
+    with db.engine.connect() as conn:
+        tables = set(inspect(conn).get_table_names())
+        diff = compare_metadata(MigrationContext.configure(conn, opts={"compare_type": True}), metadata)
+    assert {"runs", "history", "tasks", "timers"} <= tables
+    assert diff == []
+    db.dispose()
+
+
+def test_engine_refuses_a_database_behind_head_and_says_what_to_run(tmp_path):
+    settings = Settings(database_url=f"sqlite:///{tmp_path / 'behind.db'}")
+    with pytest.raises(SchemaOutOfDate, match="interlock db upgrade"):
+        Interlock(settings)
+
+
+def test_a_run_finishes_on_mariadb(mariadb_database):
+    Database(mariadb_database).upgrade()
+    rt = Interlock(Settings(database_url=mariadb_database, broker_url="memory://",
+                            workflows="workflows", poll_interval=0.05))
+    try:
+        with rt.worker(2):
+            run = rt.start("orders", rt.registry.get("orders").demo_data)
+            final = follow(rt, run.id, timeout=20, events={"review": "approve"})
+        assert final.status == "succeeded"
+        assert [h.seq for h in rt.history(run.id)] == list(range(1, final.last_seq + 1))
+    finally:
+        rt.close()
