@@ -21,6 +21,9 @@ class Settings:
     poll_interval: float = 0.25
     worker_threads: int = 8
     queue: str = "interlock"
+    # "token" (read-write) or "token:ro" / "token:rw", comma-separated; empty: the API is open.
+    api_tokens: str = ""
+    max_body_bytes: int = 1_048_576
 
     @classmethod
     def from_env(cls, environ=None, **overrides) -> "Settings":

@@ -77,11 +77,16 @@ tasks = Table(
     Column("sent_at", Double),
     Column("claimed_at", Double),
     Column("lease_until", Double),
+    # Activities: the receipt of the current attempt, and its visibility timeout in seconds.
+    Column("token", String(64)),
+    Column("visibility_timeout", Double),
     Column("last_error", Text),
     Column("created_at", Double, nullable=False),
     Column("updated_at", Double, nullable=False),
     Index(None, "status", "available_at"),
     Index(None, "run_id"),
+    Index(None, "token"),
+    Index(None, "kind", "name", "status"),
 )
 
 timers = Table(

@@ -86,6 +86,12 @@ class Interlock:
     def start(self, workflow: str, data=None, *, business_key=None, idempotency_key=None,
               version=None, session=None) -> queries.Run:
         """Start a run; with ``idempotency_key``, a repeat returns the first run unchanged."""
+        return self.start_run(workflow, data, business_key=business_key, idempotency_key=idempotency_key,
+                              version=version, session=session)[0]
+
+    def start_run(self, workflow: str, data=None, *, business_key=None, idempotency_key=None,
+                  version=None, session=None) -> tuple[queries.Run, bool]:
+        """Like ``start``, also saying whether the run was created (False: an idempotent repeat)."""
         cls = self.registry.get(workflow, version)
         op = ops.Start(cls, check_data(data), _check_key(business_key, "business_key"),
                        _check_key(idempotency_key, "idempotency_key"))
@@ -99,8 +105,8 @@ class Interlock:
                 existing = op.existing(self, conn)
             if existing is None:
                 raise
-            return queries.Run.from_row(existing)
-        return queries.Run.from_row(outcome.run)
+            return queries.Run.from_row(existing), False
+        return queries.Run.from_row(outcome.run), outcome.created
 
     def send(self, run_id: str, event_name: str, data=None, *, session=None, cause="event") -> queries.Run:
         op = ops.SendEvent(_check_event(event_name), check_data(data), cause)

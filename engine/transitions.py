@@ -197,7 +197,8 @@ class Change:
         row = {"id": new_id(), "run_id": self.row["id"], "state": state, "entry_seq": seq,
                "name": spec.name, "kind": "step", "status": "queued", "attempt": 0,
                "max_attempts": spec.max_attempts, "available_at": self.now, "sent_at": None,
-               "claimed_at": None, "lease_until": None, "last_error": None,
+               "claimed_at": None, "lease_until": None, "token": None, "visibility_timeout": None,
+               "last_error": None,
                "created_at": self.now, "updated_at": self.now}
         self.schedule(row, 0.0, spec)
         self.new_tasks.append(row)

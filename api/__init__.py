@@ -1,0 +1,38 @@
+"""The Flask application: JSON REST under /api, live streams, and the web pages."""
+
+import logging
+
+from flask import Flask
+
+from engine.config import Settings
+from engine.runtime import Interlock
+
+from . import auth, problems
+
+log = logging.getLogger(__name__)
+
+
+def create_app(config: dict | None = None, interlock: Interlock | None = None) -> Flask:
+    """Build the app on ``interlock`` (or one made from ``config`` / INTERLOCK_* variables).
+
+    Refuses to start on a database behind the migrations (SchemaOutOfDate says what to run).
+    """
+    config = dict(config or {})
+    settings = interlock.settings if interlock is not None else Settings.from_env(
+        **{k.removeprefix("INTERLOCK_").lower(): v for k, v in config.items() if k.startswith("INTERLOCK_")})
+    app = Flask(__name__)
+    app.config.update(
+        MAX_CONTENT_LENGTH=settings.max_body_bytes,
+        INTERLOCK_TOKENS=auth.parse_tokens(settings.api_tokens),
+        JSON_SORT_KEYS=False,
+    )
+    app.config.update({k: v for k, v in config.items() if not k.startswith("INTERLOCK_")})
+    app.extensions["interlock"] = interlock or Interlock(settings)
+    problems.register(app)
+
+    from . import docs, runs, workflows
+
+    for module in (workflows, runs, docs):
+        module.blueprint.before_request(auth.require_token)
+        app.register_blueprint(module.blueprint)
+    return app

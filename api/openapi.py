@@ -1,0 +1,159 @@
+"""Routes declared once with their pydantic schemas: the same models validate requests and
+make the OpenAPI 3.1 document, so the two cannot drift apart."""
+
+import re
+from dataclasses import dataclass, field
+from functools import wraps
+
+from flask import request
+from pydantic import BaseModel, ValidationError
+from werkzeug.exceptions import BadRequest, UnsupportedMediaType
+
+from .problems import Problem, validation_problem
+
+_RULE_PARAM = re.compile(r"<(?:[^:<>]+:)?([^<>]+)>")
+
+
+@dataclass
+class Operation:
+    path: str
+    method: str
+    summary: str
+    tag: str
+    body: type[BaseModel] | None = None
+    query: type[BaseModel] | None = None
+    responses: dict = field(default_factory=dict)
+    write: bool = False
+    stream: str | None = None  # media type of a streamed response
+    headers: dict = field(default_factory=dict)  # request header name -> description
+
+
+class Api:
+    """Collects operations; ``route`` registers a view on a blueprint and describes it."""
+
+    def __init__(self):
+        self.operations: list[Operation] = []
+
+    def route(self, blueprint, rule, method, *, summary, body=None, query=None, responses=None,
+              write=False, stream=None, headers=None):
+        prefix = (blueprint.url_prefix or "")
+        op = Operation(path=_RULE_PARAM.sub(r"{\1}", prefix + rule), method=method.lower(),
+                       summary=summary, tag=blueprint.name, body=body, query=query,
+                       responses=responses or {}, write=write, stream=stream, headers=headers or {})
+        self.operations.append(op)
+
+        def decorate(fn):
+            @wraps(fn)
+            def view(**kwargs):
+                if query is not None:
+                    kwargs["query"] = parse(query, _query_args(query), "query")
+                if body is not None:
+                    kwargs["body"] = parse(body, _json_body(), "body")
+                return fn(**kwargs)
+
+            view.interlock_write = write
+            blueprint.add_url_rule(rule, endpoint=fn.__name__, view_func=view, methods=[method])
+            return view
+
+        return decorate
+
+    def document(self, title, version) -> dict:
+        schemas, paths = {}, {}
+        for op in self.operations:
+            paths.setdefault(op.path, {})[op.method] = self._operation(op, schemas)
+        schemas.update(_problem_schema())
+        return {
+            "openapi": "3.1.0",
+            "info": {"title": title, "version": version},
+            "paths": paths,
+            "components": {
+                "schemas": schemas,
+                "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
+            },
+            "security": [{}, {"bearer": []}],
+        }
+
+    def _operation(self, op, schemas) -> dict:
+        out = {"summary": op.summary, "tags": [op.tag], "operationId": f"{op.tag}_{op.method}_{op.path}"
+               .replace("/", "_").replace("{", "").replace("}", ""), "responses": {}}
+        params = [{"name": name, "in": "path", "required": True, "schema": {"type": "string"}}
+                  for name in re.findall(r"{([^}]+)}", op.path)]
+        if op.query is not None:
+            schema = _schema(op.query, schemas, inline=True)
+            for name, prop in schema.get("properties", {}).items():
+                params.append({"name": name, "in": "query", "required": name in schema.get("required", []),
+                               "schema": prop})
+        for name, description in op.headers.items():
+            params.append({"name": name, "in": "header", "required": False, "description": description,
+                           "schema": {"type": "string", "minLength": 1, "maxLength": 255}})
+        if params:
+            out["parameters"] = params
+        if op.body is not None:
+            out["requestBody"] = {"required": True, "content": {
+                "application/json": {"schema": _schema(op.body, schemas)}}}
+        for status, model in op.responses.items():
+            if model is None:
+                out["responses"][str(status)] = {"description": "no content"}
+            elif isinstance(model, str):
+                out["responses"][str(status)] = {"description": model, "content": {
+                    op.stream or "text/plain": {"schema": {"type": "string"}}}}
+            else:
+                out["responses"][str(status)] = {"description": model.__doc__ or "ok", "content": {
+                    "application/json": {"schema": _schema(model, schemas)}}}
+        problem = {"description": "a problem document (RFC 9457)", "content": {
+            "application/problem+json": {"schema": {"$ref": "#/components/schemas/Problem"}}}}
+        for status in ("400", "401", "403", "404", "405", "409", "413", "415", "422"):
+            out["responses"].setdefault(status, problem)
+        out["responses"].setdefault("default", problem)
+        return out
+
+
+def _schema(model, schemas, inline=False) -> dict:
+    schema = model.model_json_schema(ref_template="#/components/schemas/{model}")
+    for name, sub in schema.pop("$defs", {}).items():
+        schemas[name] = sub
+    if inline:
+        return schema
+    schemas[model.__name__] = schema
+    return {"$ref": f"#/components/schemas/{model.__name__}"}
+
+
+def _problem_schema() -> dict:
+    return {"Problem": {
+        "type": "object", "required": ["type", "title", "status"],
+        "properties": {"type": {"type": "string"}, "title": {"type": "string"},
+                       "status": {"type": "integer"}, "detail": {"type": "string"},
+                       "instance": {"type": "string"}},
+        "additionalProperties": True,
+    }}
+
+
+def parse(model, payload, where):
+    try:
+        return model.model_validate(payload)
+    except ValidationError as exc:
+        raise validation_problem(exc, where) from None
+
+
+def _query_args(model) -> dict:
+    out = {}
+    for key in request.args:
+        values = request.args.getlist(key)
+        out[key] = values if len(values) > 1 else values[0]
+    return out
+
+
+def _json_body():
+    if not request.content_length and not request.data:
+        return {}
+    if not request.is_json:
+        raise Problem(415, "unsupported-media-type", "Unsupported media type",
+                      "send the body as application/json")
+    try:
+        return request.get_json()
+    except (BadRequest, UnsupportedMediaType, UnicodeDecodeError):
+        raise Problem(400, "invalid-json", "Malformed JSON", "the request body is not valid JSON") from None
+
+
+# Every blueprint declares its routes here.
+API = Api()

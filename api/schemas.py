@@ -1,0 +1,216 @@
+"""Request and response schemas of the REST API (validation and OpenAPI both come from here)."""
+
+from datetime import datetime
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+Status = Literal["running", "waiting", "succeeded", "failed", "cancelled"]
+Key = Field(default=None, min_length=1, max_length=255)
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+# -- requests ----------------------------------------------------------------------
+
+class StartRun(Strict):
+    data: dict[str, Any] = Field(default_factory=dict, description="the run's data (a JSON object)")
+    business_key: str | None = Key
+    version: int | None = Field(default=None, ge=1, description="default: the latest version")
+
+
+class SendEvent(Strict):
+    event: str = Field(min_length=1, max_length=200)
+    data: dict[str, Any] = Field(default_factory=dict)
+
+
+class CancelRun(Strict):
+    reason: str | None = Field(default=None, max_length=1000)
+
+
+class Empty(Strict):
+    pass
+
+
+class RunsQuery(BaseModel):
+    workflow: str | None = Field(default=None, min_length=1, max_length=200)
+    version: int | None = Field(default=None, ge=1, le=2**31 - 1)
+    status: Status | None = None
+    state: str | None = Field(default=None, min_length=1, max_length=200)
+    business_key: str | None = Key
+    created_after: datetime | None = None
+    created_before: datetime | None = None
+    cursor: str | None = Field(default=None, pattern=r"^[0-9a-f]{32}$", description="`next` of the previous page")
+    limit: int = Field(default=50, ge=1, le=500)
+
+
+class WorkflowQuery(BaseModel):
+    version: int | None = Field(default=None, ge=1, le=2**31 - 1)
+
+
+# -- responses ---------------------------------------------------------------------
+
+class RunOut(BaseModel):
+    """A run."""
+
+    id: str
+    workflow: str
+    version: int
+    status: Status
+    state: str
+    configuration: list[str]
+    data: dict[str, Any]
+    business_key: str | None
+    idempotency_key: str | None
+    last_seq: int
+    created_at: str
+    updated_at: str
+    finished_at: str | None
+
+
+class RunPage(BaseModel):
+    """A page of runs, newest first."""
+
+    runs: list[RunOut]
+    next: str | None
+
+
+class HistoryEntryOut(BaseModel):
+    """One entry of a run's history."""
+
+    seq: int
+    at: str
+    kind: str
+    event: str | None
+    source: str | None
+    target: str | None
+    cause: str | None
+    data: dict[str, Any] | None
+    detail: dict[str, Any] | None
+
+
+class EventOption(BaseModel):
+    event: str
+    to: list[str]
+    from_: str = Field(alias="from")
+    guards: list[str] | None = None
+    reason: str | None = None
+
+
+class TimerOut(BaseModel):
+    name: str
+    kind: str
+    event: str | None
+    state: str
+    status: str
+    due_at: str
+    fires_in_seconds: float
+
+
+class TaskOut(BaseModel):
+    id: str
+    kind: str
+    name: str
+    state: str
+    status: str
+    attempt: int
+    max_attempts: int
+    last_error: str | None
+    next_attempt_at: str | None
+    next_attempt_in_seconds: float | None
+    lease_until: str | None
+
+
+class Explanation(BaseModel):
+    """What the run is waiting for."""
+
+    run_id: str
+    status: Status
+    state: str
+    entered_at: str | None
+    in_state_seconds: float | None
+    accepted_events: list[EventOption]
+    blocked_events: list[EventOption]
+    timers: list[TimerOut]
+    tasks: list[TaskOut]
+    waiting_for: str
+
+
+class StateOut(BaseModel):
+    id: str
+    name: str
+    initial: bool
+    final: bool
+    status: str | None
+    step: str | None
+    timers: list[str]
+
+
+class TransitionOut(BaseModel):
+    event: str
+    source: str
+    target: str
+    guards: list[str]
+
+
+class StepOut(BaseModel):
+    name: str
+    state: str
+    retries: int
+    backoff: float
+    max_backoff: float
+    time_limit: float
+    on_error: str | None
+    default: str | None
+
+
+class TimerSpecOut(BaseModel):
+    name: str
+    state: str
+    send: str
+    after: float | None
+    at_field: str | None
+
+
+class TriggerOut(BaseModel):
+    name: str
+    field: str
+    send: str
+    states: list[str]
+
+
+class WorkflowVersion(BaseModel):
+    """One version of a workflow definition."""
+
+    name: str
+    version: int
+    description: str
+    states: list[StateOut]
+    events: list[str]
+    transitions: list[TransitionOut]
+    steps: list[StepOut]
+    timers: list[TimerSpecOut]
+    triggers: list[TriggerOut]
+    diagram: str
+
+
+class WorkflowSummary(BaseModel):
+    name: str
+    versions: list[int]
+    latest: int
+    description: str
+
+
+class WorkflowList(BaseModel):
+    """The loaded workflows."""
+
+    workflows: list[WorkflowSummary]
+
+
+class WorkflowDetail(BaseModel):
+    """A workflow with each of its loaded versions."""
+
+    name: str
+    versions: list[WorkflowVersion]

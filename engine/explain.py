@@ -1,0 +1,99 @@
+"""Why a run is where it is: what it accepts, what blocks, what it waits for."""
+
+import time
+
+from sqlalchemy import select
+
+from . import machine as m
+from .models import history, runs, tasks, timers
+from .queries import get_run
+from .timeparse import iso
+from .transitions import ACTIVE, OPEN_TASK
+
+
+def explain(rt, run_id: str) -> dict:
+    now = time.time()
+    with rt.db.read() as conn:
+        run = get_run(conn, run_id)
+        cls = rt.registry.get(run.workflow, run.version)
+        last_entry = max(conn.execute(select(runs.c.entries).where(runs.c.id == run_id)).scalar().values(),
+                         default=0)
+        entered = conn.execute(select(history.c.at).where(
+            history.c.run_id == run_id, history.c.seq == last_entry)).scalar()
+        armed = conn.execute(select(timers).where(
+            timers.c.run_id == run_id, timers.c.status.in_(("armed", "suspended")))
+            .order_by(timers.c.due_at)).mappings().all()
+        open_tasks = conn.execute(select(tasks).where(
+            tasks.c.run_id == run_id, tasks.c.status.in_((*OPEN_TASK, "failed")))
+            .order_by(tasks.c.created_at.desc())).mappings().all()
+        ctx = m.RunContext(id=run.id, workflow=run.workflow, version=run.version,
+                           data=dict(run.data), business_key=run.business_key, status=run.status)
+        machine = m.restore(cls, ctx, list(run.configuration))
+        accepted, blocked = _events(machine, ctx, conn, run.status)
+    outstanding = [_task(t, cls, now) for t in open_tasks if _is_current(t, run)]
+    return {
+        "run_id": run.id, "status": run.status, "state": run.state,
+        "entered_at": iso(entered), "in_state_seconds": round(now - entered, 3) if entered else None,
+        "accepted_events": accepted, "blocked_events": blocked,
+        "timers": [{"name": t.name, "kind": t.kind, "event": t.event, "state": t.state,
+                    "status": t.status, "due_at": iso(t.due_at),
+                    "fires_in_seconds": round(t.due_at - now, 3)} for t in armed],
+        "tasks": outstanding,
+        "waiting_for": _summary(run, accepted, armed, outstanding),
+    }
+
+
+def _is_current(task, run) -> bool:
+    return task.status in OPEN_TASK or (run.status == "failed" and task.status == "failed")
+
+
+def _events(machine, ctx, conn, status):
+    if status not in ACTIVE:
+        return [], []
+    enabled = {e.id for e in machine.enabled_events(run=ctx, db=conn, data={})}
+    accepted, blocked = [], []
+    for state in machine.configuration:
+        for t in state.transitions:
+            if t.event.startswith(("done.", "error.")):
+                continue
+            item = {"event": t.event, "from": state.id, "to": [s.id for s in t.targets]}
+            guards = [str(spec) for spec in t.cond]
+            if t.event in enabled:
+                accepted.append(item)
+            else:
+                blocked.append({**item, "guards": guards,
+                                "reason": f"guard {' and '.join(guards)} does not hold (without event data)"})
+    return accepted, blocked
+
+
+def _task(task, cls, now) -> dict:
+    next_retry = task.available_at if task.status == "queued" and task.attempt > 0 else None
+    return {
+        "id": task.id, "kind": task.kind, "name": task.name, "state": task.state,
+        "status": task.status, "attempt": task.attempt, "max_attempts": task.max_attempts,
+        "last_error": task.last_error, "next_attempt_at": iso(next_retry),
+        "next_attempt_in_seconds": round(next_retry - now, 3) if next_retry else None,
+        "lease_until": iso(task.lease_until),
+    }
+
+
+def _summary(run, accepted, armed, outstanding) -> str:
+    if run.status not in ACTIVE and run.status != "failed":
+        return f"nothing: the run is {run.status}"
+    parts = []
+    for t in outstanding:
+        if t["status"] == "failed":
+            parts.append(f"a retry of failed {t['kind']} {t['name']} ({t['last_error']})")
+        elif t["status"] == "running":
+            parts.append(f"{t['kind']} {t['name']} to finish (attempt {t['attempt']} of {t['max_attempts']})")
+        elif t["attempt"]:
+            parts.append(f"{t['kind']} {t['name']} to be retried (attempt {t['attempt'] + 1} of "
+                         f"{t['max_attempts']}, last error: {t['last_error']})")
+        else:
+            parts.append(f"{t['kind']} {t['name']} to be picked up by a worker")
+    for t in armed:
+        if t.status == "armed":
+            parts.append(f"timer {t.name} ({'step recheck' if t.kind == 'recheck' else t.event}) at {iso(t.due_at)}")
+    if accepted:
+        parts.append("an event: " + ", ".join(sorted({a["event"] for a in accepted})))
+    return "; or ".join(parts) if parts else "nothing it can take now"
