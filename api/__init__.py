@@ -35,4 +35,7 @@ def create_app(config: dict | None = None, interlock: Interlock | None = None) -
     for module in (workflows, runs, docs):
         module.blueprint.before_request(auth.require_token)
         app.register_blueprint(module.blueprint)
+    from . import metrics
+
+    app.register_blueprint(metrics.blueprint)  # scraped without a token, like most exporters
     return app

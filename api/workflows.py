@@ -1,6 +1,6 @@
 """Workflows: definitions, starting runs, events addressed by business key."""
 
-from flask import Blueprint, url_for
+from flask import Blueprint, request, url_for
 
 from engine.describe import describe
 from engine.errors import RunNotFound
@@ -32,12 +32,10 @@ def get_workflow(name, query: s.WorkflowQuery):
     return {"name": name, "versions": [describe(registry.get(name, v)) for v in versions]}
 
 
-@API.route(blueprint, "/<name>/runs", "POST", summary="Start a run (Idempotency-Key header: a repeat returns the first run)",
+@API.route(blueprint, "/<name>/runs", "POST", summary="Start a run",
            body=s.StartRun, responses={201: s.RunOut, 200: s.RunOut}, write=True,
            headers={"Idempotency-Key": "a repeat with the same key returns the first run with 200"})
 def start_run(name, body: s.StartRun):
-    from flask import request
-
     key = request.headers.get("Idempotency-Key") or None
     run, created = engine().start_run(name, body.data, business_key=body.business_key,
                                       idempotency_key=key, version=body.version)

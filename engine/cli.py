@@ -6,7 +6,6 @@ import multiprocessing
 import signal
 import sys
 import threading
-import time
 from dataclasses import asdict
 from datetime import datetime
 
@@ -17,7 +16,6 @@ from .db import Database
 from .errors import InterlockError
 from .runner import follow
 from .timeparse import iso, parse_time
-from .transitions import ACTIVE
 
 log = logging.getLogger("interlock")
 
@@ -105,8 +103,12 @@ def db_current(settings):
 
 # -- processes ----------------------------------------------------------------------------
 
-def _worker_main(settings_dict, threads):
+def _worker_main(settings_dict, threads, metrics_port=None, metrics_host="127.0.0.1"):
     _configure_logging()
+    if metrics_port:
+        from prometheus_client import start_http_server
+
+        start_http_server(metrics_port, addr=metrics_host)
     rt = _open(Settings(**settings_dict))
     with rt.worker(threads):
         log.info("worker ready: %d threads on %s", threads, rt.settings.broker_url)
@@ -118,16 +120,20 @@ def _worker_main(settings_dict, threads):
 @click.option("--processes", "-p", default=1, show_default=True, type=click.IntRange(1, 256))
 @click.option("--threads", "-t", default=None, type=click.IntRange(1, 1024),
               help="Step threads per process [env INTERLOCK_WORKER_THREADS; default 8]")
+@click.option("--metrics-port", type=click.IntRange(1, 65535), default=None, envvar="INTERLOCK_METRICS_PORT",
+              help="Serve Prometheus metrics here (process i of --processes on port + i)")
+@click.option("--metrics-host", default="127.0.0.1", show_default=True, envvar="INTERLOCK_METRICS_HOST")
 @click.pass_obj
-def worker(settings, processes, threads):
+def worker(settings, processes, threads, metrics_port, metrics_host):
     """Run steps, timers and the reconciler (until SIGINT/SIGTERM)."""
     threads = threads or settings.worker_threads
     if processes == 1:
-        _worker_main(asdict(settings), threads)
+        _worker_main(asdict(settings), threads, metrics_port, metrics_host)
         return
     spawn = multiprocessing.get_context("spawn")
-    children = [spawn.Process(target=_worker_main, args=(asdict(settings), threads), daemon=False)
-                for _ in range(processes)]
+    children = [spawn.Process(target=_worker_main, daemon=False,
+                              args=(asdict(settings), threads, metrics_port and metrics_port + i, metrics_host))
+                for i in range(processes)]
     for child in children:
         child.start()
     signal.signal(signal.SIGTERM, lambda *_: [c.terminate() for c in children])

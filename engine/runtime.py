@@ -6,6 +6,7 @@ import dramatiq
 from sqlalchemy import event
 from sqlalchemy.exc import IntegrityError
 
+from . import metrics
 from . import operations as ops
 from . import queries
 from .broker import Dispatcher, build_broker, is_in_memory
@@ -57,9 +58,10 @@ class Interlock:
     def after_commit(self, outcome) -> None:
         for item in outcome.dispatch:
             self.dispatcher.send(item.task_id, item.delay, item.time_limit)
-        if outcome.seqs:
+        if outcome.history:
             run = outcome.run
             self.notifier.publish(run["id"], run["last_seq"], run["status"])
+            metrics.observe(outcome)
 
     def after_session_commit(self, session, outcome) -> None:
         """Dispatch only once the caller's transaction commits; forget it if it rolls back."""

@@ -15,6 +15,7 @@ from dramatiq.middleware.time_limit import TimeLimitExceeded
 from sqlalchemy import select, update
 
 from . import machine as m
+from . import metrics
 from .definitions import Recheck
 from .errors import InterlockError
 from .models import runs, tasks
@@ -57,10 +58,11 @@ class StepExecutor:
                 return None
             row = conn.execute(
                 select(tasks.c.id, tasks.c.run_id, tasks.c.state, tasks.c.name, tasks.c.attempt,
-                       tasks.c.entry_seq, runs.c.workflow, runs.c.version, runs.c.data,
+                       tasks.c.entry_seq, tasks.c.available_at, runs.c.workflow, runs.c.version, runs.c.data,
                        runs.c.business_key)
                 .join(runs, runs.c.id == tasks.c.run_id).where(tasks.c.id == task_id)
             ).mappings().one()
+        metrics.observe_claim(row["workflow"], row["available_at"])
         cls = rt.registry.get(row["workflow"], row["version"])
         spec = cls.step_for(row["state"])
         with self._lock:

@@ -58,9 +58,10 @@ class Dispatch:
 @dataclass
 class Outcome:
     run: dict
-    seqs: list = field(default_factory=list)
+    history: list = field(default_factory=list)  # the rows appended, as dicts
     dispatch: list = field(default_factory=list)
     created: bool = False
+    finished: bool = False  # the run ended (or failed) in this change
 
 
 class Change:
@@ -275,8 +276,9 @@ class Change:
             self.conn.execute(insert(tasks), self.new_tasks)
         if self.new_timers:
             self.conn.execute(insert(timers), self.new_timers)
-        return Outcome(run={**self.row, **values}, seqs=[h["seq"] for h in self.history_rows],
-                       dispatch=self.dispatch, created=self.new)
+        return Outcome(run={**self.row, **values}, history=self.history_rows,
+                       dispatch=self.dispatch, created=self.new,
+                       finished=self.row["status"] in ACTIVE and self.status not in ACTIVE)
 
 
 def lock_run(conn, db, run_id) -> dict:
