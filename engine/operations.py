@@ -148,6 +148,7 @@ class StepFailed:
         _started(change, task, self.started_at)
         spec = change.cls.step_for(task["state"])
         detail = {"task": task["id"], "step": task["name"], "attempt": task["attempt"],
+                  "duration": round(change.now - self.started_at, 6),
                   "error": self.error, "traceback": self.traceback, "lost": self.lost or None}
         values = {"last_error": self.error, "lease_until": None, "updated_at": change.now}
         if task["attempt"] < task["max_attempts"]:
