@@ -50,8 +50,9 @@ class Interlock:
         self.broker = build_broker(self.settings.broker_url)
         self.executor = StepExecutor(self)
         self.dispatcher = Dispatcher(self.broker, self.settings.queue, self.executor.execute)
-        self.notifier = Notifier()
+        self.notifier = Notifier(self.db)
         self._worker: "Worker | None" = None
+        self._booted = False
 
     # -- after a commit ------------------------------------------------------------
 
@@ -150,6 +151,7 @@ class Interlock:
     def close(self) -> None:
         if self._worker is not None:
             self._worker.stop()
+        self.notifier.close()
         self.broker.close()
         self.db.dispose()
 
@@ -160,7 +162,7 @@ class Worker:
     def __init__(self, rt: Interlock, threads: int):
         self.rt, self.threads = rt, threads
         self._dramatiq: dramatiq.Worker | None = None
-        self.reconciler = Reconciler(rt)
+        self.reconciler: Reconciler | None = None
 
     def start(self) -> "Worker":
         if self._dramatiq is not None:
@@ -169,11 +171,14 @@ class Worker:
         if is_in_memory(broker):
             # Sends from this process now reach a worker.
             self.rt.dispatcher.delivers = True
-        broker.emit_after("process_boot")  # starts the TimeLimit monitor
+        if not self.rt._booted:
+            broker.emit_after("process_boot")  # starts the TimeLimit monitor (once per process)
+            self.rt._booted = True
         self._dramatiq = dramatiq.Worker(broker, worker_threads=self.threads, worker_timeout=100)
         # The default prefetch (2 x threads) starves threads that finish fast on Redis.
         self._dramatiq.queue_prefetch = max(64, self.threads * 2)
         self._dramatiq.start()
+        self.reconciler = Reconciler(self.rt)
         self.reconciler.tick()  # recovery at start-up, before new work piles on
         self.reconciler.start()
         return self
@@ -183,7 +188,12 @@ class Worker:
             return
         self.reconciler.stop()
         self._dramatiq.stop(timeout=10_000)
+        # Dramatiq leaves the stopped worker's hook on the broker; a later worker adds its own.
+        broker = self.rt.broker
+        broker.middleware = [m for m in broker.middleware if getattr(m, "worker", None) is not self._dramatiq]
         self._dramatiq = None
+        if self.rt._worker is self:
+            self.rt._worker = None
         if is_in_memory(self.rt.broker):
             self.rt.dispatcher.delivers = False
 
