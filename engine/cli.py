@@ -147,18 +147,55 @@ def worker(settings, processes, threads, metrics_port, metrics_host):
 
 @cli.command()
 @click.option("--threads", "-t", default=None, type=click.IntRange(1, 1024))
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address the API listens on")
+@click.option("--port", default=8000, show_default=True, type=click.IntRange(0, 65535))
 @click.pass_obj
-def dev(settings, threads):
-    """Everything in one process on the embedded default: migrate SQLite, run steps and timers."""
+def dev(settings, threads, host, port):
+    """Everything in one process on the embedded default: migrate SQLite, run steps and timers, serve the API."""
+    from api import create_app
+    from api.serving import ThreadedServer
+
     _configure_logging()
     rt = _open(settings, upgrade_sqlite=True)
+    try:
+        server = ThreadedServer(create_app(interlock=rt), host, port)
+    except OSError as exc:
+        rt.close()
+        raise click.ClickException(f"cannot serve the API on {host}:{port}: {exc}") from None
     with rt.worker(threads or settings.worker_threads):
+        server.start()
         names = ", ".join(f"{c.workflow_name} v{c.version}" for c in rt.registry.all())
         click.echo(f"interlock dev: {settings.database_url}, broker {settings.broker_url}\n"
                    f"workflows: {names}\n"
+                   f"API on http://{host}:{server.port}/api (OpenAPI: /api/openapi.json)\n"
                    "start runs from another shell with `interlock start NAME`; Ctrl-C stops")
         _wait_for_signal()
+        server.stop()
     rt.close()
+
+
+@cli.command()
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on")
+@click.option("--port", default=8000, show_default=True, type=click.IntRange(0, 65535))
+@click.option("--workers", "-w", default=1, show_default=True, type=click.IntRange(1, 64),
+              help="Processes, each with its own notifier and database pool")
+@click.option("--threads", default=1100, show_default=True, type=click.IntRange(1, 20_000),
+              help="Threads per process: each open stream or waiting long poll holds one")
+@click.pass_obj
+def serve(settings, host, port, workers, threads):
+    """Serve the REST API and live streams (gunicorn, gthread worker) until SIGINT/SIGTERM."""
+    from api.serving import GunicornServer, is_loopback
+
+    _configure_logging()
+    if not is_loopback(host) and not settings.api_tokens:
+        log.warning("serving on %s with INTERLOCK_API_TOKENS empty: anyone who can reach it "
+                    "can read and change runs", host)
+    database = Database(settings.database_url)
+    try:
+        database.check_schema()  # fail here, not in every worker
+    finally:
+        database.dispose()
+    GunicornServer(settings, host=host, port=port, workers=workers, threads=threads).run()
 
 
 # -- runs -----------------------------------------------------------------------------
