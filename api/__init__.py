@@ -30,9 +30,9 @@ def create_app(config: dict | None = None, interlock: Interlock | None = None) -
     app.extensions["interlock"] = interlock or Interlock(settings)
     problems.register(app)
 
-    from . import docs, runs, workflows
+    from . import docs, runs, streams, workflows
 
-    for module in (workflows, runs, docs):
+    for module in (workflows, runs, streams, docs):
         module.blueprint.before_request(auth.require_token)
         app.register_blueprint(module.blueprint)
     from . import metrics
