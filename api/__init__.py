@@ -33,9 +33,13 @@ def create_app(config: dict | None = None, interlock: Interlock | None = None) -
     from . import docs, runs, streams, workflows
 
     for module in (workflows, runs, streams, docs):
-        module.blueprint.before_request(auth.require_token)
+        # On the app, not the module-level blueprint: create_app may run more than once per process.
+        app.before_request_funcs.setdefault(module.blueprint.name, []).append(auth.require_token)
         app.register_blueprint(module.blueprint)
     from . import metrics
 
     app.register_blueprint(metrics.blueprint)  # scraped without a token, like most exporters
+    from . import web
+
+    app.register_blueprint(web.blueprint)  # the HTML pages: signed-in sessions, not bearer tokens
     return app

@@ -1,0 +1,312 @@
+// Interlock web pages: the live parts. The pages read fine without this file.
+//
+// Live updates come from Server-Sent Events; when SSE is unavailable (the stream never
+// opens: a proxy that buffers it, or a server that turned it off) the page long-polls
+// instead, and after an error it retries after a growing delay. The header says which.
+(function () {
+  "use strict";
+
+  const body = document.body;
+  const FRAGMENT = { "X-Interlock-Fragment": "1" };
+  const SSE_OPEN_TIMEOUT = 5000;   // no "open" within this: SSE is buffered or blocked
+  const POLL_WAIT = 25;            // seconds a long poll may be held by the server
+
+  const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
+
+  // -- the "live" / "reconnecting" indicator --------------------------------------------
+
+  function show(state, mode) {
+    const el = document.getElementById("live");
+    if (!el) return;
+    el.hidden = false;
+    el.dataset.state = state;
+    el.dataset.mode = mode;
+    const how = mode === "sse" ? "server-sent events" : "long polling";
+    el.textContent = { live: "live", reconnecting: "reconnecting…", finished: "finished" }[state] || state;
+    el.title = state === "finished" ? "the run has ended: nothing more will change" : `updates by ${how}`;
+  }
+
+  // -- one live channel: SSE first, then the long poll ----------------------------------
+
+  function connect(opts) {
+    let failures = 0;
+    let stopped = false;
+
+    const delay = () => Math.min(500 * 2 ** Math.min(failures, 5), 10000);
+    const stop = () => { stopped = true; show("finished", "sse"); };
+
+    function startSse() {
+      let opened = false;
+      const es = new EventSource(opts.sseUrl());
+      const timer = setTimeout(() => {
+        if (!opened) { es.close(); longPoll(); }
+      }, SSE_OPEN_TIMEOUT);
+      const opened_ = () => {
+        if (!opened) { opened = true; clearTimeout(timer); }
+        failures = 0;
+        show("live", "sse");
+      };
+      es.onopen = opened_;
+      for (const [name, handler] of Object.entries(opts.events)) {
+        es.addEventListener(name, (ev) => {
+          opened_();
+          handler(ev, () => { es.close(); stop(); });
+        });
+      }
+      es.onerror = () => {
+        if (stopped) return;
+        if (!opened) {             // never opened: no SSE here, long-poll instead
+          clearTimeout(timer);
+          es.close();
+          longPoll();
+          return;
+        }
+        show("reconnecting", "sse");
+        if (es.readyState === EventSource.CLOSED) {  // the browser gave up: try again later
+          failures += 1;
+          setTimeout(startSse, delay());
+        }                          // else the browser reconnects by itself, with Last-Event-ID
+      };
+    }
+
+    async function longPoll() {
+      show("reconnecting", "poll");
+      let wait = 0;                // the first request answers at once: proves the way works
+      while (!stopped) {
+        try {
+          const more = await opts.poll(wait);
+          failures = 0;
+          show("live", "poll");
+          if (more === false) { stopped = true; show("finished", "poll"); return; }
+          wait = POLL_WAIT;
+        } catch (err) {
+          failures += 1;
+          show("reconnecting", "poll");
+          await sleep(delay());
+        }
+      }
+    }
+
+    if ("EventSource" in window) startSse(); else longPoll();
+  }
+
+  async function getJson(url, headers) {
+    const res = await fetch(url, { headers: headers || {}, credentials: "same-origin", cache: "no-store" });
+    if (!res.ok) throw new Error(`${res.status} from ${url}`);
+    return res.json();
+  }
+
+  // Serialise calls to an async function; calls made meanwhile collapse into one more run.
+  function coalesce(fn) {
+    let running = null;
+    let again = false;
+    return function run() {
+      if (running) { again = true; return running; }
+      running = (async () => {
+        try {
+          do { again = false; await fn(); } while (again);
+        } finally { running = null; }
+      })();
+      return running;
+    };
+  }
+
+  // -- the runs page --------------------------------------------------------------------
+
+  function runsPage() {
+    let cursor = parseFloat(body.dataset.cursor) || Date.now() / 1000;
+    const firstPage = !new URLSearchParams(location.search).has("cursor");
+    let last = 0;
+    let timer = null;
+
+    const refresh = coalesce(async () => {
+      last = Date.now();
+      const d = await getJson(location.pathname + location.search, FRAGMENT);
+      const rows = document.getElementById("runs-rows");
+      const before = new Map([...rows.querySelectorAll("tr[data-run-id]")]
+        .map((tr) => [tr.dataset.runId, tr.dataset.status]));
+      rows.innerHTML = d.rows;
+      document.getElementById("counts").innerHTML = d.counts;
+      document.getElementById("pager").innerHTML = d.pager;
+      for (const tr of rows.querySelectorAll("tr[data-run-id]")) {
+        if (before.get(tr.dataset.runId) !== tr.dataset.status) tr.classList.add("flash-row");
+      }
+    });
+
+    // At most two refreshes a second, however many runs change.
+    function schedule() {
+      if (timer) return;
+      timer = setTimeout(() => { timer = null; refresh().catch(() => {}); },
+                         Math.max(0, last + 500 - Date.now()));
+    }
+
+    connect({
+      sseUrl: () => {
+        const url = new URL(body.dataset.streamUrl, location.href);
+        url.searchParams.set("after", cursor.toFixed(6));
+        return url.toString();
+      },
+      events: {
+        run(ev) {
+          const run = JSON.parse(ev.data);
+          const id = parseFloat(ev.lastEventId);
+          if (id > cursor) cursor = id;
+          if (firstPage || document.querySelector(`tr[data-run-id="${CSS.escape(run.id)}"]`)) schedule();
+        },
+      },
+      async poll(wait) {
+        const url = new URL(body.dataset.changesUrl, location.href);
+        url.searchParams.set("since", cursor.toFixed(6));
+        url.searchParams.set("wait", String(wait));
+        const d = await getJson(url.toString());
+        if (d.cursor > cursor) cursor = d.cursor;
+        if (d.changed) await refresh();
+        return true;
+      },
+    });
+  }
+
+  // -- the run page ---------------------------------------------------------------------
+
+  const FINISHED = ["succeeded", "cancelled"];
+
+  function runPage() {
+    let lastSeq = parseInt(body.dataset.lastSeq, 10) || 0;
+    const fragmentUrl = body.dataset.fragmentUrl;
+
+    const refresh = coalesce(async () => {
+      const d = await getJson(`${fragmentUrl}?after=${lastSeq}`, FRAGMENT);
+      if (d.last_seq > lastSeq) {
+        document.getElementById("timeline").insertAdjacentHTML("beforeend", d.rows);
+        lastSeq = d.last_seq;
+      }
+      for (const [id, key] of [["run-head", "head"], ["diagram", "diagram"], ["waiting", "waiting"], ["data", "data"]]) {
+        const el = document.getElementById(id);
+        if (el && el.innerHTML !== d[key]) el.innerHTML = d[key];
+      }
+      const actions = document.getElementById("actions");
+      if (actions && actions.dataset.sig !== d.actions_sig) {  // keep what is being typed when nothing changed
+        actions.innerHTML = d.actions;
+        actions.dataset.sig = d.actions_sig;
+      }
+      body.dataset.status = d.status;
+      body.dataset.lastSeq = String(lastSeq);
+      tick();
+    });
+    window.interlockRefresh = refresh;
+
+    connect({
+      sseUrl: () => {
+        const url = new URL(body.dataset.streamUrl, location.href);
+        url.searchParams.set("after", String(lastSeq));
+        return url.toString();
+      },
+      events: {
+        history(ev) {
+          if (parseInt(ev.lastEventId, 10) > lastSeq) refresh().catch(() => {});
+        },
+        end(ev, finish) {
+          finish();
+          refresh().catch(() => {});
+        },
+      },
+      async poll(wait) {
+        const url = new URL(body.dataset.historyUrl, location.href);
+        url.searchParams.set("after", String(lastSeq));
+        url.searchParams.set("wait", String(wait));
+        const d = await getJson(url.toString());
+        if (d.history.length) await refresh();
+        return !(FINISHED.includes(d.status) && d.history.length === 0 && lastSeq >= d.last_seq);
+      },
+    });
+  }
+
+  // -- countdowns (timers, next attempts) -------------------------------------------------
+
+  function human(seconds) {
+    const s = Math.max(0, Math.round(seconds));
+    if (s < 60) return `${s} s`;
+    const m = Math.floor(s / 60);
+    if (m < 60) return `${m} min ${s % 60} s`;
+    const h = Math.floor(m / 60);
+    if (h < 48) return `${h} h ${m % 60} min`;
+    return `${Math.floor(h / 24)} d ${h % 24} h`;
+  }
+
+  function tick() {
+    const now = Date.now() / 1000;
+    for (const el of document.querySelectorAll(".countdown[data-due]")) {
+      const left = parseFloat(el.dataset.due) - now;
+      el.textContent = left > 0 ? `in ${human(left)}` : "due now";
+    }
+  }
+
+  // -- actions: confirm, then POST (with the form's CSRF token), show the answer ---------------
+
+  function notice(text, kind) {
+    const box = document.getElementById("notices");
+    const p = document.createElement("p");
+    p.className = `flash ${kind}`;
+    p.setAttribute("role", kind === "error" ? "alert" : "status");
+    p.textContent = text;
+    box.replaceChildren(p);
+  }
+
+  async function submitAction(form) {
+    const data = new FormData(form);
+    data.set("confirm", "yes");
+    let res;
+    try {
+      res = await fetch(form.action, { method: "POST", body: data, credentials: "same-origin",
+                                       headers: { Accept: "application/json" } });
+    } catch (err) {
+      notice("The server could not be reached: nothing was changed. Try again.", "error");
+      return;
+    }
+    let answer = {};
+    try { answer = await res.json(); } catch (err) { /* not JSON */ }
+    if (res.ok && answer.ok) {
+      notice(answer.message, "ok");
+      const area = form.querySelector("textarea");
+      if (area) area.value = "";
+      if (window.interlockRefresh) window.interlockRefresh().catch(() => {});
+    } else {
+      const title = answer.title || res.statusText || "Error";
+      notice(`Refused (${res.status} ${title}): ${answer.detail || title}`, "error");
+    }
+  }
+
+  function confirmThen(form) {
+    const dialog = document.getElementById("confirm-dialog");
+    const event = form.querySelector("select[name=event]");
+    const text = form.dataset.confirm + (event ? ` Event: ${event.value}.` : "");
+    const dataField = form.querySelector("textarea[name=data]");
+    if (!dialog || typeof dialog.showModal !== "function") {
+      if (window.confirm(text)) submitAction(form);
+      return;
+    }
+    document.getElementById("confirm-text").textContent = text;
+    const pre = document.getElementById("confirm-data");
+    pre.textContent = dataField && dataField.value.trim() ? dataField.value.trim() : "";
+    pre.hidden = !pre.textContent;
+    dialog.returnValue = "";
+    dialog.addEventListener("close", () => {
+      if (dialog.returnValue === "ok") submitAction(form);
+    }, { once: true });
+    dialog.showModal();
+  }
+
+  document.addEventListener("submit", (ev) => {
+    const form = ev.target;
+    if (!(form instanceof HTMLFormElement) || !form.classList.contains("confirm")) return;
+    ev.preventDefault();
+    confirmThen(form);
+  });
+
+  // -- start ------------------------------------------------------------------------------
+
+  tick();
+  setInterval(tick, 1000);
+  if (body.dataset.page === "runs") runsPage();
+  if (body.dataset.page === "run") runPage();
+})();

@@ -1,0 +1,120 @@
+"""The web pages: runs, one run (diagram, "waiting for", timeline, actions), workflows.
+
+Server-rendered HTML (Jinja, autoescaped) that reads without JavaScript; ``static/interlock.js``
+adds the live parts over the API's streams (SSE, or the long poll when SSE is unavailable).
+Signing in with an API token is required when tokens are configured; every form is a POST
+with a per-session CSRF token.
+"""
+
+import math
+import time
+from datetime import datetime, timezone
+
+from flask import Blueprint, jsonify, redirect, render_template, request, url_for
+from werkzeug.exceptions import HTTPException
+
+from engine.errors import InterlockError
+
+from ..problems import Problem
+from . import security
+
+blueprint = Blueprint("web", __name__)
+
+# Endpoints open without signing in (the sign-in page itself).
+PUBLIC = {"web.login"}
+
+
+@blueprint.record_once
+def _setup(state):
+    app = state.app
+    security.configure(app)
+    app.config.setdefault("WEB_SSE", True)  # False: the pages' SSE routes answer 503 (long-poll fallback)
+    app.jinja_env.filters.update(when=when, duration=duration, iso=iso_time)
+    app.jinja_env.globals.update(csrf_token=security.csrf_token)
+
+
+@blueprint.before_request
+def _require_sign_in():
+    if request.endpoint in PUBLIC or not security.tokens_required() or security.signed_in() is not None:
+        return None
+    if request.path.startswith("/live/") or wants_json():
+        return jsonify({"type": "urn:interlock:problem:unauthorized", "title": "Unauthorized",
+                        "status": 401, "detail": "sign in at /login"}), 401
+    return redirect(url_for("web.login", next=request.full_path.rstrip("?")))
+
+
+@blueprint.after_request
+def _headers(response):
+    return security.headers(response)
+
+
+@blueprint.context_processor
+def _context():
+    return {"may_write": security.may_write(), "signed_in": security.signed_in() is not None,
+            "tokens_required": security.tokens_required(), "now": time.time()}
+
+
+def problem_of(exc: InterlockError) -> Problem:
+    """The problem document the API answers for ``exc`` (same status, type, title and detail)."""
+    return Problem(exc.status, exc.code, exc.code.replace("-", " ").capitalize(), str(exc))
+
+
+def wants_json() -> bool:
+    return bool(request.headers.get("X-Interlock-Fragment")) or \
+        request.accept_mimetypes.best == "application/json"
+
+
+def page_error(status, title, detail):
+    return render_template("error.html", status=status, title=title, detail=detail), status
+
+
+@blueprint.errorhandler(InterlockError)
+def _interlock_error(exc):
+    problem = problem_of(exc)
+    if wants_json():
+        return problem.response()
+    return page_error(problem.status, problem.title, problem.detail)
+
+
+@blueprint.errorhandler(HTTPException)
+def _http_error(exc):
+    if wants_json() or request.path.startswith("/live/"):
+        return jsonify({"type": "urn:interlock:problem:http-error", "title": exc.name,
+                        "status": exc.code, "detail": exc.description}), exc.code
+    return page_error(exc.code, exc.name, exc.description)
+
+
+# -- formatting ------------------------------------------------------------------------
+
+def when(epoch) -> str:
+    if epoch is None:
+        return "—"
+    return datetime.fromtimestamp(epoch, timezone.utc).strftime("%Y-%m-%d %H:%M:%S")
+
+
+def iso_time(epoch) -> str:
+    if epoch is None:
+        return ""
+    return datetime.fromtimestamp(epoch, timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def duration(seconds) -> str:
+    if seconds is None or (isinstance(seconds, float) and math.isnan(seconds)):
+        return "—"
+    sign = "-" if seconds < 0 else ""
+    s = abs(seconds)
+    if s < 1:
+        return f"{sign}{s * 1000:.0f} ms"
+    if s < 60:
+        return f"{sign}{s:.1f} s"
+    m, sec = divmod(int(s), 60)
+    if m < 60:
+        return f"{sign}{m} min {sec} s"
+    h, m = divmod(m, 60)
+    if h < 48:
+        return f"{sign}{h} h {m} min"
+    d, h = divmod(h, 24)
+    return f"{sign}{d} d {h} h"
+
+
+from . import catalog, live, pages  # noqa: E402,F401  (routes)

@@ -1,0 +1,202 @@
+"""What the pages read: filtered runs, counts per status and per state, a run's path, a run's timeline.
+
+Reads only; every change goes through ``Interlock`` (and so ``transitions.apply``).
+"""
+
+import json
+import re
+from dataclasses import dataclass
+from datetime import date, datetime, timedelta, timezone
+
+from sqlalchemy import func, select
+
+from engine import queries
+from engine.errors import InvalidData, RunNotFound
+from engine.models import history, runs
+
+from .diagram import edge_key
+
+STATUSES = ("running", "waiting", "succeeded", "failed", "cancelled")
+PAGE = 50
+RUN_ID = re.compile(r"^[0-9a-f]{32}$")
+TIMELINE_LIMIT = 1000
+
+
+@dataclass
+class Filters:
+    workflow: str | None = None
+    status: str | None = None
+    state: str | None = None
+    since: date | None = None   # created on or after this day (UTC)
+    until: date | None = None   # created on or before this day (UTC)
+    q: str | None = None        # a business key or a run id
+    cursor: str | None = None
+
+    @classmethod
+    def from_args(cls, args) -> "Filters":
+        def text(name, size=255):
+            value = (args.get(name) or "").strip()
+            if len(value) > size:
+                raise InvalidData(f"{name} is longer than {size} characters", field=name)
+            return value or None
+
+        status = text("status")
+        if status is not None and status not in STATUSES:
+            raise InvalidData(f"status must be one of {', '.join(STATUSES)}", field="status")
+        cursor = text("cursor")
+        if cursor is not None and not RUN_ID.match(cursor):
+            raise InvalidData("cursor is not a value this page links to", field="cursor")
+        return cls(workflow=text("workflow", 200), status=status, state=text("state", 200),
+                   since=_day(text("from"), "from"), until=_day(text("to"), "to"), q=text("q"), cursor=cursor)
+
+    def args(self, **changes) -> dict:
+        """Query arguments for a link to this view with ``changes`` (None drops one)."""
+        values = {"workflow": self.workflow, "status": self.status, "state": self.state,
+                  "from": self.since.isoformat() if self.since else None,
+                  "to": self.until.isoformat() if self.until else None, "q": self.q, "cursor": self.cursor}
+        values.update(changes)
+        return {k: v for k, v in values.items() if v not in (None, "")}
+
+    @property
+    def window(self) -> tuple[float | None, float | None]:
+        after = _epoch(self.since) if self.since else None
+        before = _epoch(self.until + timedelta(days=1)) if self.until else None
+        return after, before
+
+
+def _day(value, name):
+    if value is None:
+        return None
+    try:
+        return date.fromisoformat(value[:10])
+    except ValueError:
+        raise InvalidData(f"{name} must be a date (YYYY-MM-DD)", field=name) from None
+
+
+def _epoch(day: date) -> float:
+    return datetime(day.year, day.month, day.day, tzinfo=timezone.utc).timestamp()
+
+
+def list_runs(rt, f: Filters, limit: int = PAGE) -> queries.Page:
+    """Newest first, keyset-paginated by id. ``q`` matches a business key exactly, or a run id."""
+    after, before = f.window
+    common = dict(workflow=f.workflow, status=f.status, state=f.state,
+                  created_after=after, created_before=before)
+    page = rt.list_runs(**common, business_key=f.q, cursor=f.cursor, limit=limit) if f.q else \
+        rt.list_runs(**common, cursor=f.cursor, limit=limit)
+    if f.q and RUN_ID.match(f.q.lower()) and f.cursor is None:
+        try:
+            by_id = rt.get(f.q.lower())
+        except RunNotFound:
+            by_id = None
+        if by_id is not None and _matches(by_id, f, after, before) and all(r.id != by_id.id for r in page.runs):
+            page = queries.Page(runs=[by_id, *page.runs], next=page.next)
+    return page
+
+
+def _matches(run, f, after, before) -> bool:
+    return ((f.workflow is None or run.workflow == f.workflow) and (f.status is None or run.status == f.status)
+            and (f.state is None or f.state in run.state.split(","))
+            and (after is None or run.created_at >= after) and (before is None or run.created_at < before))
+
+
+def status_counts(rt, f: Filters) -> dict:
+    """Runs per status under the page's filters except the status itself."""
+    after, before = f.window
+    query = select(runs.c.status, func.count()).group_by(runs.c.status)
+    if f.workflow:
+        query = query.where(runs.c.workflow == f.workflow)
+    if f.state:
+        query = query.where(runs.c.state.in_([f.state]) | runs.c.state.like(f"{f.state},%")
+                            | runs.c.state.like(f"%,{f.state}") | runs.c.state.like(f"%,{f.state},%"))
+    if after is not None:
+        query = query.where(runs.c.created_at >= after)
+    if before is not None:
+        query = query.where(runs.c.created_at < before)
+    if f.q:
+        query = query.where((runs.c.business_key == f.q) | (runs.c.id == f.q.lower()))
+    with rt.db.read() as conn:
+        found = dict(conn.execute(query).all())
+    return {status: found.get(status, 0) for status in STATUSES}
+
+
+def state_counts(rt, workflow: str) -> dict:
+    """{version: {state: runs in it now}} for one workflow."""
+    query = (select(runs.c.version, runs.c.state, func.count()).where(runs.c.workflow == workflow)
+             .group_by(runs.c.version, runs.c.state))
+    out: dict = {}
+    with rt.db.read() as conn:
+        for version, state, n in conn.execute(query):
+            per = out.setdefault(version, {})
+            for leaf in state.split(","):
+                per[leaf] = per.get(leaf, 0) + n
+    return out
+
+
+def path_of(rt, run_id: str) -> tuple[set, set]:
+    """States the run has been in and transitions it took (edge keys), from its history."""
+    query = (select(history.c.kind, history.c.event, history.c.source, history.c.target)
+             .where(history.c.run_id == run_id, history.c.kind.in_(("started", "transition")))
+             .order_by(history.c.seq))
+    visited, taken = set(), set()
+    with rt.db.read() as conn:
+        for kind, event, source, target in conn.execute(query):
+            sources = (source or "").split(",") if source else []
+            targets = (target or "").split(",") if target else []
+            visited.update(sources)
+            visited.update(targets)
+            if kind == "transition" and event:
+                taken.update(edge_key(s, event, t) for s in sources for t in targets)
+    return visited, taken
+
+
+def timeline(rt, run_id: str, after: int = 0, limit: int = TIMELINE_LIMIT) -> tuple[list, float | None, bool]:
+    """History entries after ``after`` (the newest ``limit`` of them) as dicts for the template,
+    the time of the entry just before them (for "time since previous") and whether older ones were cut."""
+    with rt.db.read() as conn:
+        newest = conn.execute(select(func.max(history.c.seq)).where(history.c.run_id == run_id)).scalar() or 0
+        start = max(after, newest - limit)
+        entries = queries.get_history(conn, run_id, start, limit)
+        before = None
+        if start > 0:
+            before = conn.execute(select(history.c.at).where(
+                history.c.run_id == run_id, history.c.seq == start)).scalar()
+    rows, previous = [], before
+    for e in entries:
+        rows.append(describe_entry(e, previous))
+        previous = e.at
+    return rows, before, start > after
+
+
+def describe_entry(e, previous_at) -> dict:
+    detail = e.detail or {}
+    what, note = "", ""
+    if e.kind == "started":
+        what = f"→ {e.target}"
+    elif e.kind == "transition":
+        what = f"{e.event}: {e.source or '∅'} → {e.target}"
+    elif e.kind.startswith("step_"):
+        what = f"{detail.get('step')} attempt {detail.get('attempt')}"
+        if e.kind == "step_failed":
+            note = str(detail.get("error") or "")
+            note += " (final)" if detail.get("final") else \
+                f" (retry in {detail.get('retry_in')} s)" if detail.get("retry_in") is not None else ""
+        elif e.kind == "step_rechecked":
+            note = f"not yet, again in {detail.get('recheck_in')} s"
+        elif e.kind == "step_succeeded":
+            note = f"→ {e.event}" if e.event else "done"
+    elif e.kind == "timer_fired":
+        what = f"{detail.get('timer')} ({detail.get('kind')})"
+        if e.event:
+            what += f" → {e.event}"
+    else:
+        what = e.event or ""
+        note = ", ".join(f"{k}={v}" for k, v in detail.items() if v is not None and k != "traceback")
+        if e.kind in ("cancelled", "failed") and e.source:
+            what = f"in {e.source}" + (f" ({what})" if what else "")
+    return {
+        "seq": e.seq, "at": e.at, "kind": e.kind, "what": what, "note": note, "cause": e.cause,
+        "since_previous": None if previous_at is None else e.at - previous_at,
+        "traceback": detail.get("traceback"),
+        "data": json.dumps(e.data, indent=2, sort_keys=True) if e.data and e.kind != "started" else None,
+    }

@@ -1,0 +1,165 @@
+"""The web pages in a real headless Chromium (Debian's chromium + chromium-driver, driven by Selenium):
+live updates over SSE and, with SSE turned off, over the long-poll fallback; the send-event form;
+search; an XSS payload shown as text."""
+
+import os
+import shutil
+import tempfile
+import time
+
+import pytest
+import requests
+
+from tests.conftest import CI
+from tests.test_web import XSS, serve
+
+CHROMIUM = os.environ.get("CHROMIUM", "/usr/bin/chromium")
+CHROMEDRIVER = os.environ.get("CHROMEDRIVER", "/usr/bin/chromedriver")
+FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+         "--disable-background-networking", "--disable-component-update", "--disable-sync",
+         "--window-size=1280,1000"]
+
+
+@pytest.fixture(scope="module")
+def browser():
+    if not (os.path.exists(CHROMIUM) and os.path.exists(CHROMEDRIVER)):
+        message = f"needs {CHROMIUM} and {CHROMEDRIVER} (apt-get install chromium chromium-driver)"
+        pytest.fail(message) if CI else pytest.skip(message)
+    os.environ.setdefault("SE_OFFLINE", "true")  # Selenium must never download a driver or browser
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    profile = tempfile.mkdtemp(prefix="interlock-chromium-")
+    options = webdriver.ChromeOptions()
+    options.binary_location = CHROMIUM
+    for flag in FLAGS:
+        options.add_argument(flag)
+    options.add_argument(f"--user-data-dir={profile}")
+    driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
+    yield driver
+    driver.quit()
+    shutil.rmtree(profile, ignore_errors=True)
+
+
+def until(predicate, timeout=10.0, message="condition"):
+    """Poll ``predicate`` (exceptions count as "not yet") until truthy; fail after ``timeout`` s."""
+    deadline = time.monotonic() + timeout
+    last = None
+    while time.monotonic() < deadline:
+        try:
+            value = predicate()
+        except Exception as exc:  # the page may be replacing the element just now
+            value, last = None, exc
+        if value:
+            return value
+        time.sleep(0.02)
+    raise AssertionError(f"timed out after {timeout}s waiting for {message} (last error: {last!r})")
+
+
+def css(driver, selector):
+    return driver.find_elements("css selector", selector)
+
+
+def row_ids(driver):
+    """The run ids in the table, read in one go (live refreshes replace the rows)."""
+    return driver.execute_script(
+        "return [...document.querySelectorAll('tr[data-run-id]')].map(tr => tr.dataset.runId)")
+
+
+def row_key(driver, run_id):
+    return driver.execute_script(
+        "const tr = document.querySelector(`tr[data-run-id='${arguments[0]}']`);"
+        "return tr ? tr.querySelector('td.key').textContent : null", run_id)
+
+
+def live_mode(driver):
+    indicator = css(driver, "#live")[0]
+    return indicator.get_attribute("data-mode") if indicator.text == "live" else None
+
+
+def no_dialog(driver):
+    from selenium.common.exceptions import NoAlertPresentException
+
+    try:
+        driver.switch_to.alert
+    except NoAlertPresentException:
+        return True
+    return False
+
+
+def current_state(driver):
+    nodes = css(driver, "#diagram g.node.current")
+    return nodes[0].get_attribute("data-state") if nodes else None
+
+
+@pytest.mark.parametrize("sse", [True, False], ids=["sse", "long-poll"])
+def test_live_updates_and_the_send_form(tmp_path, browser, sse):
+    expected = "sse" if sse else "poll"
+    with serve(tmp_path, WEB_SSE=sse) as site, requests.Session() as api:
+        site.start(key="OLD-1")
+        browser.get(site.url + "/")
+        until(lambda: live_mode(browser) == expected, message=f"the runs page to go live by {expected}")
+        browser.execute_script("window.notReloaded = true")
+
+        # A run started through the API appears without a reload.
+        created = api.post(f"{site.url}/api/workflows/cargo/runs",
+                           json={"data": {"container": "MSCU1", "manifest": ["toys"]}, "business_key": XSS})
+        assert created.status_code == 201
+        run_id = created.json()["id"]
+        key = until(lambda: row_key(browser, run_id), message="the new run's row")
+        assert browser.execute_script("return window.notReloaded") is True
+        assert key == XSS                                                 # shown as text
+        assert no_dialog(browser)
+
+        # Its page: send an event with the form; the entry and the highlight move within 2 s.
+        browser.get(f"{site.url}/runs/{run_id}")
+        until(lambda: live_mode(browser) == expected, message=f"the run page to go live by {expected}")
+        browser.execute_script("window.notReloaded = true")
+        assert current_state(browser) == "booked"
+        assert css(browser, "#run-key")[0].text == XSS and no_dialog(browser)
+        css(browser, "#send-event option[value=depart]")[0].click()
+        css(browser, "#send-data")[0].send_keys('{"vessel": "Ever Given"}')
+        css(browser, "#send-form button[type=submit]")[0].click()
+        confirm = until(lambda: css(browser, "#confirm-dialog[open] #confirm-ok"), message="the confirmation")[0]
+        clicked = time.monotonic()
+        confirm.click()
+        until(lambda: any("depart: booked → in_transit" in li.text for li in css(browser, "#timeline li")),
+              timeout=2.0, message="the new history entry")
+        until(lambda: current_state(browser) == "in_transit", timeout=2.0, message="the highlight to move")
+        assert time.monotonic() - clicked < 2.0
+        assert css(browser, '#diagram g.edge.taken[data-edge="booked|depart|in_transit"]')
+        assert browser.execute_script("return window.notReloaded") is True
+        assert "Sent depart" in css(browser, "#notices")[0].text
+        assert site.rt.get(run_id).data["vessel"] == "Ever Given"
+
+        # A change made elsewhere (the API) shows up too.
+        sent = time.monotonic()
+        assert api.post(f"{site.url}/api/runs/{run_id}/events", json={"event": "arrive"}).status_code == 200
+        until(lambda: current_state(browser) == "at_port", timeout=2.0, message="the API's change")
+        until(lambda: any("arrive: in_transit → at_port" in li.text for li in css(browser, "#timeline li")),
+              timeout=2.0, message="the API's history entry")
+        assert time.monotonic() - sent < 2.0
+        assert browser.execute_script("return window.notReloaded") is True
+        assert [o.get_attribute("value") for o in css(browser, "#send-event option")] == ["inspect"]
+
+
+def test_search_finds_exactly_the_run_and_shows_payloads_as_text(tmp_path, browser):
+    with serve(tmp_path) as site:
+        wanted = site.start(key="MSCU1234565")
+        for key in ("MSCU1234566", "TGHU0000001", XSS):
+            site.start(key=key)
+        browser.get(site.url + "/")
+        box = until(lambda: css(browser, "#search"), message="the search box")[0]
+        box.send_keys("MSCU1234565")
+        box.submit()
+        until(lambda: "q=MSCU1234565" in browser.current_url, message="the search in the URL")
+        assert until(lambda: row_ids(browser), message="the results") == [wanted.id]
+
+        browser.get(site.url + "/")
+        box = until(lambda: css(browser, "#search"), message="the search box")[0]
+        box.send_keys(XSS)
+        box.submit()
+        found = until(lambda: "q=" in browser.current_url and row_ids(browser), message="the results")
+        assert len(found) == 1 and row_key(browser, found[0]) == XSS
+        assert no_dialog(browser)
+        assert browser.execute_script("return document.querySelectorAll('main script').length") == 0
