@@ -5,7 +5,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: dev test install clean
+.PHONY: dev test install screenshots clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -21,6 +21,9 @@ dev: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/pytest -q
+
+screenshots: $(STAMP)  # docs/*.png of the web pages (needs Debian's chromium and chromium-driver)
+	$(BIN)/python scripts/screenshot.py
 
 clean:
 	rm -rf $(VENV) *.egg-info .pytest_cache
