@@ -89,9 +89,10 @@ def _id_at(epoch: float, fill: str) -> str:
 def list_runs(rt, f: Filters, limit: int = PAGE) -> queries.Page:
     """Newest first, keyset-paginated by id. ``q`` matches a business key exactly, or a run id."""
     after, before = f.window
-    cursor = f.cursor
-    if before is not None:  # start the newest-first walk at the range's end, not at the newest run
-        cursor = min(cursor or "g", _id_at(before + ID_SLACK, "f"))
+    # Never None: the walk starts at the range's end (or past every id), and the query has a condition.
+    cursor = f.cursor or "f" * 32
+    if before is not None:
+        cursor = min(cursor, _id_at(before + ID_SLACK, "f"))
     common = dict(workflow=f.workflow, status=f.status, state=f.state,
                   created_after=after, created_before=before)
     page = rt.list_runs(**common, business_key=f.q, cursor=cursor, limit=limit) if f.q else \
