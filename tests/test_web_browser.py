@@ -163,3 +163,29 @@ def test_search_finds_exactly_the_run_and_shows_payloads_as_text(tmp_path, brows
         assert len(found) == 1 and row_key(browser, found[0]) == XSS
         assert no_dialog(browser)
         assert browser.execute_script("return document.querySelectorAll('main script').length") == 0
+
+
+def test_reconnects_after_errors_and_says_so(tmp_path, browser):
+    with serve(tmp_path, WEB_SSE=False) as site:
+        run = site.start()
+        failing = {"on": False}
+
+        def outage():  # the live routes fail while "on", as behind a proxy that lost the backend
+            from flask import request
+
+            live = request.path.startswith("/live/") or request.headers.get("X-Interlock-Fragment")
+            if failing["on"] and live:
+                return "backend down", 502
+            return None
+
+        site.app.before_request_funcs.setdefault(None, []).append(outage)
+        browser.get(f"{site.url}/runs/{run.id}")
+        until(lambda: live_mode(browser) == "poll", message="the page to go live")
+        failing["on"] = True
+        site.rt.send(run.id, "depart")  # ends the held poll; its follow-up requests fail
+        until(lambda: css(browser, "#live")[0].get_attribute("data-state") == "reconnecting",
+              message="the page to say it is reconnecting")
+        assert current_state(browser) == "booked"
+        failing["on"] = False
+        until(lambda: live_mode(browser) == "poll", timeout=15, message="the page to be live again")
+        until(lambda: current_state(browser) == "in_transit", timeout=5, message="the missed change")
