@@ -44,7 +44,8 @@ def _title(code: str) -> str:
 
 
 def from_interlock(exc: InterlockError) -> Problem:
-    extra = {k: v for k, v in exc.to_dict().items() if k not in ("type", "detail")}
+    reserved = ("type", "detail", "title", "status", "instance")
+    extra = {k: v for k, v in exc.to_dict().items() if k not in reserved}
     return Problem(exc.status, exc.code, _title(exc.code), str(exc), **extra)
 
 

@@ -111,7 +111,7 @@ class RunNotActive(InterlockError):
         super().__init__(f"run {run_id} is {status}: cannot {action}")
 
     def to_dict(self) -> dict:
-        return {**super().to_dict(), "run_id": self.run_id, "status": self.status_value}
+        return {**super().to_dict(), "run_id": self.run_id, "run_status": self.status_value}
 
 
 class CallbackError(InterlockError):
