@@ -5,13 +5,16 @@ it reads once, waits to be woken by the process's shared notifier, then reads ag
 """
 
 import json
+import random
 import time
+from contextlib import nullcontext
 
 from flask import Blueprint, Response, current_app, request
 from pydantic import BaseModel, Field
 from sqlalchemy import and_, or_, select
 
 from engine import queries
+from engine.errors import RunNotFound
 from engine.models import runs
 from engine.notify import OVERLAP
 
@@ -27,6 +30,8 @@ BATCH = 500
 MAX_TIME = 1e11  # epoch seconds: far beyond any real resume point
 # Runs that can still change: a failed run may be retried.
 FINISHED = ("succeeded", "cancelled")
+# EventSource reconnects after this many milliseconds.
+RETRY = "retry: 1000\n\n"
 SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 LAST_EVENT_ID = {"Last-Event-ID": "resume after this event id (sent by EventSource on reconnect)"}
 
@@ -67,25 +72,27 @@ class HistoryPage(BaseModel):
 def history(run_id, query: HistoryQuery):
     rt = engine()
     deadline = time.monotonic() + min(query.wait, MAX_WAIT)
-    run, entries = _read(rt, run_id, query.after, query.limit)
-    if not entries and run.status not in FINISHED and query.wait > 0:
-        with rt.notifier.watch(run_id) as watch:
-            while True:
-                run, entries = _read(rt, run_id, query.after, query.limit)
-                remaining = deadline - time.monotonic()
-                if entries or run.status in FINISHED or remaining <= 0:
-                    break
-                watch.wait(remaining)
-    return {"run_id": run.id, "status": run.status,
-            "last_seq": max([run.last_seq] + [e.seq for e in entries]),
+    # Watch before reading, so a change committed right after the read still wakes us.
+    with rt.notifier.watch(run_id) if query.wait > 0 else nullcontext() as watch:
+        while True:
+            head, entries = _read(rt, run_id, query.after, query.limit)
+            remaining = deadline - time.monotonic()
+            if entries or head.status in FINISHED or remaining <= 0:
+                break
+            watch.wait(remaining)
+    return {"run_id": run_id, "status": head.status,
+            "last_seq": max([head.last_seq] + [e.seq for e in entries]),
             "history": [e.to_dict() for e in entries]}
 
 
 def _read(rt, run_id, after, limit):
+    """The run's status and last seq, and its history after ``after`` (one connection, no JSON columns)."""
     with rt.db.read() as conn:
-        run = queries.get_run(conn, run_id)
-        entries = queries.get_history(conn, run_id, after, limit) if run.last_seq > after else []
-    return run, entries
+        head = conn.execute(select(runs.c.status, runs.c.last_seq).where(runs.c.id == run_id)).first()
+        if head is None:
+            raise RunNotFound(run_id)
+        entries = queries.get_history(conn, run_id, after, limit) if head.last_seq > after else []
+    return head, entries
 
 
 # -- one run ------------------------------------------------------------------------------
@@ -106,18 +113,19 @@ def run_stream(run_id, query: RunStreamQuery):
 
 def _run_events(rt, run_id, after, keepalive):
     with rt.notifier.watch(run_id) as watch:
+        yield RETRY  # sends the headers now: the client knows it is connected
         while True:
-            run, entries = _read(rt, run_id, after, BATCH)
+            head, entries = _read(rt, run_id, after, BATCH)
             for entry in entries:
                 yield _event("history", entry.seq, entry.to_dict())
                 after = entry.seq
             if len(entries) == BATCH:
                 continue
-            if run.status in FINISHED and after >= run.last_seq:
-                yield _event("end", None, run.to_dict())
+            if head.status in FINISHED and after >= head.last_seq:
+                yield _event("end", None, rt.get(run_id).to_dict())
                 return
-            if not watch.wait(keepalive):
-                yield ": keep-alive\n\n"
+            while not watch.wait(_jitter(keepalive)):
+                yield ": keep-alive\n\n"  # and no read: an idle stream costs the database nothing
 
 
 # -- every run ------------------------------------------------------------------------------
@@ -140,7 +148,7 @@ def _all_events(rt, workflow, since, keepalive):
         cursor = time.time() if since is None else since
         # What was sent lately (run id -> (last_seq, updated_at)): re-reads overlap, sends don't.
         sent = {}
-        yield f"id: {cursor:.6f}\n\n"  # a resume point even before the first change
+        yield f"{RETRY[:-1]}id: {cursor:.6f}\n\n"  # a resume point even before the first change
         changed = None if since is not None else set()
         while True:
             for run in _changed_runs(rt, workflow, changed, cursor - OVERLAP):
@@ -150,7 +158,7 @@ def _all_events(rt, workflow, since, keepalive):
                 sent[run.id] = (run.last_seq, run.updated_at)
                 yield _event("run", f"{cursor:.6f}", run.to_dict())
             sent = {k: v for k, v in sent.items() if v[1] >= cursor - 2 * OVERLAP}
-            if not watch.wait(keepalive):
+            while not watch.wait(_jitter(keepalive)):
                 yield ": keep-alive\n\n"
             changed = watch.take()
 
@@ -190,6 +198,11 @@ def _sse(events) -> Response:
 def _event(kind, event_id, data) -> str:
     head = f"id: {event_id}\n" if event_id is not None else ""
     return f"{head}event: {kind}\ndata: {json.dumps(data, separators=(',', ':'))}\n\n"
+
+
+def _jitter(seconds: float) -> float:
+    # Streams opened together (after a restart, say) would otherwise all wake at once.
+    return seconds * random.uniform(0.75, 1.0)
 
 
 def _keepalive() -> float:

@@ -23,6 +23,7 @@ CHANNEL = "interlock_runs"
 # Re-read this far behind a cursor: updated_at is taken before the commit, and clocks differ.
 OVERLAP = 2.0
 POLL_INTERVAL = 0.5
+SQLITE_PROBE = 0.1
 READY_TIMEOUT = 5.0
 # Last (seq, status) per run, so a change announced twice (locally and by the database) wakes once.
 REMEMBER = 50_000
@@ -248,7 +249,11 @@ class PgListener:
 
 
 class Poller:
-    """One thread that reads recently changed runs every ``interval`` while anyone watches."""
+    """One thread that reads recently changed runs every ``interval`` while anyone watches.
+
+    On SQLite it reads only after ``PRAGMA data_version`` says another connection committed:
+    that probe costs no table scan, so it can run every ``SQLITE_PROBE`` seconds.
+    """
 
     def __init__(self, db, notifier: Notifier, interval: float):
         self.db, self.notifier, self.interval = db, notifier, interval
@@ -279,16 +284,54 @@ class Poller:
             thread.join(5)
 
     def _run(self) -> None:
+        probe = _DataVersion(self.db) if self.db.dialect == "sqlite" else None
+        interval = SQLITE_PROBE if probe is not None else self.interval
         since = time.time() - OVERLAP
-        while not self._stop.is_set():
-            with self._lock:
-                if self._users <= 0:
-                    self._thread = None
-                    return
-            started = time.time()
-            try:
-                catch_up(self.db, self.notifier, since)
-                since = started - OVERLAP
-            except Exception as exc:
-                log.warning("polling for changed runs failed (%s); trying again", exc)
-            self._stop.wait(self.interval)
+        try:
+            while not self._stop.is_set():
+                with self._lock:
+                    if self._users <= 0:
+                        self._thread = None
+                        return
+                started = time.time()
+                try:
+                    if probe is None or probe.changed():
+                        catch_up(self.db, self.notifier, since)
+                        since = started - OVERLAP
+                except Exception as exc:
+                    if probe is not None:
+                        probe.reset()  # read again next time
+                    log.warning("polling for changed runs failed (%s); trying again", exc)
+                self._stop.wait(interval)
+        finally:
+            if probe is not None:
+                probe.close()
+
+
+class _DataVersion:
+    """SQLite's counter of commits by other connections, read on a connection of its own."""
+
+    def __init__(self, db):
+        self.db = db
+        self._conn = None
+        self._last = None
+
+    def changed(self) -> bool:
+        if self._conn is None:
+            self._conn = self.db.engine.raw_connection()
+        cursor = self._conn.cursor()
+        try:
+            cursor.execute("PRAGMA data_version")
+            version = cursor.fetchone()[0]
+        finally:
+            cursor.close()
+        changed, self._last = version != self._last, version
+        return changed
+
+    def reset(self) -> None:
+        self._last = None
+
+    def close(self) -> None:
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
