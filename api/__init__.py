@@ -30,9 +30,9 @@ def create_app(config: dict | None = None, interlock: Interlock | None = None) -
     app.extensions["interlock"] = interlock or Interlock(settings)
     problems.register(app)
 
-    from . import docs, runs, streams, workflows
+    from . import activities, docs, runs, streams, workflows
 
-    for module in (workflows, runs, streams, docs):
+    for module in (workflows, runs, streams, activities, docs):
         # On the app, not the module-level blueprint: create_app may run more than once per process.
         app.before_request_funcs.setdefault(module.blueprint.name, []).append(auth.require_token)
         app.register_blueprint(module.blueprint)

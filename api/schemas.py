@@ -214,3 +214,59 @@ class WorkflowDetail(BaseModel):
 
     name: str
     versions: list[WorkflowVersion]
+
+
+# -- activities ----------------------------------------------------------------------
+
+class ReceiveTasks(Strict):
+    max_messages: int = Field(default=1, ge=1, le=10)
+    wait_time_seconds: float = Field(default=0, ge=0, le=20,
+                                     description="long poll: wait this long for a task when none is queued")
+    visibility_timeout: float | None = Field(
+        default=None, gt=0, le=43200, description="default: the activity's declared visibility timeout")
+
+
+class Heartbeat(Strict):
+    visibility_timeout: float | None = Field(
+        default=None, gt=0, le=43200, description="from now; default: the attempt's current visibility timeout")
+
+
+class CompleteTask(Strict):
+    event: str | None = Field(default=None, min_length=1, max_length=200,
+                              description="default: the activity's default event")
+    data: dict[str, Any] = Field(default_factory=dict, description="merged into the run's data")
+
+
+class FailTask(Strict):
+    error: str = Field(min_length=1, max_length=4000)
+    traceback: str | None = Field(default=None, max_length=65536)
+
+
+class ActivityTaskOut(BaseModel):
+    """A received activity task: answer it with its token before ``lease_until``."""
+
+    token: str
+    run_id: str
+    workflow: str
+    version: int
+    state: str
+    activity: str
+    data: dict[str, Any]
+    business_key: str | None
+    attempt: int
+    max_attempts: int
+    visibility_timeout: float
+    lease_until: str
+
+
+class ReceivedTasks(BaseModel):
+    """The tasks received (none when the wait ended first)."""
+
+    tasks: list[ActivityTaskOut]
+
+
+class HeartbeatOut(BaseModel):
+    """The extended lease."""
+
+    lease_until: str
+    visibility_timeout: float

@@ -4,9 +4,10 @@ Everything here is checked when the workflow class is created, so a mistake in a
 definition fails at import with a :class:`DefinitionError`, not on the first run.
 """
 
+import re
 from dataclasses import dataclass, field
 from datetime import timedelta
-from typing import Any, Callable
+from typing import Any, Callable, ClassVar
 
 from statemachine import State, StateMachine
 from statemachine.exceptions import InvalidDefinition
@@ -36,6 +37,7 @@ def _state_ref(state) -> str | State:
 class StepSpec:
     """Background work run by a worker when its state is entered."""
 
+    kind: ClassVar[str] = "step"
     func: Callable
     state: Any
     retries: int = 3
@@ -78,6 +80,53 @@ def step(state, *, retries=3, backoff=timedelta(seconds=1), max_backoff=timedelt
         return func
 
     return mark
+
+
+ACTIVITY_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:-]{0,199}")
+MAX_VISIBILITY_TIMEOUT = 12 * 3600.0
+
+
+@dataclass
+class ActivitySpec:
+    """Work bound to a state that an external worker receives from the API, as from an SQS queue."""
+
+    kind: ClassVar[str] = "activity"
+    state: Any
+    name: str | None = None
+    retries: int = 3
+    visibility_timeout: float = 30.0
+    on_error: str | None = None
+    default: str | None = None
+    state_id: str = ""
+
+    def delay_before(self, attempt: int) -> float:
+        """An attempt lost to its visibility timeout can be received again at once."""
+        return 0.0
+
+    @property
+    def max_attempts(self) -> int:
+        return self.retries + 1
+
+
+def activity(state, *, name=None, retries=3, visibility_timeout=timedelta(seconds=30), on_error=None,
+             default=None) -> ActivitySpec:
+    """Declare an activity: entering ``state`` queues a task for external workers.
+
+    Workers receive tasks by ``name`` (default: the attribute's name), then complete them
+    with an event (``default`` when they name none) and data, or fail them. A task not
+    completed within ``visibility_timeout`` (workers may extend it by heartbeats) can be
+    received again; after ``retries`` failed retries the run takes ``on_error`` or fails.
+    """
+    if name is not None and (not isinstance(name, str) or not ACTIVITY_NAME.fullmatch(name)):
+        raise DefinitionError(f"activity name must be 1-200 letters, digits or _.:- (starting with a "
+                              f"letter or digit), got {name!r}")
+    if not isinstance(retries, int) or retries < 0:
+        raise DefinitionError(f"retries must be an int >= 0, got {retries!r}")
+    seconds = _seconds(visibility_timeout, "visibility_timeout")
+    if not 0 < seconds <= MAX_VISIBILITY_TIMEOUT:
+        raise DefinitionError(f"visibility_timeout must be more than 0 and at most 12 hours, got {seconds}s")
+    return ActivitySpec(state=_state_ref(state), name=name, retries=retries, visibility_timeout=seconds,
+                        on_error=on_error, default=default)
 
 
 @dataclass
@@ -177,7 +226,7 @@ def _check_and_collect(cls, class_name):
         if ev is not None and ev not in events:
             raise DefinitionError(f"{class_name}: {what} sends unknown event {ev!r}")
 
-    steps, timers, triggers = {}, [], []
+    steps, activities, timers, triggers = {}, {}, [], []
     seen = {}
     for klass in reversed(cls.__mro__):
         seen.update(vars(klass))
@@ -196,6 +245,8 @@ def _check_and_collect(cls, class_name):
             if spec.default is None:
                 spec.default = _only_event_leaving(cls, spec.state_id)
             steps[spec.state_id] = spec
+        elif isinstance(value, ActivitySpec):
+            _collect_activity(cls, class_name, attr, value, finals, activities, check_event)
         elif isinstance(value, TimerSpec):
             value.name = attr
             value.state_id = _resolve(cls, value.state, f"timer {attr}")
@@ -209,6 +260,11 @@ def _check_and_collect(cls, class_name):
             check_event(value.send, f"trigger {attr}")
             triggers.append(value)
 
+    both = sorted(set(steps) & set(activities))
+    if both:
+        raise DefinitionError(f"{class_name}: state {both[0]!r} has both a step ({steps[both[0]].name}) "
+                              f"and an activity ({activities[both[0]].name}); give it one or the other")
+
     final_status = dict(getattr(cls, "final_status", {}) or {})
     for state_id, status in final_status.items():
         if state_id not in finals:
@@ -216,10 +272,29 @@ def _check_and_collect(cls, class_name):
         if status not in FINAL_STATUSES:
             raise DefinitionError(f"{class_name}: final_status {status!r} is not one of {FINAL_STATUSES}")
     cls._steps = steps
+    cls._activities = activities
     cls._timers = tuple(timers)
     cls._triggers = tuple(triggers)
     cls._final_status = final_status
     cls._event_ids = tuple(e.id for e in cls._events)
+
+
+def _collect_activity(cls, class_name, attr, spec, finals, activities, check_event):
+    if spec.name is None:
+        if not ACTIVITY_NAME.fullmatch(attr):
+            raise DefinitionError(f"{class_name}: activity {attr} needs name=... (letters, digits, _.:-)")
+        spec.name = attr
+    spec.state_id = _resolve(cls, spec.state, f"activity {attr}")
+    if spec.state_id in finals:
+        raise DefinitionError(f"{class_name}: activity {attr} is on final state {spec.state_id!r}")
+    if spec.state_id in activities:
+        raise DefinitionError(f"{class_name}: state {spec.state_id!r} has two activities "
+                              f"({activities[spec.state_id].name}, {spec.name})")
+    check_event(spec.on_error, f"activity {attr} on_error")
+    check_event(spec.default, f"activity {attr} default")
+    if spec.default is None:
+        spec.default = _only_event_leaving(cls, spec.state_id)
+    activities[spec.state_id] = spec
 
 
 class Workflow(StateMachine, metaclass=WorkflowMeta):
@@ -239,8 +314,13 @@ class Workflow(StateMachine, metaclass=WorkflowMeta):
     demo_events: dict = {}
 
     @classmethod
-    def step_for(cls, state_id) -> StepSpec | None:
-        return cls._steps.get(state_id)
+    def step_for(cls, state_id) -> "StepSpec | ActivitySpec | None":
+        """The work bound to the state: its step, or its activity (``spec.kind`` says which)."""
+        return cls._steps.get(state_id) or cls._activities.get(state_id)
+
+    @classmethod
+    def activity_for(cls, state_id) -> ActivitySpec | None:
+        return cls._activities.get(state_id)
 
     @classmethod
     def status_of_final(cls, state_id) -> str:

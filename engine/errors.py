@@ -123,3 +123,22 @@ class CallbackError(InterlockError):
     def __init__(self, run_id, event, error):
         self.run_id, self.event, self.error = run_id, event, error
         super().__init__(f"run {run_id}: event {event!r} failed in a callback: {error!r}")
+
+
+class StaleTaskToken(InterlockError):
+    """An activity task token that names no running attempt (any more): nothing was changed.
+
+    ``reason`` is ``unknown``, ``expired`` (the visibility timeout ended), or the task's
+    status: ``queued`` (this attempt is over; the task waits to be received again),
+    ``succeeded``, ``failed``, ``superseded`` (the run left the state) or ``cancelled``.
+    """
+
+    code = "stale-task-token"
+    status = 410
+
+    def __init__(self, reason, message):
+        self.reason = reason
+        super().__init__(message)
+
+    def to_dict(self) -> dict:
+        return {**super().to_dict(), "reason": self.reason}

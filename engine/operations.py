@@ -140,6 +140,9 @@ class StepFailed:
     traceback: str | None
     started_at: float
     lost: bool = False
+    # Seconds until the retry, instead of the spec's backoff (an activity failed by its worker
+    # is received again when its visibility timeout ends).
+    retry_in: float | None = None
 
     def perform(self, change: Change):
         task = _load_task(change, self.task_id, self.attempt, self.started_at)
@@ -152,7 +155,7 @@ class StepFailed:
                   "error": self.error, "traceback": self.traceback, "lost": self.lost or None}
         values = {"last_error": self.error, "lease_until": None, "updated_at": change.now}
         if task["attempt"] < task["max_attempts"]:
-            delay = spec.delay_before(task["attempt"] + 1)
+            delay = spec.delay_before(task["attempt"] + 1) if self.retry_in is None else self.retry_in
             change.record("step_failed", cause="step", detail={**detail, "retry_in": delay})
             change.schedule(task, delay, spec)
             values.update(status="queued", available_at=task["available_at"], sent_at=task["sent_at"])

@@ -18,6 +18,12 @@ from .transitions import apply
 
 log = logging.getLogger(__name__)
 BATCH = 500
+# Why a running task whose lease ended counts as a failed attempt, by task kind.
+LOST_ERROR = {
+    "step": "WorkerLost: the worker stopped renewing its lease (crashed or was killed)",
+    "activity": "VisibilityTimeout: the activity worker did not complete, fail or heartbeat the task "
+                "within its visibility timeout",
+}
 
 
 class Reconciler:
@@ -103,13 +109,15 @@ class Reconciler:
         return len(pending)
 
     def recover_lost_tasks(self) -> int:
-        """Running tasks whose lease expired: their worker died. Each counts as a failed attempt."""
+        """Running tasks whose lease expired: their worker died (a step's) or let the visibility
+        timeout pass (an activity's). Each counts as a failed attempt, and is queued again."""
         with self.rt.db.read() as conn:
-            lost = conn.execute(select(tasks.c.id, tasks.c.run_id, tasks.c.attempt, tasks.c.claimed_at).where(
+            lost = conn.execute(select(tasks.c.id, tasks.c.run_id, tasks.c.attempt, tasks.c.claimed_at,
+                                       tasks.c.kind).where(
                 tasks.c.status == "running", tasks.c.lease_until < time.time()).limit(BATCH)).all()
-        for task_id, run_id, attempt, claimed_at in lost:
-            log.warning("task %s of run %s lost its worker (lease expired); retrying", task_id, run_id,
+        for task_id, run_id, attempt, claimed_at, kind in lost:
+            log.warning("%s task %s of run %s lost its worker (lease expired); retrying", kind, task_id, run_id,
                         extra={"run_id": run_id, "task_id": task_id})
-            apply(self.rt, run_id, StepFailed(task_id, attempt, "WorkerLost: the worker stopped renewing "
-                                              "its lease (crashed or was killed)", None, claimed_at, lost=True))
+            apply(self.rt, run_id, StepFailed(task_id, attempt, LOST_ERROR.get(kind, LOST_ERROR["step"]), None,
+                                              claimed_at, lost=True))
         return len(lost)

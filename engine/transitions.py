@@ -196,7 +196,7 @@ class Change:
 
     def add_task(self, state, seq, spec):
         row = {"id": new_id(), "run_id": self.row["id"], "state": state, "entry_seq": seq,
-               "name": spec.name, "kind": "step", "status": "queued", "attempt": 0,
+               "name": spec.name, "kind": spec.kind, "status": "queued", "attempt": 0,
                "max_attempts": spec.max_attempts, "available_at": self.now, "sent_at": None,
                "claimed_at": None, "lease_until": None, "token": None, "visibility_timeout": None,
                "last_error": None,
@@ -206,9 +206,11 @@ class Change:
         self.open_tasks += 1
 
     def schedule(self, task: dict, delay: float, spec):
-        """Mark the task sent and queue its dispatch, if this process can deliver it now."""
+        """Mark the task sent and queue its dispatch, if this process can deliver it now.
+
+        Activity tasks are never sent: external workers receive them from the tasks table."""
         task["available_at"] = self.now + delay
-        if self.rt.dispatcher.delivers and delay <= MAX_BROKER_DELAY:
+        if spec.kind == "step" and self.rt.dispatcher.delivers and delay <= MAX_BROKER_DELAY:
             task["sent_at"] = self.now
             self.dispatch.append(Dispatch(task["id"], delay, spec.time_limit))
         else:
