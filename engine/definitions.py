@@ -195,7 +195,19 @@ class WorkflowMeta(StateMachineMetaclass):
         cls.workflow_name = workflow_name
         # python-statemachine overwrites ``name`` with the class name; keep the workflow's.
         cls.name = workflow_name
+        _check_not_overwritten(cls, name, attrs)
         _check_and_collect(cls, name)
+
+
+def _check_not_overwritten(cls, class_name, attrs):
+    """python-statemachine sets some class attributes itself (``prepare``, ``id``, ``states``...):
+    a step, activity, timer or trigger declared under such a name would silently vanish."""
+    for attr, value in attrs.items():
+        declared = (isinstance(getattr(value, "_interlock_step", None), StepSpec)
+                    or isinstance(value, (ActivitySpec, TimerSpec, TriggerSpec)))
+        if declared and vars(cls).get(attr) is not value:
+            raise DefinitionError(f"{class_name}: {attr!r} is a name python-statemachine uses "
+                                  "itself; give the step, activity, timer or trigger another name")
 
 
 def _resolve(cls, ref, what) -> str:
@@ -203,8 +215,10 @@ def _resolve(cls, ref, what) -> str:
         if ref not in cls.states_map:
             raise DefinitionError(f"{cls.__name__}: {what} names unknown state {ref!r}")
         return ref
+    # Identity, not equality: python-statemachine compares states by name and id, so a
+    # state of another workflow with the same name would otherwise pass for one of ours.
     for value, state in cls.states_map.items():
-        if state is ref or (state.id == ref.id and ref in cls.states):
+        if state is ref:
             return value
     raise DefinitionError(f"{cls.__name__}: {what} uses state {ref!r}, which is not a state of this workflow")
 
