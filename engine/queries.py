@@ -2,7 +2,7 @@
 
 from dataclasses import asdict, dataclass
 
-from sqlalchemy import and_, or_, select
+from sqlalchemy import or_, select
 
 from .errors import InvalidData, RunNotFound
 from .models import history, runs
@@ -103,7 +103,7 @@ def list_runs(conn, *, workflow=None, version=None, status=None, state=None, bus
         if not isinstance(cursor, str) or len(cursor) != 32 or not _is_hex(cursor):
             raise InvalidData("cursor is not a value returned as `next`", field="cursor")
         conditions.append(runs.c.id < cursor)
-    query = select(runs).where(and_(*conditions)).order_by(runs.c.id.desc()).limit(limit + 1)
+    query = select(runs).where(*conditions).order_by(runs.c.id.desc()).limit(limit + 1)
     rows = [Run.from_row(r) for r in conn.execute(query).mappings()]
     more = len(rows) > limit
     rows = rows[:limit]
