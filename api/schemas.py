@@ -145,6 +145,7 @@ class StateOut(BaseModel):
     final: bool
     status: str | None
     step: str | None
+    activity: str | None
     timers: list[str]
 
 
@@ -162,6 +163,15 @@ class StepOut(BaseModel):
     backoff: float
     max_backoff: float
     time_limit: float
+    on_error: str | None
+    default: str | None
+
+
+class ActivityOut(BaseModel):
+    name: str
+    state: str
+    retries: int
+    visibility_timeout: float
     on_error: str | None
     default: str | None
 
@@ -191,6 +201,7 @@ class WorkflowVersion(BaseModel):
     events: list[str]
     transitions: list[TransitionOut]
     steps: list[StepOut]
+    activities: list[ActivityOut]
     timers: list[TimerSpecOut]
     triggers: list[TriggerOut]
     diagram: str

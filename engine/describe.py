@@ -15,6 +15,7 @@ def describe(cls) -> dict:
             "id": value, "name": state.name, "initial": state.initial, "final": state.final,
             "status": cls.status_of_final(value) if state.final else None,
             "step": steps[value].name if value in steps else None,
+            "activity": cls._activities[value].name if value in cls._activities else None,
             "timers": [t.name for t in cls._timers if t.state_id == value],
         })
         for t in state.transitions:
@@ -28,6 +29,9 @@ def describe(cls) -> dict:
         "steps": [{"name": s.name, "state": s.state_id, "retries": s.retries, "backoff": s.backoff,
                    "max_backoff": s.max_backoff, "time_limit": s.time_limit, "on_error": s.on_error,
                    "default": s.default} for s in steps.values()],
+        "activities": [{"name": a.name, "state": a.state_id, "retries": a.retries,
+                        "visibility_timeout": a.visibility_timeout, "on_error": a.on_error,
+                        "default": a.default} for a in cls._activities.values()],
         "timers": [{"name": t.name, "state": t.state_id, "send": t.send, "after": t.delay,
                     "at_field": t.at_field} for t in cls._timers],
         "triggers": [{"name": t.name, "field": t.field, "send": t.send, "states": list(t.state_ids)}
