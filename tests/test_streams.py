@@ -158,8 +158,8 @@ def test_a_change_wakes_only_the_watchers_of_its_run_and_the_all_runs_watchers()
 # -- long poll ---------------------------------------------------------------------------------
 
 def test_long_poll_issued_before_a_step_finishes_returns_within_half_a_second(interlock, api):
-    gate = test_workflows.GATES[f"gate-{uuid.uuid4().hex}"] = threading.Event()
-    gate_name = next(k for k, v in test_workflows.GATES.items() if v is gate)
+    gate_name = f"gate-{uuid.uuid4().hex}"
+    gate = test_workflows.GATES[gate_name] = threading.Event()
     with interlock.worker(2):
         run = interlock.start("test_gated", {"gate": gate_name})
         wait_until(lambda: test_workflows.CALLS.get(run.id), message="the step to begin")
@@ -168,6 +168,7 @@ def test_long_poll_issued_before_a_step_finishes_returns_within_half_a_second(in
         wait_until(lambda: interlock.notifier.watching(run.id), message="the long poll to wait")
         gate.set()
         response = poll.result()
+    del test_workflows.GATES[gate_name]
     assert response.status_code == 200
     body = response.json()
     assert body["status"] in ("running", "waiting", "succeeded")
@@ -360,8 +361,8 @@ def wait_for_api(base, process):
     def up():
         assert process.proc.poll() is None, process.output()
         try:
-            return requests.get(f"{base}/api/workflows", timeout=1).status_code == 200
-        except requests.ConnectionError:
+            return requests.get(f"{base}/api/workflows", timeout=5).status_code == 200
+        except requests.RequestException:  # not listening yet, or still booting
             return False
 
     wait_until(up, timeout=30, interval=0.1, message="the API to answer")
