@@ -23,6 +23,16 @@ class RunContext:
         self.state = state  # a step's state
         self.attempt = attempt  # a step's attempt number, from 1
         self.entered_seq = entered_seq
+        # States entered and exited by the current send, in order (filled by the machine).
+        self.entered: list = []
+        self.exited: list = []
+
+    # The machine calls these on its model for every state it enters or exits.
+    def on_enter_state(self, state):
+        self.entered.append(state.value)
+
+    def on_exit_state(self, state):
+        self.exited.append(state.value)
 
     def __repr__(self):
         return f"RunContext(id={self.id!r}, workflow={self.workflow!r}, configuration={self.configuration!r})"

@@ -11,7 +11,7 @@ import time
 
 from sqlalchemy import and_, or_, select, update
 
-from .errors import CallbackError, InterlockError
+from .errors import InterlockError
 from .models import runs, tasks, timers
 from .operations import StepFailed, TimerFired
 from .transitions import apply
@@ -75,10 +75,13 @@ class Reconciler:
         for timer_id, run_id in due:
             try:
                 apply(self.rt, run_id, TimerFired(timer_id))
-            except CallbackError as exc:
-                apply(self.rt, run_id, TimerFired(timer_id, error=str(exc)))
-            except InterlockError:
-                log.exception("timer %s of run %s could not fire", timer_id, run_id)
+            except InterlockError as exc:
+                # Refused in a callback or by its data: record it as rejected instead of
+                # retrying on every pass.
+                try:
+                    apply(self.rt, run_id, TimerFired(timer_id, error=str(exc)))
+                except InterlockError:
+                    log.exception("timer %s of run %s could not fire", timer_id, run_id)
         return len(due)
 
     def send_outbox(self) -> int:

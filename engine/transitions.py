@@ -105,10 +105,12 @@ class Change:
     def leaves(self) -> str:
         return ",".join(m.leaves(self.machine))
 
-    def send(self, event: str, data: dict, cause: str, detail=None) -> int:
+    def send(self, event: str, data: dict, cause: str, detail=None, triggers: bool = True) -> int:
         """Send ``event``; raise InvalidTransition (nothing changed) or CallbackError."""
-        before, before_leaves = m.configuration(self.machine), self.leaves()
-        data_before = copy.deepcopy(self.ctx.data) if self.cls._triggers else None
+        before, before_leaves = set(m.configuration(self.machine)), self.leaves()
+        data_before = copy.deepcopy(self.ctx.data) if triggers and self.cls._triggers else None
+        self.ctx.entered.clear()
+        self.ctx.exited.clear()
         try:
             self.machine.send(event, run=self.ctx, db=self.conn, data=data)
         except TransitionNotAllowed:
@@ -122,9 +124,11 @@ class Change:
         self.ctx.data.update(data)
         seq = self.record("transition", event=event, source=before_leaves, target=self.leaves(),
                           cause=cause, data=data, detail=detail)
-        after = m.configuration(self.machine)
-        self.exit_states([s for s in before if s not in after])
-        self.enter_states([s for s in after if s not in before], seq)
+        after = set(m.configuration(self.machine))
+        # Entries and exits as they happened: a self-transition re-enters its state (new timers,
+        # a new step task); a state entered and left within this macrostep leaves nothing behind.
+        self.exit_states([s for s in dict.fromkeys(self.ctx.exited) if s in before])
+        self.enter_states([s for s in dict.fromkeys(self.ctx.entered) if s in after], seq)
         if data_before is not None:
             self.fire_triggers(data_before)
         return seq
@@ -145,32 +149,38 @@ class Change:
         self.record("failed", cause="step", source=self.leaves(), detail=detail)
 
     def fire_triggers(self, data_before: dict):
-        for _ in range(MAX_TRIGGER_CHAIN):
-            if m.is_final(self.machine):
-                return
-            fired = self._first_trigger(data_before)
-            if fired is None:
-                return
-            spec, old, new = fired
-            data_before = copy.deepcopy(self.ctx.data)
-            try:
-                self.send(spec.send, {}, "trigger", detail={"trigger": spec.name, "field": spec.field,
-                                                           "old": old, "new": new})
-            except InvalidTransition:
-                continue
+        """Send the events of triggers whose field changed since ``data_before``.
 
-    def _first_trigger(self, data_before):
-        active = set(m.configuration(self.machine))
-        accepted = set(self.accepted())
+        Rounds: the events a round sends may change data again, which the next round sees.
+        """
+        for _ in range(MAX_TRIGGER_CHAIN):
+            due = self._due_triggers(data_before)
+            if not due:
+                return
+            data_before = copy.deepcopy(self.ctx.data)
+            for spec, old, new in due:
+                if m.is_final(self.machine):
+                    return
+                if spec.send not in self.accepted() or not self._in_trigger_states(spec):
+                    continue
+                try:
+                    self.send(spec.send, {}, "trigger", triggers=False,
+                              detail={"trigger": spec.name, "field": spec.field, "old": old, "new": new})
+                except InvalidTransition:
+                    continue
+
+    def _in_trigger_states(self, spec) -> bool:
+        return not spec.state_ids or bool(set(m.configuration(self.machine)).intersection(spec.state_ids))
+
+    def _due_triggers(self, data_before) -> list:
+        due = []
         for spec in self.cls._triggers:
             old, new = data_before.get(spec.field), self.ctx.data.get(spec.field)
-            if old == new or spec.send not in accepted:
-                continue
-            if spec.state_ids and not active.intersection(spec.state_ids):
+            if old == new or not self._in_trigger_states(spec):
                 continue
             if spec.when is None or spec.when(self.ctx, old, new):
-                return spec, old, new
-        return None
+                due.append((spec, old, new))
+        return due
 
     # -- scheduling ----------------------------------------------------------------
 

@@ -605,3 +605,27 @@ def test_a_step_whose_worker_died_is_run_again_once_its_lease_expires(interlock,
     assert steps_started(interlock, run.id, "get_ready") == 2
     assert steps_started(interlock, run.id, "work") == 1
     assert_contiguous(interlock, run.id)
+
+
+# -- re-entering a state ---------------------------------------------------------------------
+
+
+def test_a_self_transition_re_arms_the_states_timers(db_interlock):
+    rt = db_interlock
+    run = rt.start("test_heartbeat")
+    [first] = rows(rt, timers, run.id)
+    rt.send(run.id, "ping")
+    by_status = {t["status"]: t for t in rows(rt, timers, run.id)}
+    assert set(by_status) == {"cancelled", "armed"}
+    assert by_status["cancelled"]["id"] == first["id"]
+    assert by_status["armed"]["due_at"] >= first["due_at"]
+    assert by_status["armed"]["entry_seq"] == rt.get(run.id).last_seq > first["entry_seq"]
+    assert_contiguous(rt, run.id)
+
+
+def test_a_trigger_refused_by_its_guard_does_not_hide_the_others(db_interlock):
+    rt = db_interlock
+    run = rt.start("test_two_triggers")
+    moved = rt.update_data(run.id, {"a": 1, "b": 1})
+    assert moved.state == "took_b"
+    assert [(h.event, h.cause) for h in entries(rt, run.id, "transition")] == [("go_b", "trigger")]

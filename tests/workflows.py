@@ -238,3 +238,36 @@ class VersionedV2(Workflow):
 
     go = begin.to(reviewing)
     sign_off = reviewing.to(end)
+
+
+class Heartbeat(Workflow):
+    """Times out 30 s after the last ``ping``: a self-transition re-enters its state and re-arms it."""
+
+    name, version = "test_heartbeat", 1
+
+    watching = State(initial=True)
+    expired = State(final=True)
+
+    ping = watching.to.itself()
+    time_out = watching.to(expired)
+
+    silence = after(30, watching, send="time_out")
+
+
+class TwoTriggers(Workflow):
+    """Two data triggers; the first one's event is refused by its guard."""
+
+    name, version = "test_two_triggers", 1
+
+    idle = State(initial=True)
+    took_a = State(final=True)
+    took_b = State(final=True)
+
+    go_a = idle.to(took_a, cond="never")
+    go_b = idle.to(took_b)
+
+    on_a = trigger("a", send="go_a")
+    on_b = trigger("b", send="go_b")
+
+    def never(self):
+        return False
