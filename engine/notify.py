@@ -219,8 +219,8 @@ class PgListener:
         while not self._stop.is_set():
             try:
                 with psycopg.connect(self.conninfo, autocommit=True, application_name="interlock-listen",
-                                     keepalives=1, keepalives_idle=10, keepalives_interval=5,
-                                     keepalives_count=3) as conn:
+                                     connect_timeout=5, keepalives=1, keepalives_idle=10,
+                                     keepalives_interval=5, keepalives_count=3) as conn:
                     conn.execute(f"LISTEN {CHANNEL}")
                     self.backend_pid = conn.info.backend_pid
                     if healthy_at is not None:
@@ -237,6 +237,8 @@ class PgListener:
                     return
                 log.warning("LISTEN %s failed (%s); reconnecting in %.1fs", CHANNEL, exc, delay)
                 healthy_at = healthy_at or time.time()
+                # Watchers stop waiting for us: the catch-up after reconnecting covers them.
+                self._ready.set()
                 self._stop.wait(delay)
                 delay = min(delay * 2, 5.0)
 
