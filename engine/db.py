@@ -56,6 +56,11 @@ class Database:
         with engine.begin() as conn:
             yield conn
 
+    @property
+    def write_engine(self) -> Engine:
+        """The engine whose transactions take SQLite's write lock at BEGIN (same as ``engine`` elsewhere)."""
+        return self._write_engine
+
     @contextmanager
     def read(self):
         with self.engine.connect() as conn:

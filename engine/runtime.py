@@ -5,6 +5,7 @@ import logging
 import dramatiq
 from sqlalchemy import event
 from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
 
 from . import metrics
 from . import operations as ops
@@ -83,6 +84,14 @@ class Interlock:
         session.info.pop(_PENDING, None)
         if event.contains(session, "after_commit", self._flush_session):
             event.remove(session, "after_commit", self._flush_session)
+
+    def session(self, **kwargs) -> Session:
+        """A Session for your own writes that ``start``/``send(session=...)`` join.
+
+        On SQLite its transactions take the write lock when they begin, so a worker's commit
+        in between cannot make the run's update fail with "database is locked".
+        """
+        return Session(self.db.write_engine, **kwargs)
 
     # -- changing runs -------------------------------------------------------------
 

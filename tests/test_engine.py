@@ -467,7 +467,7 @@ def test_a_data_trigger_fires_only_when_its_field_changes_and_the_condition_hold
 def test_start_in_the_callers_session_follows_its_transaction(interlock):
     published = []
     interlock.notifier.subscribe(lambda run_id, seq, status: published.append(run_id))
-    with interlock.worker(4), Session(interlock.db.engine) as session:
+    with interlock.worker(4), interlock.session() as session:
         dropped = interlock.start("test_pipeline", session=session)
         session.rollback()
         with pytest.raises(RunNotFound):
@@ -492,7 +492,7 @@ def test_start_in_the_callers_session_follows_its_transaction(interlock):
 
 def test_send_in_the_callers_session_follows_its_transaction(interlock):
     run = interlock.start("test_approval")
-    with Session(interlock.db.engine) as session:
+    with interlock.session() as session:
         assert interlock.send(run.id, "approve", {"by": "ann"}, session=session).state == "approved"
         session.rollback()
     still = interlock.get(run.id)
@@ -500,12 +500,12 @@ def test_send_in_the_callers_session_follows_its_transaction(interlock):
     assert [t["status"] for t in rows(interlock, timers, run.id)] == ["armed"]
 
     with pytest.raises(RuntimeError, match="the caller's own work failed"):
-        with Session(interlock.db.engine) as session, session.begin():
+        with interlock.session() as session, session.begin():
             interlock.send(run.id, "approve", session=session)
             raise RuntimeError("the caller's own work failed")
     assert interlock.get(run.id).state == "pending"
 
-    with Session(interlock.db.engine) as session, session.begin():
+    with interlock.session() as session, session.begin():
         interlock.send(run.id, "approve", {"by": "bob"}, session=session)
     done = interlock.get(run.id)
     assert (done.state, done.status, done.data) == ("approved", "succeeded", {"by": "bob"})
