@@ -11,7 +11,6 @@ from datetime import datetime, timedelta, timezone
 
 import pytest
 from sqlalchemy import func, select, text
-from sqlalchemy.orm import Session
 
 from engine import (CallbackError, InvalidData, InvalidTransition, RunNotActive, RunNotFound,
                     WorkflowNotFound)
