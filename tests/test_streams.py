@@ -29,21 +29,10 @@ from .processes import Process, env_for
 KEEPALIVE = 0.2
 
 
-_APP = []
-
-
-def app_on(rt):
-    """The app on ``rt``. create_app registers hooks on module-level blueprints, so a process
-    can build it only once: later tests swap the engine under the same app."""
-    if not _APP:
-        _APP.append(create_app(interlock=rt, config={"STREAM_KEEPALIVE_SECONDS": KEEPALIVE}))
-    _APP[0].extensions["interlock"] = rt
-    return _APP[0]
-
-
 @contextmanager
 def serving(rt):
-    server = ThreadedServer(app_on(rt), "127.0.0.1", 0).start()
+    app = create_app(interlock=rt, config={"STREAM_KEEPALIVE_SECONDS": KEEPALIVE})
+    server = ThreadedServer(app, "127.0.0.1", 0).start()
     try:
         yield f"http://127.0.0.1:{server.port}"
     finally:
