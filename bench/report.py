@@ -195,13 +195,18 @@ def _rabbitmq_version():
         conn.close()
 
 
+def _shown(path):
+    relative = os.path.relpath(path, m.ROOT)
+    return path if relative.startswith("..") else relative
+
+
 def render(bench, elapsed):
     args, out = bench.args, []
     facts = machine()
     statements = m.statements_available() if not facts["postgresql"].startswith("unreachable") else "no server"
     out += ["", f"## Throughput — {'quick' if args.quick else 'full'} run, "
             f"{datetime.now(UTC).strftime('%Y-%m-%d %H:%M UTC')}", "",
-            f"command: `{' '.join([os.path.relpath(sys.executable, m.ROOT)] + sys.argv)}`  ",
+            f"command: `{' '.join([_shown(sys.executable)] + sys.argv)}`  ",
             "machine: " + "; ".join(f"{k} {v}" for k, v in facts.items()) + "  ",
             f"setup: {args.runs} runs started at once (5 steps each) then drained by {args.workers} worker "
             f"processes × {args.threads} threads; {args.single} single runs one after another; "
@@ -212,7 +217,7 @@ def render(bench, elapsed):
                                              f"not measured on PostgreSQL: {statements}"), ""]
     out += ["Hop: a step finished (its transition was applied) → the next step started. \"alone\": in the "
             "single runs, nothing else running; \"loaded\": in the throughput runs, behind the whole backlog "
-            "(so about runs in flight ÷ runs/s). Single run: started → succeeded, one run at a time.", "",
+            "(about runs in flight ÷ transitions/s with a FIFO queue). Single run: started → succeeded, one run at a time.", "",
             "| system | variant | transitions/s | runs/s | hop p50 ms alone | hop p99 ms alone | "
             "hop p50 ms loaded | hop p99 ms loaded | single run p50 ms | single run p99 ms | "
             "Interlock ÷ this (transitions/s) |",
@@ -291,8 +296,9 @@ def targets(bench):
             out.append(f"| {name} | - | not measured |")
             continue
         met = value >= goal if higher else value <= goal
-        gap = value / goal if higher else goal / value
-        out.append(f"| {name} | {_fmt(value, 2)}{unit} | {'met' if met else f'missed: {gap:.2f} of the target'} |")
+        verdict = "met" if met else f"missed: {value / goal:.2f}× the target" if higher else \
+            f"missed: {value / goal:.1f}× the limit"
+        out.append(f"| {name} | {_fmt(value, 2)}{unit} | {verdict} |")
     return out
 
 
