@@ -8,7 +8,7 @@ from . import machine as m
 from .errors import CallbackError, InterlockError, InvalidTransition, RunNotActive
 from .ids import new_id
 from .models import runs, tasks, timers
-from .transitions import ACTIVE, Change, require_active
+from .transitions import ACTIVE, OPEN_TASK, Change, require_active
 
 
 @dataclass
@@ -79,22 +79,39 @@ class StepResult:
 
 
 def _load_task(change: Change, task_id, attempt, started_at) -> dict | None:
-    """The task if this result still counts; else records why it is ignored and returns None."""
-    row = change.conn.execute(select(tasks).where(tasks.c.id == task_id)).mappings().first()
+    """The task if this attempt's result still counts; else records why it is ignored.
+
+    An attempt counts while the task is ``running`` under that attempt number (claimed),
+    or still ``queued`` just before it (a short step finishes before it is ever claimed).
+    """
+    row = change.task
+    if row is None or row["id"] != task_id:
+        found = change.conn.execute(select(tasks).where(tasks.c.id == task_id)).mappings().first()
+        row = dict(found) if found else None
     reason = None
     if row is None or row["run_id"] != change.row["id"]:
         reason = "unknown task"
-    elif row["status"] != "running" or row["attempt"] != attempt:
+    elif not ((row["status"] == "running" and row["attempt"] == attempt)
+              or (row["status"] == "queued" and row["attempt"] == attempt - 1)):
         reason = f"task is {row['status']} (attempt {row['attempt']}), result was for attempt {attempt}"
     elif change.status not in ACTIVE or change.entries.get(row["state"]) != row["entry_seq"]:
         reason = (f"run is {change.status}" if change.status not in ACTIVE
                   else f"run left state {row['state']!r} before the step finished")
         change.close_tasks(tasks.c.id == task_id, "superseded")
     if reason is None:
-        return dict(row)
+        return {**row, "attempt": attempt}
     change.record("ignored", cause="step", at=started_at,
                   detail={"task": task_id, "attempt": attempt, "reason": reason})
     return None
+
+
+def _finish_task(change: Change, task: dict, status: str, started_at: float, **values):
+    """Close the attempt's task (one UPDATE: status, the attempt number, when it started)."""
+    change.conn.execute(update(tasks).where(tasks.c.id == task["id"]).values(
+        status=status, attempt=task["attempt"], claimed_at=started_at, lease_until=None,
+        updated_at=change.now, **values))
+    if status not in OPEN_TASK:
+        change.open_tasks -= 1
 
 
 def _started(change, task, started_at):
@@ -116,7 +133,7 @@ class StepDone:
         if task is None:
             return
         _started(change, task, self.started_at)
-        change.close_tasks(tasks.c.id == task["id"], "succeeded")
+        _finish_task(change, task, "succeeded", self.started_at)
         detail = {"task": task["id"], "step": task["name"], "attempt": task["attempt"],
                   "duration": round(self.duration, 6)}
         if self.result.recheck is not None:
@@ -153,17 +170,15 @@ class StepFailed:
         detail = {"task": task["id"], "step": task["name"], "attempt": task["attempt"],
                   "duration": round(change.now - self.started_at, 6),
                   "error": self.error, "traceback": self.traceback, "lost": self.lost or None}
-        values = {"last_error": self.error, "lease_until": None, "updated_at": change.now}
         if task["attempt"] < task["max_attempts"]:
             delay = spec.delay_before(task["attempt"] + 1) if self.retry_in is None else self.retry_in
             change.record("step_failed", cause="step", detail={**detail, "retry_in": delay})
             change.schedule(task, delay, spec)
-            values.update(status="queued", available_at=task["available_at"], sent_at=task["sent_at"])
-            change.conn.execute(update(tasks).where(tasks.c.id == task["id"]).values(values))
+            _finish_task(change, task, "queued", self.started_at, last_error=self.error,
+                         available_at=task["available_at"], sent_at=task["sent_at"])
             return
         change.record("step_failed", cause="step", detail={**detail, "final": True})
-        change.conn.execute(update(tasks).where(tasks.c.id == task["id"]).values(values))
-        change.close_tasks(tasks.c.id == task["id"], "failed")
+        _finish_task(change, task, "failed", self.started_at, last_error=self.error)
         if spec.on_error:
             try:
                 change.send(spec.on_error, {}, "step_error", detail={"task": task["id"], "error": self.error})

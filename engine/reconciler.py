@@ -31,7 +31,6 @@ class Reconciler:
         self.rt = rt
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
-        self._last_renewal = 0.0
 
     def start(self) -> "Reconciler":
         self._thread = threading.Thread(target=self._loop, name="interlock-reconciler", daemon=True)
@@ -62,10 +61,7 @@ class Reconciler:
         return max(fired, sent, recovered) >= BATCH
 
     def renew_leases(self) -> None:
-        now = time.time()
-        if now - self._last_renewal >= self.rt.settings.lease_seconds / 3:
-            self._last_renewal = now
-            self.rt.executor.renew_leases()
+        self.rt.executor.keep_leases()
 
     def fire_due_timers(self) -> int:
         with self.rt.db.read() as conn:

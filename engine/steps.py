@@ -1,8 +1,12 @@
-"""Running one step task: claim it, call the user's function outside any transaction, apply the result.
+"""Running one step task: read it, call the user's function outside any transaction, apply the result.
 
-The claim is a conditional UPDATE (queued -> running, attempt + 1): a duplicate or
-stale message finds nothing to claim and is dropped. The attempt number is the
-fencing token that ``StepDone``/``StepFailed`` check under the run's lock.
+A step that finishes quickly costs one write transaction: its result. The task is
+claimed (queued -> running under a lease) only when the step is still running after
+``CLAIM_AFTER`` seconds, which is well before the reconciler would send it again; a
+claimed task whose worker dies is found by its expired lease. A duplicate delivery of a
+task that is already claimed or done reads nothing and is dropped; two deliveries that
+race before either claims both run the function (at-least-once), but only the first
+result is applied: the attempt number is the fencing token checked under the run's lock.
 """
 
 import copy
@@ -10,6 +14,7 @@ import logging
 import threading
 import time
 import traceback
+from dataclasses import dataclass
 
 from dramatiq.middleware.time_limit import TimeLimitExceeded
 from sqlalchemy import select, update
@@ -28,49 +33,61 @@ log = logging.getLogger(__name__)
 LEASE_GRACE = 5.0
 
 
+@dataclass
+class Attempt:
+    attempt: int
+    started_at: float
+    renew_until: float
+    claimed: bool = False
+    renewed_at: float = 0.0
+
+
 class StepExecutor:
     def __init__(self, rt):
         self.rt = rt
         self._lock = threading.Lock()
-        # task id -> time after which its lease is no longer renewed
-        self.running: dict[str, float] = {}
+        self.running: dict[str, Attempt | None] = {}  # None: being read
+        self.claim_after = min(1.0, rt.settings.resend_after / 4)
 
     def execute(self, task_id: str) -> None:
-        claimed = self.claim(task_id)
-        if claimed is None:
-            return
+        with self._lock:
+            if task_id in self.running:
+                return  # a twin delivery to this process: the first one runs it
+            self.running[task_id] = None
         try:
-            self.run(claimed)
+            loaded = self.load(task_id)
+            if loaded is not None:
+                self.run(loaded)
         finally:
             with self._lock:
                 self.running.pop(task_id, None)
 
-    def claim(self, task_id: str):
+    def load(self, task_id: str):
+        """The queued task and its run, or None (a duplicate, stale or early delivery)."""
         rt, now = self.rt, time.time()
-        with rt.db.write(rt.db.lease_engine) as conn:
-            claimed = conn.execute(update(tasks).where(
-                tasks.c.id == task_id, tasks.c.status == "queued", tasks.c.kind == "step",
-                tasks.c.available_at <= now + 1.0,
-            ).values(status="running", attempt=tasks.c.attempt + 1, claimed_at=now,
-                     lease_until=now + rt.settings.lease_seconds, updated_at=now))
-            if claimed.rowcount != 1:
-                log.debug("task %s not claimable (duplicate or stale delivery)", task_id)
-                return None
+        with rt.db.read() as conn:
             row = conn.execute(
                 select(tasks.c.id, tasks.c.run_id, tasks.c.state, tasks.c.name, tasks.c.attempt,
-                       tasks.c.entry_seq, tasks.c.available_at, runs.c.workflow, runs.c.version, runs.c.data,
-                       runs.c.business_key)
-                .join(runs, runs.c.id == tasks.c.run_id).where(tasks.c.id == task_id)
-            ).mappings().one()
+                       tasks.c.entry_seq, tasks.c.available_at, runs.c.workflow, runs.c.version,
+                       runs.c.data, runs.c.business_key)
+                .join(runs, runs.c.id == tasks.c.run_id)
+                .where(tasks.c.id == task_id, tasks.c.status == "queued", tasks.c.kind == "step",
+                       tasks.c.available_at <= now + 1.0)
+            ).mappings().first()
+        if row is None:
+            log.debug("task %s not runnable now (duplicate or stale delivery)", task_id)
+            return None
+        row = dict(row)
+        row["attempt"] += 1
         metrics.observe_claim(row["workflow"], row["available_at"])
         cls = rt.registry.get(row["workflow"], row["version"])
         spec = cls.step_for(row["state"])
         with self._lock:
-            self.running[task_id] = now + spec.time_limit + LEASE_GRACE
-        return dict(row), cls, spec, now
+            self.running[task_id] = Attempt(row["attempt"], now, now + spec.time_limit + LEASE_GRACE)
+        return row, cls, spec, now
 
-    def run(self, claimed) -> None:
-        row, cls, spec, started_at = claimed
+    def run(self, loaded) -> None:
+        row, cls, spec, started_at = loaded
         original = row["data"]
         ctx = m.RunContext(id=row["run_id"], workflow=row["workflow"], version=row["version"],
                            data=copy.deepcopy(original), business_key=row["business_key"],
@@ -95,15 +112,33 @@ class StepExecutor:
                  row["attempt"], error, extra={"run_id": row["run_id"], "task_id": row["id"]})
         apply(self.rt, row["run_id"], StepFailed(row["id"], row["attempt"], error, tb, started_at))
 
-    def renew_leases(self) -> None:
-        now = time.time()
+    def keep_leases(self) -> None:
+        """Claim the steps running longer than ``claim_after``; renew the claimed ones' leases."""
+        now, lease = time.time(), self.rt.settings.lease_seconds
         with self._lock:
-            renewable = [tid for tid, until in self.running.items() if until > now]
-        if not renewable:
+            current = [(tid, a) for tid, a in self.running.items() if a is not None]
+        to_claim = [(tid, a) for tid, a in current if not a.claimed and now - a.started_at >= self.claim_after]
+        to_renew = [tid for tid, a in current
+                    if a.claimed and now - a.renewed_at >= lease / 3 and now < a.renew_until]
+        if not to_claim and not to_renew:
             return
         with self.rt.db.write(self.rt.db.lease_engine) as conn:
-            conn.execute(update(tasks).where(tasks.c.id.in_(renewable), tasks.c.status == "running")
-                         .values(lease_until=now + self.rt.settings.lease_seconds))
+            for task_id, attempt in to_claim:
+                claimed = conn.execute(update(tasks).where(
+                    tasks.c.id == task_id, tasks.c.status == "queued",
+                    tasks.c.attempt == attempt.attempt - 1,
+                ).values(status="running", attempt=attempt.attempt, claimed_at=attempt.started_at,
+                         lease_until=now + lease, updated_at=now)).rowcount
+                attempt.claimed, attempt.renewed_at = True, now
+                if claimed != 1:
+                    # Done, superseded or taken by a twin delivery: nothing of ours to keep alive.
+                    attempt.renew_until = 0.0
+            if to_renew:
+                conn.execute(update(tasks).where(tasks.c.id.in_(to_renew), tasks.c.status == "running")
+                             .values(lease_until=now + lease))
+                for task_id, attempt in current:
+                    if task_id in to_renew:
+                        attempt.renewed_at = now
 
 
 def to_result(value, spec, original: dict, data: dict) -> StepResult:

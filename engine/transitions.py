@@ -67,13 +67,15 @@ class Outcome:
 class Change:
     """One transaction's worth of change to one run."""
 
-    def __init__(self, rt, conn, row: dict, cls, now: float, *, new: bool = False):
+    def __init__(self, rt, conn, row: dict, cls, now: float, *, new: bool = False, task: dict | None = None):
         self.rt, self.conn, self.cls, self.now = rt, conn, cls, now
         self.row = row
         self.new = new
+        self.task = task  # the task row the operation is about, read with the lock
+        # A stored run's data was just decoded from JSON: callbacks may change it in place.
+        data = copy.deepcopy(row["data"]) if new else row["data"]
         self.ctx = m.RunContext(id=row["id"], workflow=row["workflow"], version=row["version"],
-                                data=copy.deepcopy(row["data"]), business_key=row["business_key"],
-                                status=row["status"])
+                                data=data, business_key=row["business_key"], status=row["status"])
         self.machine = None if new else m.restore(cls, self.ctx, list(row["configuration"]))
         self.entries = dict(row["entries"])
         self.seq = row["last_seq"]
@@ -244,7 +246,8 @@ class Change:
         self.new_tasks = kept
         self.new_timers = [t for t in self.new_timers if t["state"] not in gone]
         with_steps = [s for s in states if self.cls.step_for(s) is not None]
-        if with_steps:
+        # open_tasks counts the stored open tasks too: none left means no UPDATE to send.
+        if with_steps and self.open_tasks > len(self.new_tasks):
             self.close_tasks(tasks.c.state.in_(with_steps), "superseded")
         if with_steps or any(t.state_id in gone for t in self.cls._timers):
             self.conn.execute(update(timers).where(
@@ -303,6 +306,28 @@ def lock_run(conn, db, run_id) -> dict:
     return dict(row)
 
 
+_TASK_COLUMNS = [c.label("task__" + c.name) for c in tasks.c]
+
+
+def lock_run_with_task(conn, db, run_id, task_id) -> tuple[dict, dict | None]:
+    """The locked run and one of its tasks, in one round trip (the step-result hot path)."""
+    query = (select(runs, *_TASK_COLUMNS).join(tasks, tasks.c.run_id == runs.c.id)
+             .where(runs.c.id == run_id, tasks.c.id == task_id))
+    if db.locks_rows:
+        # PostgreSQL locks only the run; MariaDB has no FOR UPDATE OF and locks both rows.
+        query = query.with_for_update(of=runs if db.dialect == "postgresql" else None)
+    found = conn.execute(query).mappings().first()
+    if found is None:
+        return lock_run(conn, db, run_id), None
+    row, task = {}, {}
+    for key, value in found.items():
+        if key.startswith("task__"):
+            task[key[6:]] = value
+        else:
+            row[key] = value
+    return row, task
+
+
 def apply(rt, run_id, op, *, session=None) -> Outcome:
     """Perform ``op`` on run ``run_id`` in one transaction (the caller's, given ``session``)."""
     if session is not None:
@@ -324,9 +349,13 @@ def _perform(rt, conn, run_id, op) -> Outcome:
             return Outcome(run=existing)
         change = op.begin(rt, conn, now)
     else:
-        row = lock_run(conn, rt.db, run_id)
+        task_id = getattr(op, "task_id", None)
+        if task_id is not None:
+            row, task = lock_run_with_task(conn, rt.db, run_id, task_id)
+        else:
+            row, task = lock_run(conn, rt.db, run_id), None
         cls = rt.registry.get(row["workflow"], row["version"])
-        change = Change(rt, conn, row, cls, now)
+        change = Change(rt, conn, row, cls, now, task=task)
     op.perform(change)
     return change.finish()
 

@@ -9,7 +9,7 @@ from engine import State, Workflow, step
 
 
 class Crashy(Workflow):
-    """Its first attempt announces itself in a file, then hangs until the worker is killed."""
+    """Its first execution announces itself in a file, then hangs until the worker is killed."""
 
     name, version = "crashy", 1
 
@@ -20,8 +20,10 @@ class Crashy(Workflow):
 
     @step(working, retries=3, backoff=timedelta(seconds=0.1), time_limit=timedelta(seconds=60))
     def work(self, run):
-        Path(run.data["marker_dir"], f"attempt-{run.attempt}-pid-{os.getpid()}").touch()
-        if run.attempt == 1:
+        markers = Path(run.data["marker_dir"])
+        first = not list(markers.glob("attempt-*"))
+        (markers / f"attempt-{run.attempt}-pid-{os.getpid()}").touch()
+        if first:
             time.sleep(60)
         return "done", {"finished_by": os.getpid()}
 

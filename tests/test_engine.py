@@ -584,10 +584,12 @@ def test_a_step_result_for_a_state_already_left_is_ignored(interlock):
 def test_a_step_whose_worker_died_is_run_again_once_its_lease_expires(interlock, tmp_path):
     run = interlock.start("test_flaky", {"flag": str(tmp_path / "absent")})
     task_id = _only_open_task(interlock, run.id)
-    # Another worker process takes the task and dies before finishing it.
+    # Another worker process takes the task, runs it long enough to claim it, and dies.
     dead = Interlock(interlock.settings)
     try:
-        assert dead.executor.claim(task_id) is not None
+        assert dead.executor.load(task_id) is not None
+        dead.executor.running[task_id].started_at -= dead.executor.claim_after
+        dead.executor.keep_leases()
     finally:
         dead.close()
     claimed = rows(interlock, tasks, run.id)[0]

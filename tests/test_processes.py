@@ -3,7 +3,9 @@
 import json
 
 import pytest
+from sqlalchemy import select
 
+from engine.models import tasks
 from engine.runtime import Interlock
 
 from .conftest import wait_until
@@ -60,14 +62,19 @@ def _start_worker(settings, tmp_path, name, *args):
                    log_path=tmp_path / f"{name}.log")
 
 
-def test_worker_killed_mid_step_the_run_still_finishes_once(settings, tmp_path):
+@pytest.mark.parametrize("when", ["claimed", "before-claim"])
+def test_worker_killed_mid_step_the_run_still_finishes_once(settings, tmp_path, when):
+    """Killed after its task was claimed (found by the expired lease) or before (sent again)."""
     settings = _process_settings(settings)
     first = _start_worker(settings, tmp_path, "first")
     rt = Interlock(settings)
     try:
         run = rt.start("crashy", {"marker_dir": str(tmp_path)})
-        wait_until(lambda: list(tmp_path.glob("attempt-1-*")), timeout=20, message="first attempt to start")
+        wait_until(lambda: list(tmp_path.glob("attempt-*")), timeout=20, message="the step to start")
+        if when == "claimed":
+            wait_until(lambda: _task_status(rt, run.id) == "running", timeout=10, message="the claim")
         first.kill()
+        assert _task_status(rt, run.id) == ("running" if when == "claimed" else "queued")
         second = _start_worker(settings, tmp_path, "second")
         try:
             final = wait_until(lambda: (r := rt.get(run.id)).status == "succeeded" and r, timeout=40,
@@ -79,11 +86,17 @@ def test_worker_killed_mid_step_the_run_still_finishes_once(settings, tmp_path):
         done = [h for h in history if h.kind == "transition" and h.event == "done"]
         assert len(done) == 1
         lost = [h for h in history if h.kind == "step_failed" and h.detail.get("lost")]
-        assert len(lost) == 1 and lost[0].detail["attempt"] == 1
-        assert final.data["finished_by"] != int(list(tmp_path.glob("attempt-1-*"))[0].name.split("-")[-1])
+        assert len(lost) == (1 if when == "claimed" else 0)
+        killed_pid = int(sorted(tmp_path.glob("attempt-*"), key=lambda p: p.stat().st_mtime)[0].name.split("-")[-1])
+        assert final.data["finished_by"] != killed_pid
     finally:
         first.stop()
         rt.close()
+
+
+def _task_status(rt, run_id):
+    with rt.db.read() as conn:
+        return conn.execute(select(tasks.c.status).where(tasks.c.run_id == run_id)).scalar()
 
 
 def test_run_started_from_another_shell_starts_within_a_second(settings, tmp_path):
