@@ -5,6 +5,7 @@ from pathlib import Path
 
 from sqlalchemy import create_engine, event, text
 from sqlalchemy.engine import Engine, make_url
+from sqlalchemy.exc import DBAPIError
 
 from .errors import SchemaOutOfDate
 
@@ -37,7 +38,9 @@ class Database:
             self.engine = _sqlite_engine(self.url, **engine_kwargs)
             self.lease_engine = self.engine
         else:
-            kwargs = {"pool_pre_ping": True, "pool_size": 10, "max_overflow": 20, **engine_kwargs}
+            # No pre-ping (a round trip per checkout): a dropped connection fails its first
+            # statement instead, and `transaction` retries such a failure once.
+            kwargs = {"pool_size": 10, "max_overflow": 20, "pool_recycle": 3600, **engine_kwargs}
             self.engine = create_engine(self.url, **kwargs)
             if self.dialect == "postgresql":
                 self.lease_engine = create_engine(
@@ -45,7 +48,35 @@ class Database:
             else:
                 self.lease_engine = self.engine
         self._write_engine = self.engine.execution_options(**{WRITE: True})
+        # Reads outside a transaction: no BEGIN/ROLLBACK round trips (SQLite keeps its own).
+        self._read_engine = (self.engine if self.dialect == "sqlite"
+                             else self.engine.execution_options(isolation_level="AUTOCOMMIT"))
         self.locks_rows = self.dialect in ("postgresql", "mysql", "mariadb")
+
+    def transaction(self, work, engine: Engine | None = None):
+        """``work(conn)`` in a write transaction, committed; returns what ``work`` returned.
+
+        A connection found dropped before the commit (the server restarted, or killed our
+        backend) is retried once on a fresh one; nothing was written by the failed try.
+        """
+        engine = engine or self._write_engine
+        if engine is self.lease_engine and self.dialect == "sqlite":
+            engine = self._write_engine
+        for last_try in (False, True):
+            with engine.connect() as conn:
+                tx = conn.begin()
+                try:
+                    result = work(conn)
+                except DBAPIError as exc:
+                    tx.rollback()
+                    if exc.connection_invalidated and not last_try:
+                        continue
+                    raise
+                except BaseException:
+                    tx.rollback()
+                    raise
+                tx.commit()
+                return result
 
     @contextmanager
     def write(self, engine: Engine | None = None):
@@ -63,8 +94,18 @@ class Database:
 
     @contextmanager
     def read(self):
-        with self.engine.connect() as conn:
+        with self._read_engine.connect() as conn:
             yield conn
+
+    def query(self, work):
+        """``work(conn)`` on a read connection, retried once if the connection was found dropped."""
+        for last_try in (False, True):
+            try:
+                with self.read() as conn:
+                    return work(conn)
+            except DBAPIError as exc:
+                if not exc.connection_invalidated or last_try:
+                    raise
 
     def dispose(self):
         self.engine.dispose()

@@ -35,6 +35,8 @@ runs = Table(
     Column("last_seq", Integer, nullable=False),
     # Tasks queued or running: "running" vs "waiting" without a query.
     Column("open_tasks", Integer, nullable=False),
+    # Timers armed or suspended: leaving a state without any sends no UPDATE for them.
+    Column("open_timers", Integer, nullable=False, server_default="0"),
     Column("created_at", Double, nullable=False),
     Column("updated_at", Double, nullable=False),
     Column("finished_at", Double),

@@ -2,7 +2,7 @@
 
 from dataclasses import dataclass, field
 
-from sqlalchemy import select, update
+from sqlalchemy import Double, bindparam, func, select, update
 
 from . import machine as m
 from .errors import CallbackError, InterlockError, InvalidTransition, RunNotActive
@@ -30,7 +30,7 @@ class Start:
         row = {"id": new_id(), "workflow": self.cls.workflow_name, "version": self.cls.version,
                "status": "running", "state": "", "configuration": [], "entries": {},
                "data": self.data, "business_key": self.business_key,
-               "idempotency_key": self.idempotency_key, "last_seq": 0, "open_tasks": 0,
+               "idempotency_key": self.idempotency_key, "last_seq": 0, "open_tasks": 0, "open_timers": 0,
                "created_at": now, "updated_at": now, "finished_at": None}
         return Change(rt, conn, row, self.cls, now, new=True)
 
@@ -97,7 +97,7 @@ def _load_task(change: Change, task_id, attempt, started_at) -> dict | None:
     elif change.status not in ACTIVE or change.entries.get(row["state"]) != row["entry_seq"]:
         reason = (f"run is {change.status}" if change.status not in ACTIVE
                   else f"run left state {row['state']!r} before the step finished")
-        change.close_tasks(tasks.c.id == task_id, "superseded")
+        change.close_tasks("superseded", task_id=task_id)
     if reason is None:
         return {**row, "attempt": attempt}
     change.record("ignored", cause="step", at=started_at,
@@ -105,11 +105,21 @@ def _load_task(change: Change, task_id, attempt, started_at) -> dict | None:
     return None
 
 
-def _finish_task(change: Change, task: dict, status: str, started_at: float, **values):
-    """Close the attempt's task (one UPDATE: status, the attempt number, when it started)."""
-    change.conn.execute(update(tasks).where(tasks.c.id == task["id"]).values(
-        status=status, attempt=task["attempt"], claimed_at=started_at, lease_until=None,
-        updated_at=change.now, **values))
+_FINISH_TASK = update(tasks).where(tasks.c.id == bindparam("b_task")).values(
+    status=bindparam("b_status"), attempt=bindparam("b_attempt"), claimed_at=bindparam("b_started"),
+    lease_until=None, updated_at=bindparam("b_now"),
+    last_error=func.coalesce(bindparam("b_last_error", type_=tasks.c.last_error.type), tasks.c.last_error),
+    available_at=func.coalesce(bindparam("b_available_at", type_=Double()), tasks.c.available_at),
+    sent_at=bindparam("b_sent_at", type_=Double()))
+
+
+def _finish_task(change: Change, task: dict, status: str, started_at: float, *, last_error=None,
+                 available_at=None, sent_at=None):
+    """Close (or re-queue) the attempt's task: status, the attempt number, when it started."""
+    change.conn.execute(_FINISH_TASK, {
+        "b_task": task["id"], "b_status": status, "b_attempt": task["attempt"], "b_started": started_at,
+        "b_now": change.now, "b_last_error": last_error, "b_available_at": available_at,
+        "b_sent_at": sent_at if status == "queued" else task["sent_at"]})
     if status not in OPEN_TASK:
         change.open_tasks -= 1
 
@@ -201,6 +211,7 @@ class TimerFired:
             return
         change.conn.execute(update(timers).where(timers.c.id == timer.id).values(
             status="fired", fired_at=change.now))
+        change.open_timers -= 1
         detail = {"timer": timer.name, "timer_id": timer.id, "kind": timer.kind,
                   "due_at": timer.due_at, "lag": round(change.now - timer.due_at, 6)}
         if change.status not in ACTIVE or change.entries.get(timer.state) != timer.entry_seq:

@@ -15,7 +15,7 @@ import json
 import time
 from dataclasses import dataclass, field
 
-from sqlalchemy import insert, select, update
+from sqlalchemy import bindparam, insert, select, update
 from statemachine.exceptions import TransitionNotAllowed
 
 from . import machine as m
@@ -64,6 +64,35 @@ class Outcome:
     finished: bool = False  # the run ended (or failed) in this change
 
 
+# Statements of the hot path, built once: building one costs more than running it.
+_b = bindparam
+_INSERT_RUN, _INSERT_HISTORY = insert(runs), insert(history)
+_INSERT_TASKS, _INSERT_TIMERS = insert(tasks), insert(timers)
+_UPDATE_RUN = update(runs).where(runs.c.id == _b("b_id")).values(
+    status=_b("b_status"), state=_b("b_state"),
+    configuration=_b("b_configuration", type_=runs.c.configuration.type),
+    entries=_b("b_entries", type_=runs.c.entries.type), data=_b("b_data", type_=runs.c.data.type),
+    last_seq=_b("b_last_seq"), open_tasks=_b("b_open_tasks"), open_timers=_b("b_open_timers"),
+    updated_at=_b("b_updated_at"), finished_at=_b("b_finished_at"))
+_CLOSE_TASKS = update(tasks).where(
+    tasks.c.run_id == _b("b_run"), tasks.c.status.in_(OPEN_TASK),
+    tasks.c.state.in_(_b("b_states", expanding=True)),
+).values(status=_b("b_status"), updated_at=_b("b_now"), lease_until=None)
+_CLOSE_ALL_TASKS = update(tasks).where(
+    tasks.c.run_id == _b("b_run"), tasks.c.status.in_(OPEN_TASK),
+).values(status=_b("b_status"), updated_at=_b("b_now"), lease_until=None)
+_CLOSE_TASK = update(tasks).where(
+    tasks.c.id == _b("b_task"), tasks.c.status.in_(OPEN_TASK),
+).values(status=_b("b_status"), updated_at=_b("b_now"), lease_until=None)
+_CANCEL_TIMERS = update(timers).where(
+    timers.c.run_id == _b("b_run"), timers.c.status == "armed",
+    timers.c.state.in_(_b("b_states", expanding=True))).values(status="cancelled")
+_CANCEL_ALL_TIMERS = update(timers).where(
+    timers.c.run_id == _b("b_run"), timers.c.status == "armed").values(status="cancelled")
+_SUSPEND_TIMERS = update(timers).where(
+    timers.c.run_id == _b("b_run"), timers.c.status == "armed").values(status="suspended")
+
+
 class Change:
     """One transaction's worth of change to one run."""
 
@@ -82,6 +111,7 @@ class Change:
         self.status = row["status"]
         self.finished_at = row["finished_at"]
         self.open_tasks = row["open_tasks"]
+        self.open_timers = row["open_timers"]
         self.history_rows: list[dict] = []
         self.new_tasks: list[dict] = []
         self.new_timers: list[dict] = []
@@ -146,8 +176,8 @@ class Change:
     def fail(self, detail: dict):
         """The run stops here until retried; its timers wait, suspended."""
         self.status, self.finished_at = "failed", self.now
-        self.conn.execute(update(timers).where(
-            timers.c.run_id == self.row["id"], timers.c.status == "armed").values(status="suspended"))
+        if self.open_timers:
+            self.conn.execute(_SUSPEND_TIMERS, {"b_run": self.row["id"]})
         self.record("failed", cause="step", source=self.leaves(), detail=detail)
 
     def fire_triggers(self, data_before: dict):
@@ -229,6 +259,7 @@ class Change:
             task["sent_at"] = None
 
     def add_timer(self, state, seq, name, kind, event, due_at):
+        self.open_timers += 1
         self.new_timers.append({"id": new_id(), "run_id": self.row["id"], "state": state,
                                 "entry_seq": seq, "name": name, "kind": kind, "event": event,
                                 "due_at": due_at, "status": "armed", "created_at": self.now,
@@ -244,26 +275,33 @@ class Change:
         self.open_tasks -= len(self.new_tasks) - len(kept)
         self.dispatch = [d for d in self.dispatch if d.task_id in {t["id"] for t in kept}]
         self.new_tasks = kept
-        self.new_timers = [t for t in self.new_timers if t["state"] not in gone]
+        timers_kept = [t for t in self.new_timers if t["state"] not in gone]
+        self.open_timers -= len(self.new_timers) - len(timers_kept)
+        self.new_timers = timers_kept
+        # The counters include stored rows: none stored means no UPDATE to send.
         with_steps = [s for s in states if self.cls.step_for(s) is not None]
-        # open_tasks counts the stored open tasks too: none left means no UPDATE to send.
         if with_steps and self.open_tasks > len(self.new_tasks):
-            self.close_tasks(tasks.c.state.in_(with_steps), "superseded")
-        if with_steps or any(t.state_id in gone for t in self.cls._timers):
-            self.conn.execute(update(timers).where(
-                timers.c.run_id == self.row["id"], timers.c.state.in_(states),
-                timers.c.status == "armed").values(status="cancelled"))
+            self.close_tasks("superseded", states=with_steps)
+        if self.open_timers > len(self.new_timers):
+            self.open_timers -= self.conn.execute(
+                _CANCEL_TIMERS, {"b_run": self.row["id"], "b_states": list(states)}).rowcount
 
-    def close_tasks(self, where, status):
-        result = self.conn.execute(update(tasks).where(
-            tasks.c.run_id == self.row["id"], tasks.c.status.in_(OPEN_TASK), where,
-        ).values(status=status, updated_at=self.now, lease_until=None))
-        self.open_tasks -= result.rowcount
+    def close_tasks(self, status, *, states=None, task_id=None):
+        """Close open stored tasks: those of ``states``, the one ``task_id``, or all."""
+        params = {"b_run": self.row["id"], "b_status": status, "b_now": self.now}
+        if task_id is not None:
+            statement, params["b_task"] = _CLOSE_TASK, task_id
+        elif states is not None:
+            statement, params["b_states"] = _CLOSE_TASKS, list(states)
+        else:
+            statement = _CLOSE_ALL_TASKS
+        self.open_tasks -= self.conn.execute(statement, params).rowcount
 
     def cancel_everything(self, task_status):
-        self.close_tasks(tasks.c.state.isnot(None), task_status)
-        self.conn.execute(update(timers).where(
-            timers.c.run_id == self.row["id"], timers.c.status == "armed").values(status="cancelled"))
+        if self.open_tasks > len(self.new_tasks):
+            self.close_tasks(task_status)
+        if self.open_timers > len(self.new_timers):
+            self.open_timers -= self.conn.execute(_CANCEL_ALL_TIMERS, {"b_run": self.row["id"]}).rowcount
 
     # -- commit ------------------------------------------------------------------
 
@@ -280,43 +318,51 @@ class Change:
         values = {"status": self.status, "state": self.leaves(),
                   "configuration": m.configuration(self.machine), "entries": self.entries,
                   "data": self.ctx.data, "last_seq": self.seq, "open_tasks": self.open_tasks,
-                  "updated_at": self.now, "finished_at": self.finished_at}
+                  "open_timers": self.open_timers, "updated_at": self.now, "finished_at": self.finished_at}
         if self.new:
-            self.conn.execute(insert(runs).values({**self.row, **values}))
+            self.conn.execute(_INSERT_RUN, {**self.row, **values})
         else:
-            self.conn.execute(update(runs).where(runs.c.id == self.row["id"]).values(values))
+            self.conn.execute(_UPDATE_RUN, {"b_id": self.row["id"], **{"b_" + k: v for k, v in values.items()}})
         if self.history_rows:
-            self.conn.execute(insert(history), self.history_rows)
+            self.conn.execute(_INSERT_HISTORY, self.history_rows)
         if self.new_tasks:
-            self.conn.execute(insert(tasks), self.new_tasks)
+            self.conn.execute(_INSERT_TASKS, self.new_tasks)
         if self.new_timers:
-            self.conn.execute(insert(timers), self.new_timers)
+            self.conn.execute(_INSERT_TIMERS, self.new_timers)
         return Outcome(run={**self.row, **values}, history=self.history_rows,
                        dispatch=self.dispatch, created=self.new,
                        finished=self.row["status"] in ACTIVE and self.status not in ACTIVE)
 
 
+_TASK_COLUMNS = [c.label("task__" + c.name) for c in tasks.c]
+_LOCKS: dict = {}
+
+
+def _lock_statements(db):
+    """(run, run with one of its tasks): SELECT … FOR UPDATE where the database locks rows."""
+    statements = _LOCKS.get(db.dialect)
+    if statements is None:
+        run = select(runs).where(runs.c.id == _b("b_run"))
+        with_task = (select(runs, *_TASK_COLUMNS).join(tasks, tasks.c.run_id == runs.c.id)
+                     .where(runs.c.id == _b("b_run"), tasks.c.id == _b("b_task")))
+        if db.locks_rows:
+            run = run.with_for_update()
+            # PostgreSQL locks only the run; MariaDB has no FOR UPDATE OF and locks both rows.
+            with_task = with_task.with_for_update(of=runs if db.dialect == "postgresql" else None)
+        statements = _LOCKS[db.dialect] = (run, with_task)
+    return statements
+
+
 def lock_run(conn, db, run_id) -> dict:
-    query = select(runs).where(runs.c.id == run_id)
-    if db.locks_rows:
-        query = query.with_for_update()
-    row = conn.execute(query).mappings().first()
+    row = conn.execute(_lock_statements(db)[0], {"b_run": run_id}).mappings().first()
     if row is None:
         raise RunNotFound(run_id)
     return dict(row)
 
 
-_TASK_COLUMNS = [c.label("task__" + c.name) for c in tasks.c]
-
-
 def lock_run_with_task(conn, db, run_id, task_id) -> tuple[dict, dict | None]:
     """The locked run and one of its tasks, in one round trip (the step-result hot path)."""
-    query = (select(runs, *_TASK_COLUMNS).join(tasks, tasks.c.run_id == runs.c.id)
-             .where(runs.c.id == run_id, tasks.c.id == task_id))
-    if db.locks_rows:
-        # PostgreSQL locks only the run; MariaDB has no FOR UPDATE OF and locks both rows.
-        query = query.with_for_update(of=runs if db.dialect == "postgresql" else None)
-    found = conn.execute(query).mappings().first()
+    found = conn.execute(_lock_statements(db)[1], {"b_run": run_id, "b_task": task_id}).mappings().first()
     if found is None:
         return lock_run(conn, db, run_id), None
     row, task = {}, {}
@@ -335,8 +381,7 @@ def apply(rt, run_id, op, *, session=None) -> Outcome:
         outcome = _perform(rt, conn, run_id, op)
         rt.after_session_commit(session, outcome)
         return outcome
-    with rt.db.write() as conn:
-        outcome = _perform(rt, conn, run_id, op)
+    outcome = rt.db.transaction(lambda conn: _perform(rt, conn, run_id, op))
     rt.after_commit(outcome)
     return outcome
 
