@@ -347,8 +347,11 @@ def _lock_statements(db):
                      .where(runs.c.id == _b("b_run"), tasks.c.id == _b("b_task")))
         if db.locks_rows:
             run = run.with_for_update()
-            # PostgreSQL locks only the run; MariaDB has no FOR UPDATE OF and locks both rows.
-            with_task = with_task.with_for_update(of=runs if db.dialect == "postgresql" else None)
+            # Both rows (the run first): on PostgreSQL a row not locked is read as of the
+            # statement's snapshot, so after waiting for the run's lock the task would be the
+            # version before the holder's change, and a stale attempt would pass the fence.
+            # MariaDB has no FOR UPDATE OF and locks both rows anyway.
+            with_task = with_task.with_for_update(of=[runs, tasks] if db.dialect == "postgresql" else None)
         statements = _LOCKS[db.dialect] = (run, with_task)
     return statements
 
