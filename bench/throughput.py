@@ -269,8 +269,9 @@ def parse_args(argv):
     p.add_argument("--single", type=int, default=None, help="sequential runs for single-run latency (100; --quick 10)")
     p.add_argument("--workers", type=int, default=2, help="interlock worker processes (default 2)")
     p.add_argument("--threads", type=int, default=8, help="threads per worker process (default 8)")
-    p.add_argument("--resend-after", type=float, default=600.0,
-                   help="INTERLOCK_RESEND_AFTER for the workers (default 600: no re-sends while a backlog drains)")
+    p.add_argument("--resend-after", type=float, default=60.0,
+                   help="INTERLOCK_RESEND_AFTER for the workers (default 60: longer than a task waits in the "
+                   "backlog, so nothing is re-sent while it drains; a lost message is still re-sent)")
     p.add_argument("--json", type=Path, default=None, help="also write every measured figure to this file")
     p.add_argument("--keep-logs", action="store_true", help="keep the worker logs (their directory is printed)")
     args = p.parse_args(argv)
