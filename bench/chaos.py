@@ -78,11 +78,12 @@ class Config:
     poll_interval: float = 0.2
 
 
-def schedule(count: int, first: float, every: float, rng: random.Random) -> list:
+def schedule(count: int, first: float, every: float, rng: random.Random, kinds=FAULTS) -> list:
     """``count`` faults ``every`` seconds from ``first``: each kind once, then at random."""
-    kinds = list(FAULTS)
+    weights = {k: w for k, w in {"kill_worker": 4, "drop_db": 3, "kill_api": 2, "restart_broker": 2}.items()
+               if k in kinds}
+    kinds = list(weights)
     rng.shuffle(kinds)
-    weights = {"kill_worker": 4, "drop_db": 3, "kill_api": 2, "restart_broker": 2}
     while len(kinds) < count:
         kinds.append(rng.choices(list(weights), list(weights.values()))[0])
     return [(round(first + i * every + rng.uniform(-0.3, 0.3) * every, 1), kind)
@@ -631,14 +632,15 @@ def config_for(args, broker: str) -> Config:
     if args.quick:
         runs = args.runs or 150
         load = args.load_seconds or 20.0
-        faults = schedule(args.faults if args.faults is not None else 5, 3.0, (load - 2.0) / 5, rng)
+        count = args.faults if args.faults is not None else 5
+        faults = schedule(count, 3.0, (load - 2.0) / max(1, count), rng, args.fault_kinds)
         return Config(runs=runs, workers=args.workers or 2, threads=args.threads, load_seconds=load, faults=faults,
                       settle_timeout=args.settle_timeout or 60.0, seed=args.seed, keep_db=args.keep_db,
                       worker_module=args.worker_module)
     runs = args.runs or 2000
     load = args.load_seconds or max(30.0, runs / 20)
     count = args.faults if args.faults is not None else max(4, int(load / 6))
-    faults = schedule(count, 4.0, (load - 4.0) / max(1, count), rng)
+    faults = schedule(count, 4.0, (load - 4.0) / max(1, count), rng, args.fault_kinds)
     return Config(runs=runs, workers=args.workers or 3, threads=args.threads, load_seconds=load, faults=faults,
                   settle_timeout=args.settle_timeout or 240.0, seed=args.seed, keep_db=args.keep_db,
                   worker_module=args.worker_module)
@@ -652,6 +654,8 @@ def parse_args(argv):
     p.add_argument("--quick", action="store_true", help="150 runs and 5 faults per broker (CI)")
     p.add_argument("--runs", type=int, default=None, help="runs per broker (default 2000; --quick 150)")
     p.add_argument("--faults", type=int, default=None, help="faults per broker (default one per 6 s of load)")
+    p.add_argument("--fault-kinds", default=",".join(FAULTS),
+                   help=f"comma-separated, of {', '.join(FAULTS)} (default: all)")
     p.add_argument("--load-seconds", type=float, default=None, help="runs are started over this long")
     p.add_argument("--settle-timeout", type=float, default=None, help="seconds the runs get to end after the last fault")
     p.add_argument("--workers", type=int, default=None, help="interlock worker processes (default 3; --quick 2)")
@@ -660,7 +664,12 @@ def parse_args(argv):
     p.add_argument("--keep-db", action="store_true", help="keep each broker's database (its name is printed)")
     p.add_argument("--json", type=Path, default=None, help="also write the results to this file")
     p.add_argument("--worker-module", default="engine.cli", help=argparse.SUPPRESS)
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    args.fault_kinds = [k.strip() for k in args.fault_kinds.split(",") if k.strip()]
+    unknown = [k for k in args.fault_kinds if k not in FAULTS]
+    if unknown or not args.fault_kinds:
+        p.error(f"unknown fault kind {', '.join(unknown)}: choose from {', '.join(FAULTS)}")
+    return args
 
 
 def _interrupt(*_):

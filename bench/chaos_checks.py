@@ -12,8 +12,8 @@ Each invariant counts what it looked at and what broke it:
    ``unfinished`` (work was pending when the checks ran). Final runs hold no open task or
    armed timer, and the run row agrees with its history (state, last seq).
 2. ``history contiguous``: each run's history seqs are exactly 1..last_seq.
-3. ``transitions once per state entry``: replaying the history, every transition leaves the
-   state the run was in, and no state entry is left twice.
+3. ``transitions once per state entry``: replaying the history, no state entry is left twice
+   (a transition applied again), and every transition leaves a state the run was in.
 4. ``step results applied once``: per task at most one success, per state entry at most one
    step success, no attempt started twice, no more attempts than the definition allows,
    every step outcome recorded while the run was in the task's state entry, and each
@@ -271,6 +271,7 @@ def _why_not_final(run, cls, open_tasks, armed, now) -> str:
 def _replay(rid, entries, task_rows, timer_rows, once, steps, timer_check) -> dict:
     current: dict = {}  # leaf state -> seq of its entry
     leaves: tuple = ()
+    last_entry: dict = {}  # state -> seq of its latest entry, left or not
     left = set()
     transitions = 0
     step_success_by_task = Counter()
@@ -283,20 +284,23 @@ def _replay(rid, entries, task_rows, timer_rows, once, steps, timer_check) -> di
         if kind == "started":
             leaves = _split(h["target"])
             current = {s: seq for s in leaves}
+            last_entry.update(current)
         elif kind == "transition":
             transitions += 1
             once.checked += 1
             source, target = _split(h["source"]), _split(h["target"])
-            if source != leaves:
-                once.fail("transition from a state the run was not in", rid,
-                          f"seq {seq} {h['event']} from {h['source']} while in {','.join(leaves)}")
             for s in source:
-                key = (s, current.get(s))
+                # The entry this transition left: the current one, or else the state's last one.
+                key = (s, current.get(s, last_entry.get(s)))
                 if key in left:
                     once.fail("state entry left twice", rid, f"seq {seq} {h['event']} left {s}@{key[1]} again")
+                elif s not in current:
+                    once.fail("transition from a state the run was not in", rid,
+                              f"seq {seq} {h['event']} from {h['source']} while in {','.join(leaves)}")
                 left.add(key)
             current = {s: e for s, e in current.items() if s not in source}
             current.update({s: seq for s in target})
+            last_entry.update({s: seq for s in target})
             leaves = target
             if h["cause"] == "step":
                 before = by_seq.get(seq - 1)
