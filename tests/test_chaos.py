@@ -122,19 +122,19 @@ DAMAGE = {
         [f"DELETE FROM history WHERE run_id = {CARGO_DONE} AND seq = 3"],
         {"history contiguous": {"gap or repeat in seq": 1}}),
     "a transition applied twice": (
-        [f"INSERT INTO history (run_id, seq, at, kind, event, source, target, cause) SELECT run_id, "
-         f"seq + 100, at, kind, event, source, target, cause FROM history WHERE run_id = {CARGO_DONE} "
-         "AND event = 'depart'",
-         f"UPDATE history SET seq = (SELECT max(seq) FROM history h WHERE h.run_id = history.run_id "
-         f"AND h.seq < 100) + 1 WHERE seq > 100",
+        [(f"INSERT INTO history (run_id, seq, at, kind, event, source, target, cause) SELECT run_id, "
+          f"seq + 100, at, kind, event, source, target, cause FROM history WHERE run_id = {CARGO_DONE} "
+          "AND event = 'depart'"),
+         ("UPDATE history SET seq = (SELECT max(seq) FROM history h WHERE h.run_id = history.run_id "
+          "AND h.seq < 100) + 1 WHERE seq > 100"),
          f"UPDATE runs SET last_seq = last_seq + 1 WHERE id = {CARGO_DONE}"],
         {"transitions once per state entry": {"state entry left twice": 1},
          "final states": {"run row state differs from its history": 1}}),
     "a step result applied twice": (
-        ["INSERT INTO history (run_id, seq, at, kind, event, cause, detail) SELECT run_id, "
-         "(SELECT last_seq + 1 FROM runs WHERE id = h.run_id), at, kind, event, cause, detail FROM history h "
-         "WHERE kind = 'step_succeeded' AND detail LIKE '%reserve_inventory%' AND run_id = "
-         "(SELECT id FROM runs WHERE workflow = 'orders' AND status = 'succeeded')",
+        [("INSERT INTO history (run_id, seq, at, kind, event, cause, detail) SELECT run_id, "
+          "(SELECT last_seq + 1 FROM runs WHERE id = h.run_id), at, kind, event, cause, detail FROM history h "
+          "WHERE kind = 'step_succeeded' AND detail LIKE '%reserve_inventory%' AND run_id = "
+          "(SELECT id FROM runs WHERE workflow = 'orders' AND status = 'succeeded')"),
          "UPDATE runs SET last_seq = last_seq + 1 WHERE workflow = 'orders' AND status = 'succeeded'"],
         {"step results applied once": {"task succeeded twice": 1, "step succeeded twice in one state entry": 1,
                                        "step outcome applied outside its state entry": 1,
