@@ -2,13 +2,13 @@
 
 from dataclasses import dataclass, field
 
-from sqlalchemy import Double, bindparam, func, select, update
+from sqlalchemy import select, update
 
 from . import machine as m
 from .errors import CallbackError, InterlockError, InvalidTransition, RunNotActive
 from .ids import new_id
 from .models import runs, tasks, timers
-from .transitions import ACTIVE, OPEN_TASK, Change, require_active
+from .transitions import ACTIVE, Change, require_active
 
 
 @dataclass
@@ -105,25 +105,6 @@ def _load_task(change: Change, task_id, attempt, started_at) -> dict | None:
     return None
 
 
-_FINISH_TASK = update(tasks).where(tasks.c.id == bindparam("b_task")).values(
-    status=bindparam("b_status"), attempt=bindparam("b_attempt"), claimed_at=bindparam("b_started"),
-    lease_until=None, updated_at=bindparam("b_now"),
-    last_error=func.coalesce(bindparam("b_last_error", type_=tasks.c.last_error.type), tasks.c.last_error),
-    available_at=func.coalesce(bindparam("b_available_at", type_=Double()), tasks.c.available_at),
-    sent_at=bindparam("b_sent_at", type_=Double()))
-
-
-def _finish_task(change: Change, task: dict, status: str, started_at: float, *, last_error=None,
-                 available_at=None, sent_at=None):
-    """Close (or re-queue) the attempt's task: status, the attempt number, when it started."""
-    change.conn.execute(_FINISH_TASK, {
-        "b_task": task["id"], "b_status": status, "b_attempt": task["attempt"], "b_started": started_at,
-        "b_now": change.now, "b_last_error": last_error, "b_available_at": available_at,
-        "b_sent_at": sent_at if status == "queued" else task["sent_at"]})
-    if status not in OPEN_TASK:
-        change.open_tasks -= 1
-
-
 def _started(change, task, started_at):
     change.record("step_started", cause="step", at=started_at,
                   detail={"task": task["id"], "step": task["name"], "state": task["state"],
@@ -143,7 +124,7 @@ class StepDone:
         if task is None:
             return
         _started(change, task, self.started_at)
-        _finish_task(change, task, "succeeded", self.started_at)
+        change.finish_task(task, "succeeded", self.started_at)
         detail = {"task": task["id"], "step": task["name"], "attempt": task["attempt"],
                   "duration": round(self.duration, 6)}
         if self.result.recheck is not None:
@@ -184,11 +165,11 @@ class StepFailed:
             delay = spec.delay_before(task["attempt"] + 1) if self.retry_in is None else self.retry_in
             change.record("step_failed", cause="step", detail={**detail, "retry_in": delay})
             change.schedule(task, delay, spec)
-            _finish_task(change, task, "queued", self.started_at, last_error=self.error,
+            change.finish_task(task, "queued", self.started_at, last_error=self.error,
                          available_at=task["available_at"], sent_at=task["sent_at"])
             return
         change.record("step_failed", cause="step", detail={**detail, "final": True})
-        _finish_task(change, task, "failed", self.started_at, last_error=self.error)
+        change.finish_task(task, "failed", self.started_at, last_error=self.error)
         if spec.on_error:
             try:
                 change.send(spec.on_error, {}, "step_error", detail={"task": task["id"], "error": self.error})

@@ -10,6 +10,7 @@ from sqlalchemy.orm import Session
 from . import metrics
 from . import operations as ops
 from . import queries
+from .batching import Batcher
 from .broker import Dispatcher, build_broker, is_in_memory
 from .config import Settings
 from .db import Database
@@ -54,6 +55,8 @@ class Interlock:
         self.notifier = Notifier(self.db)
         self._worker: "Worker | None" = None
         self._booted = False
+        # Step results go through it while a worker runs in this process (group commit).
+        self.batcher: Batcher | None = None
 
     # -- after a commit ------------------------------------------------------------
 
@@ -186,6 +189,7 @@ class Worker:
         self._dramatiq = dramatiq.Worker(broker, worker_threads=self.threads, worker_timeout=100)
         # The default prefetch (2 x threads) starves threads that finish fast on Redis.
         self._dramatiq.queue_prefetch = max(64, self.threads * 2)
+        self.rt.batcher = Batcher(self.rt).start()
         self._dramatiq.start()
         self.reconciler = Reconciler(self.rt)
         self.reconciler.tick()  # recovery at start-up, before new work piles on
@@ -197,6 +201,8 @@ class Worker:
             return
         self.reconciler.stop()
         self._dramatiq.stop(timeout=10_000)
+        self.rt.batcher.stop()
+        self.rt.batcher = None
         # Dramatiq leaves the stopped worker's hook on the broker; a later worker adds its own.
         broker = self.rt.broker
         broker.middleware = [m for m in broker.middleware if getattr(m, "worker", None) is not self._dramatiq]

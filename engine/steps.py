@@ -93,15 +93,14 @@ class StepExecutor:
                            data=copy.deepcopy(original), business_key=row["business_key"],
                            state=row["state"], attempt=row["attempt"], entered_seq=row["entry_seq"])
         try:
-            instance = m.restore(cls, ctx, [row["state"]])
-            value = spec.func(instance, ctx)
+            value = spec.func(_bare(cls, ctx), ctx)
             result = to_result(value, spec, original, ctx.data)
         except (Exception, TimeLimitExceeded) as exc:
             self.fail(row, exc, traceback.format_exc(), started_at)
             return
         duration = time.time() - started_at
         try:
-            apply(self.rt, row["run_id"], StepDone(row["id"], row["attempt"], result, started_at, duration))
+            self._apply(row["run_id"], StepDone(row["id"], row["attempt"], result, started_at, duration))
         except InterlockError as exc:
             # The result was refused (event not allowed now, a callback raised): a failed attempt.
             self.fail(row, exc, None, started_at)
@@ -110,7 +109,11 @@ class StepExecutor:
         error = f"{type(exc).__name__}: {exc}"
         log.info("step %s of run %s failed (attempt %s): %s", row["name"], row["run_id"],
                  row["attempt"], error, extra={"run_id": row["run_id"], "task_id": row["id"]})
-        apply(self.rt, row["run_id"], StepFailed(row["id"], row["attempt"], error, tb, started_at))
+        self._apply(row["run_id"], StepFailed(row["id"], row["attempt"], error, tb, started_at))
+
+    def _apply(self, run_id, op):
+        batcher = self.rt.batcher
+        return batcher.apply(run_id, op) if batcher is not None else apply(self.rt, run_id, op)
 
     def keep_leases(self) -> None:
         """Claim the steps running longer than ``claim_after``; renew the claimed ones' leases."""
@@ -139,6 +142,14 @@ class StepExecutor:
                 for task_id, attempt in current:
                     if task_id in to_renew:
                         attempt.renewed_at = now
+
+
+def _bare(cls, ctx):
+    """The workflow object a step gets as ``self``: its methods and ``self.model`` (the run),
+    without building a state machine (a step sends nothing: it returns the next event)."""
+    instance = cls.__new__(cls)
+    instance.__dict__["model"] = ctx
+    return instance
 
 
 def to_result(value, spec, original: dict, data: dict) -> StepResult:

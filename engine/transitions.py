@@ -15,7 +15,7 @@ import json
 import time
 from dataclasses import dataclass, field
 
-from sqlalchemy import bindparam, insert, select, update
+from sqlalchemy import Double, bindparam, func, insert, select, update
 from statemachine.exceptions import TransitionNotAllowed
 
 from . import machine as m
@@ -91,13 +91,44 @@ _CANCEL_ALL_TIMERS = update(timers).where(
     timers.c.run_id == _b("b_run"), timers.c.status == "armed").values(status="cancelled")
 _SUSPEND_TIMERS = update(timers).where(
     timers.c.run_id == _b("b_run"), timers.c.status == "armed").values(status="suspended")
+_FINISH_TASK = update(tasks).where(tasks.c.id == _b("b_task")).values(
+    status=_b("b_status"), attempt=_b("b_attempt"), claimed_at=_b("b_started"),
+    lease_until=None, updated_at=_b("b_now"),
+    last_error=func.coalesce(_b("b_last_error", type_=tasks.c.last_error.type), tasks.c.last_error),
+    available_at=func.coalesce(_b("b_available_at", type_=Double()), tasks.c.available_at),
+    sent_at=_b("b_sent_at", type_=Double()))
+
+
+class Writes:
+    """Rows a transaction writes at its end, one statement per kind: a batch of changes to
+    many runs costs the same few round trips as a change to one."""
+
+    def __init__(self):
+        self.run_inserts, self.run_updates, self.task_updates = [], [], []
+        self.history, self.tasks, self.timers = [], [], []
+
+    def flush(self, conn):
+        for statement, rows in ((_INSERT_RUN, self.run_inserts), (_UPDATE_RUN, self.run_updates),
+                                (_FINISH_TASK, self.task_updates), (_INSERT_HISTORY, self.history),
+                                (_INSERT_TASKS, self.tasks), (_INSERT_TIMERS, self.timers)):
+            if rows:
+                conn.execute(statement, rows)
+                rows.clear()
+
+    def flush_tasks(self, conn):
+        if self.task_updates:
+            conn.execute(_FINISH_TASK, self.task_updates)
+            self.task_updates.clear()
 
 
 class Change:
     """One transaction's worth of change to one run."""
 
-    def __init__(self, rt, conn, row: dict, cls, now: float, *, new: bool = False, task: dict | None = None):
+    def __init__(self, rt, conn, row: dict, cls, now: float, *, new: bool = False, task: dict | None = None,
+                 writes: Writes | None = None):
         self.rt, self.conn, self.cls, self.now = rt, conn, cls, now
+        self.writes = writes if writes is not None else Writes()
+        self.finished_tasks: list[str] = []  # closed by finish_task, not yet written
         self.row = row
         self.new = new
         self.task = task  # the task row the operation is about, read with the lock
@@ -286,8 +317,23 @@ class Change:
             self.open_timers -= self.conn.execute(
                 _CANCEL_TIMERS, {"b_run": self.row["id"], "b_states": list(states)}).rowcount
 
+    def finish_task(self, task: dict, status: str, started_at: float, *, last_error=None,
+                    available_at=None, sent_at=None):
+        """Close (or re-queue) an attempt's task: status, the attempt number, when it started."""
+        self.writes.task_updates.append({
+            "b_task": task["id"], "b_status": status, "b_attempt": task["attempt"], "b_started": started_at,
+            "b_now": self.now, "b_last_error": last_error, "b_available_at": available_at,
+            "b_sent_at": sent_at if status == "queued" else task["sent_at"]})
+        if status not in OPEN_TASK:
+            self.open_tasks -= 1
+            self.finished_tasks.append(task["id"])
+
     def close_tasks(self, status, *, states=None, task_id=None):
         """Close open stored tasks: those of ``states``, the one ``task_id``, or all."""
+        if self.finished_tasks:
+            # An UPDATE now would also catch the tasks finish_task closed (written at the end).
+            self.writes.flush_tasks(self.conn)
+            self.finished_tasks.clear()
         params = {"b_run": self.row["id"], "b_status": status, "b_now": self.now}
         if task_id is not None:
             statement, params["b_task"] = _CLOSE_TASK, task_id
@@ -320,15 +366,12 @@ class Change:
                   "data": self.ctx.data, "last_seq": self.seq, "open_tasks": self.open_tasks,
                   "open_timers": self.open_timers, "updated_at": self.now, "finished_at": self.finished_at}
         if self.new:
-            self.conn.execute(_INSERT_RUN, {**self.row, **values})
+            self.writes.run_inserts.append({**self.row, **values})
         else:
-            self.conn.execute(_UPDATE_RUN, {"b_id": self.row["id"], **{"b_" + k: v for k, v in values.items()}})
-        if self.history_rows:
-            self.conn.execute(_INSERT_HISTORY, self.history_rows)
-        if self.new_tasks:
-            self.conn.execute(_INSERT_TASKS, self.new_tasks)
-        if self.new_timers:
-            self.conn.execute(_INSERT_TIMERS, self.new_timers)
+            self.writes.run_updates.append({"b_id": self.row["id"], **{"b_" + k: v for k, v in values.items()}})
+        self.writes.history.extend(self.history_rows)
+        self.writes.tasks.extend(self.new_tasks)
+        self.writes.timers.extend(self.new_timers)
         return Outcome(run={**self.row, **values}, history=self.history_rows,
                        dispatch=self.dispatch, created=self.new,
                        finished=self.row["status"] in ACTIVE and self.status not in ACTIVE)
@@ -336,6 +379,7 @@ class Change:
 
 _TASK_COLUMNS = [c.label("task__" + c.name) for c in tasks.c]
 _LOCKS: dict = {}
+_MANY: dict = {}
 
 
 def _lock_statements(db):
@@ -363,11 +407,7 @@ def lock_run(conn, db, run_id) -> dict:
     return dict(row)
 
 
-def lock_run_with_task(conn, db, run_id, task_id) -> tuple[dict, dict | None]:
-    """The locked run and one of its tasks, in one round trip (the step-result hot path)."""
-    found = conn.execute(_lock_statements(db)[1], {"b_run": run_id, "b_task": task_id}).mappings().first()
-    if found is None:
-        return lock_run(conn, db, run_id), None
+def _split(found) -> tuple[dict, dict]:
     row, task = {}, {}
     for key, value in found.items():
         if key.startswith("task__"):
@@ -375,6 +415,30 @@ def lock_run_with_task(conn, db, run_id, task_id) -> tuple[dict, dict | None]:
         else:
             row[key] = value
     return row, task
+
+
+def lock_runs_with_tasks(conn, db, task_ids) -> dict:
+    """task id -> (locked run, task) for a batch, locking runs in id order."""
+    statement = _MANY.get(db.dialect)
+    if statement is None:
+        statement = (select(runs, *_TASK_COLUMNS).join(tasks, tasks.c.run_id == runs.c.id)
+                     .where(tasks.c.id.in_(_b("b_tasks", expanding=True))).order_by(runs.c.id))
+        if db.locks_rows:
+            statement = statement.with_for_update(of=[runs, tasks] if db.dialect == "postgresql" else None)
+        _MANY[db.dialect] = statement
+    out = {}
+    for found in conn.execute(statement, {"b_tasks": list(task_ids)}).mappings():
+        row, task = _split(found)
+        out[task["id"]] = (row, task)
+    return out
+
+
+def lock_run_with_task(conn, db, run_id, task_id) -> tuple[dict, dict | None]:
+    """The locked run and one of its tasks, in one round trip (the step-result hot path)."""
+    found = conn.execute(_lock_statements(db)[1], {"b_run": run_id, "b_task": task_id}).mappings().first()
+    if found is None:
+        return lock_run(conn, db, run_id), None
+    return _split(found)
 
 
 def apply(rt, run_id, op, *, session=None) -> Outcome:
@@ -405,7 +469,41 @@ def _perform(rt, conn, run_id, op) -> Outcome:
         cls = rt.registry.get(row["workflow"], row["version"])
         change = Change(rt, conn, row, cls, now, task=task)
     op.perform(change)
-    return change.finish()
+    outcome = change.finish()
+    change.writes.flush(conn)
+    return outcome
+
+
+def apply_many(rt, items) -> list:
+    """Perform several step results on different runs in one transaction (a group commit).
+
+    ``items`` are (run_id, op) with an op that has ``task_id``. Runs are locked in id
+    order, so two batches never deadlock. Any error rolls the whole batch back: the
+    caller then applies each item alone. After the commit, each outcome is dispatched.
+    """
+    def work(conn):
+        now = time.time()
+        found = lock_runs_with_tasks(conn, rt.db, [op.task_id for _, op in items])
+        writes, outcomes = Writes(), []
+        for run_id, op in items:
+            row, task = found.get(op.task_id, (None, None))
+            if row is None or row["id"] != run_id:
+                raise _NotInBatch(op.task_id)
+            cls = rt.registry.get(row["workflow"], row["version"])
+            change = Change(rt, conn, row, cls, now, task=task, writes=writes)
+            op.perform(change)
+            outcomes.append(change.finish())
+        writes.flush(conn)
+        return outcomes
+
+    outcomes = rt.db.transaction(work)
+    for outcome in outcomes:
+        rt.after_commit(outcome)
+    return outcomes
+
+
+class _NotInBatch(Exception):
+    """A task of the batch was not found with its run: the batch is applied item by item."""
 
 
 def require_active(change, action):
