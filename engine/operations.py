@@ -185,34 +185,37 @@ class TimerFired:
     timer_id: str
     # Set when a first try failed in a callback: record the failure instead of retrying forever.
     error: str | None = None
+    # The timer row, when the caller read it with the run's lock (a batch of due timers).
+    row: dict | None = None
 
     def perform(self, change: Change):
-        timer = change.conn.execute(select(timers).where(timers.c.id == self.timer_id)).mappings().first()
-        if timer is None or timer.status != "armed":
+        timer = self.row
+        if timer is None:
+            found = change.conn.execute(select(timers).where(timers.c.id == self.timer_id)).mappings().first()
+            timer = dict(found) if found else None
+        if timer is None or timer["status"] != "armed":
             return
-        change.conn.execute(update(timers).where(timers.c.id == timer.id).values(
-            status="fired", fired_at=change.now))
-        change.open_timers -= 1
-        detail = {"timer": timer.name, "timer_id": timer.id, "kind": timer.kind,
-                  "due_at": timer.due_at, "lag": round(change.now - timer.due_at, 6)}
-        if change.status not in ACTIVE or change.entries.get(timer.state) != timer.entry_seq:
-            change.record("ignored", cause="timer", event=timer.event,
+        change.fire_timer(timer["id"])
+        detail = {"timer": timer["name"], "timer_id": timer["id"], "kind": timer["kind"],
+                  "due_at": timer["due_at"], "lag": round(change.now - timer["due_at"], 6)}
+        if change.status not in ACTIVE or change.entries.get(timer["state"]) != timer["entry_seq"]:
+            change.record("ignored", cause="timer", event=timer["event"],
                           detail={**detail, "reason": "state entry already left"})
             return
-        if timer.kind == "recheck":
+        if timer["kind"] == "recheck":
             change.record("timer_fired", cause="timer", detail=detail)
-            change.add_task(timer.state, timer.entry_seq, change.cls.step_for(timer.state))
+            change.add_task(timer["state"], timer["entry_seq"], change.cls.step_for(timer["state"]))
             return
-        change.record("timer_fired", cause="timer", event=timer.event, detail=detail)
+        change.record("timer_fired", cause="timer", event=timer["event"], detail=detail)
         if self.error is not None:
-            change.record("event_rejected", cause="timer", event=timer.event,
-                          detail={"timer": timer.name, "error": self.error})
+            change.record("event_rejected", cause="timer", event=timer["event"],
+                          detail={"timer": timer["name"], "error": self.error})
             return
         try:
-            change.send(timer.event, {}, "timer", detail={"timer": timer.name})
+            change.send(timer["event"], {}, "timer", detail={"timer": timer["name"]})
         except InvalidTransition as exc:
-            change.record("event_rejected", cause="timer", event=timer.event,
-                          detail={"timer": timer.name, "error": str(exc)})
+            change.record("event_rejected", cause="timer", event=timer["event"],
+                          detail={"timer": timer["name"], "error": str(exc)})
 
 
 @dataclass

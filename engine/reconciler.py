@@ -14,10 +14,11 @@ from sqlalchemy import and_, or_, select, update
 from .errors import InterlockError
 from .models import runs, tasks, timers
 from .operations import StepFailed, TimerFired
-from .transitions import apply
+from .transitions import apply, fire_due_timers
 
 log = logging.getLogger(__name__)
 BATCH = 500
+TIMER_BATCH = 200
 # Why a running task whose lease ended counts as a failed attempt, by task kind.
 LOST_ERROR = {
     "step": "WorkerLost: the worker stopped renewing its lease (crashed or was killed)",
@@ -58,16 +59,21 @@ class Reconciler:
         fired = self.fire_due_timers()
         sent = self.send_outbox()
         recovered = self.recover_lost_tasks()
-        return max(fired, sent, recovered) >= BATCH
+        return fired >= TIMER_BATCH or max(sent, recovered) >= BATCH
 
     def renew_leases(self) -> None:
         self.rt.executor.keep_leases()
 
     def fire_due_timers(self) -> int:
+        """Due timers in batches (one transaction each); a batch that fails goes one by one."""
+        try:
+            return fire_due_timers(self.rt, lambda t: TimerFired(t["id"], row=t), TIMER_BATCH)
+        except Exception:
+            log.warning("a batch of due timers failed; firing them one by one", exc_info=True)
         with self.rt.db.read() as conn:
             due = conn.execute(select(timers.c.id, timers.c.run_id).where(
                 timers.c.status == "armed", timers.c.due_at <= time.time(),
-            ).order_by(timers.c.due_at).limit(BATCH)).all()
+            ).order_by(timers.c.due_at).limit(TIMER_BATCH)).all()
         for timer_id, run_id in due:
             try:
                 apply(self.rt, run_id, TimerFired(timer_id))

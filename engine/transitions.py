@@ -91,6 +91,7 @@ _CANCEL_ALL_TIMERS = update(timers).where(
     timers.c.run_id == _b("b_run"), timers.c.status == "armed").values(status="cancelled")
 _SUSPEND_TIMERS = update(timers).where(
     timers.c.run_id == _b("b_run"), timers.c.status == "armed").values(status="suspended")
+_FIRE_TIMER = update(timers).where(timers.c.id == _b("b_timer")).values(status="fired", fired_at=_b("b_now"))
 _FINISH_TASK = update(tasks).where(tasks.c.id == _b("b_task")).values(
     status=_b("b_status"), attempt=_b("b_attempt"), claimed_at=_b("b_started"),
     lease_until=None, updated_at=_b("b_now"),
@@ -104,21 +105,24 @@ class Writes:
     many runs costs the same few round trips as a change to one."""
 
     def __init__(self):
-        self.run_inserts, self.run_updates, self.task_updates = [], [], []
+        self.run_inserts, self.run_updates, self.task_updates, self.timer_updates = [], [], [], []
         self.history, self.tasks, self.timers = [], [], []
 
     def flush(self, conn):
         for statement, rows in ((_INSERT_RUN, self.run_inserts), (_UPDATE_RUN, self.run_updates),
-                                (_FINISH_TASK, self.task_updates), (_INSERT_HISTORY, self.history),
+                                (_FINISH_TASK, self.task_updates), (_FIRE_TIMER, self.timer_updates),
+                                (_INSERT_HISTORY, self.history),
                                 (_INSERT_TASKS, self.tasks), (_INSERT_TIMERS, self.timers)):
             if rows:
                 conn.execute(statement, rows)
                 rows.clear()
 
-    def flush_tasks(self, conn):
-        if self.task_updates:
-            conn.execute(_FINISH_TASK, self.task_updates)
-            self.task_updates.clear()
+    def flush_pending(self, conn):
+        """Write the deferred task and timer updates now: an UPDATE by run or state follows."""
+        for statement, rows in ((_FINISH_TASK, self.task_updates), (_FIRE_TIMER, self.timer_updates)):
+            if rows:
+                conn.execute(statement, rows)
+                rows.clear()
 
 
 class Change:
@@ -128,7 +132,6 @@ class Change:
                  writes: Writes | None = None):
         self.rt, self.conn, self.cls, self.now = rt, conn, cls, now
         self.writes = writes if writes is not None else Writes()
-        self.finished_tasks: list[str] = []  # closed by finish_task, not yet written
         self.row = row
         self.new = new
         self.task = task  # the task row the operation is about, read with the lock
@@ -208,6 +211,7 @@ class Change:
         """The run stops here until retried; its timers wait, suspended."""
         self.status, self.finished_at = "failed", self.now
         if self.open_timers:
+            self.writes.flush_pending(self.conn)
             self.conn.execute(_SUSPEND_TIMERS, {"b_run": self.row["id"]})
         self.record("failed", cause="step", source=self.leaves(), detail=detail)
 
@@ -314,6 +318,7 @@ class Change:
         if with_steps and self.open_tasks > len(self.new_tasks):
             self.close_tasks("superseded", states=with_steps)
         if self.open_timers > len(self.new_timers):
+            self.writes.flush_pending(self.conn)
             self.open_timers -= self.conn.execute(
                 _CANCEL_TIMERS, {"b_run": self.row["id"], "b_states": list(states)}).rowcount
 
@@ -326,14 +331,14 @@ class Change:
             "b_sent_at": sent_at if status == "queued" else task["sent_at"]})
         if status not in OPEN_TASK:
             self.open_tasks -= 1
-            self.finished_tasks.append(task["id"])
+
+    def fire_timer(self, timer_id):
+        self.writes.timer_updates.append({"b_timer": timer_id, "b_now": self.now})
+        self.open_timers -= 1
 
     def close_tasks(self, status, *, states=None, task_id=None):
         """Close open stored tasks: those of ``states``, the one ``task_id``, or all."""
-        if self.finished_tasks:
-            # An UPDATE now would also catch the tasks finish_task closed (written at the end).
-            self.writes.flush_tasks(self.conn)
-            self.finished_tasks.clear()
+        self.writes.flush_pending(self.conn)
         params = {"b_run": self.row["id"], "b_status": status, "b_now": self.now}
         if task_id is not None:
             statement, params["b_task"] = _CLOSE_TASK, task_id
@@ -347,6 +352,7 @@ class Change:
         if self.open_tasks > len(self.new_tasks):
             self.close_tasks(task_status)
         if self.open_timers > len(self.new_timers):
+            self.writes.flush_pending(self.conn)
             self.open_timers -= self.conn.execute(_CANCEL_ALL_TIMERS, {"b_run": self.row["id"]}).rowcount
 
     # -- commit ------------------------------------------------------------------
@@ -380,6 +386,7 @@ class Change:
 _TASK_COLUMNS = [c.label("task__" + c.name) for c in tasks.c]
 _LOCKS: dict = {}
 _MANY: dict = {}
+_DUE: dict = {}
 
 
 def _lock_statements(db):
@@ -482,24 +489,67 @@ def apply_many(rt, items) -> list:
     caller then applies each item alone. After the commit, each outcome is dispatched.
     """
     def work(conn):
-        now = time.time()
         found = lock_runs_with_tasks(conn, rt.db, [op.task_id for _, op in items])
-        writes, outcomes = Writes(), []
+        locked = []
         for run_id, op in items:
             row, task = found.get(op.task_id, (None, None))
             if row is None or row["id"] != run_id:
                 raise _NotInBatch(op.task_id)
-            cls = rt.registry.get(row["workflow"], row["version"])
-            change = Change(rt, conn, row, cls, now, task=task, writes=writes)
-            op.perform(change)
-            outcomes.append(change.finish())
-        writes.flush(conn)
-        return outcomes
+            locked.append((row, task, op))
+        return perform_locked(rt, conn, locked)
 
     outcomes = rt.db.transaction(work)
     for outcome in outcomes:
         rt.after_commit(outcome)
     return outcomes
+
+
+def perform_locked(rt, conn, locked) -> list:
+    """Perform each (run row, task row or None, op) on runs this transaction has locked."""
+    now = time.time()
+    writes, outcomes = Writes(), []
+    for row, task, op in locked:
+        cls = rt.registry.get(row["workflow"], row["version"])
+        change = Change(rt, conn, row, cls, now, task=task, writes=writes)
+        op.perform(change)
+        outcomes.append(change.finish())
+    writes.flush(conn)
+    return outcomes
+
+
+def _due_timers_statement(db):
+    statement = _DUE.get(db.dialect)
+    if statement is None:
+        statement = (select(runs, *[c.label("timer__" + c.name) for c in timers.c])
+                     .join(timers, timers.c.run_id == runs.c.id)
+                     .where(timers.c.status == "armed", timers.c.due_at <= _b("b_now"))
+                     .order_by(timers.c.due_at).limit(_b("b_limit")))
+        if db.locks_rows:
+            # Several workers fire timers at once: each takes runs the others have not locked.
+            statement = statement.with_for_update(
+                of=runs if db.dialect == "postgresql" else None, skip_locked=True)
+        _DUE[db.dialect] = statement
+    return statement
+
+
+def fire_due_timers(rt, make_op, limit: int) -> int:
+    """Fire up to ``limit`` due timers (one per run) in one transaction; how many were due."""
+    def work(conn):
+        found = conn.execute(_due_timers_statement(rt.db), {"b_now": time.time(), "b_limit": limit})
+        locked, seen = [], set()
+        for mapping in found.mappings():
+            row, timer = {}, {}
+            for key, value in mapping.items():
+                (timer if key.startswith("timer__") else row)[key.removeprefix("timer__")] = value
+            if row["id"] not in seen:  # a run's next due timer waits for the next pass
+                seen.add(row["id"])
+                locked.append((row, None, make_op(timer)))
+        return perform_locked(rt, conn, locked)
+
+    outcomes = rt.db.transaction(work)
+    for outcome in outcomes:
+        rt.after_commit(outcome)
+    return len(outcomes)
 
 
 class _NotInBatch(Exception):

@@ -630,3 +630,25 @@ def test_a_trigger_refused_by_its_guard_does_not_hide_the_others(db_interlock):
     moved = rt.update_data(run.id, {"a": 1, "b": 1})
     assert moved.state == "took_b"
     assert [(h.event, h.cause) for h in entries(rt, run.id, "transition")] == [("go_b", "trigger")]
+
+
+def test_due_timers_fire_in_batches_once_each_with_two_reconcilers_at_once(db_interlock):
+    from engine.reconciler import Reconciler
+
+    rt = db_interlock
+    started = [rt.start("test_short_timer").id for _ in range(30)]
+    with rt.db.write() as conn:
+        conn.execute(timers.update().values(due_at=time.time() - 1))
+    reconcilers = [Reconciler(rt), Reconciler(rt)]
+    threads = [threading.Thread(target=r.fire_due_timers) for r in reconcilers]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    while reconcilers[0].fire_due_timers():  # whatever a skipped lock left for a later pass
+        pass
+    for run_id in started:
+        assert rt.get(run_id).state == "reminded"
+        assert len(entries(rt, run_id, "timer_fired")) == 1
+        assert_contiguous(rt, run_id)
+    assert {t["status"] for t in rows(rt, timers)} == {"fired"}
