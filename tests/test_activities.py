@@ -449,8 +449,9 @@ def test_a_task_whose_handler_raises_is_retried_after_the_visibility_timeout(rt,
     assert (stats.received, stats.completed, stats.failed, stats.errors) == (2, 1, 1, 0)
     (first_at, first_attempt, first_lease), (second_at, second_attempt, _) = calls
     assert (first_attempt, second_attempt) == (1, 2)
+    # Not before the first attempt's visibility timeout ended (the lease is the server's clock;
+    # when the handler was called depends on how busy the client was, so it proves nothing).
     assert second_at >= first_lease, "received again before the visibility timeout ended"
-    assert second_at - first_at >= 0.9
     final = client.get(run["id"])
     assert (final["state"], final["data"]["officer"]) == ("releasing", "grace")
     failed = next(h for h in rt.history(run["id"]) if h.kind == "step_failed")
