@@ -1,7 +1,7 @@
 """Throughput and latency of Interlock against its ceilings and peers (issue 5, items 1 and 2).
 
     .venv/bin/python bench/throughput.py            # --full: the real figures (peers installed on first use)
-    .venv/bin/python bench/throughput.py --quick    # small N, every backend, the cheap baselines, < 3 minutes
+    .venv/bin/python bench/throughput.py --quick    # small N, no-op workflow, every backend, the cheap baselines (CI)
 
 Interlock runs a 5-step no-op workflow (bench/flows.py) and a variant carrying a 1 KB payload:
 N runs are started first, then `interlock worker` processes drive them to the end (on SQLite +
@@ -262,7 +262,7 @@ def parse_args(argv):
     mode.add_argument("--quick", action="store_true", help="small N, no peer installs (CI)")
     mode.add_argument("--full", action="store_true", help="the real figures (the default)")
     p.add_argument("--backends", default=",".join(BACKENDS), help=f"comma-separated, of {', '.join(BACKENDS)}")
-    p.add_argument("--variants", default=None, help="noop,payload (default: both)")
+    p.add_argument("--variants", default=None, help="noop,payload (default: both; --quick: noop)")
     p.add_argument("--baselines", default=",".join(BASELINES), help=f"comma-separated, of {', '.join(BASELINES)}; "
                    "'none' for none")
     p.add_argument("--runs", type=int, default=None, help="runs started at once (default 2000; --quick 100)")
@@ -278,7 +278,8 @@ def parse_args(argv):
     args.runs = args.runs or (100 if args.quick else 2000)
     args.single = args.single or (10 if args.quick else 100)
     args.backends = [b.strip() for b in args.backends.split(",") if b.strip()]
-    args.variants = [v.strip() for v in (args.variants or "noop,payload").split(",") if v.strip()]
+    default_variants = "noop" if args.quick else "noop,payload"
+    args.variants = [v.strip() for v in (args.variants or default_variants).split(",") if v.strip()]
     args.baselines = [] if args.baselines == "none" else [b.strip() for b in args.baselines.split(",") if b.strip()]
     for values, allowed, what in ((args.backends, BACKENDS, "backend"), (args.variants, VARIANTS, "variant"),
                                   (args.baselines, BASELINES, "baseline")):
