@@ -201,7 +201,7 @@ def delete_redis_queue(queue, namespace="dramatiq"):
 
     client = redis.Redis.from_url(REDIS_URL)
     patterns = [f"{namespace}:{queue}*", f"{namespace}:__acks__.*.{queue}*", queue, f"{queue}\x06*",
-                f"_kombu.binding.{queue}*", f"bench:{queue}*"]
+                f"_kombu.binding*.{queue}*", f"bench:{queue}*"]
     try:
         for pattern in patterns:
             keys = list(client.scan_iter(match=pattern, count=1000))

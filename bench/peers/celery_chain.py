@@ -23,7 +23,9 @@ HOPS = 5
 
 app = Celery("bench_chain", broker=REDIS_URL)
 app.conf.update(task_default_queue=QUEUE, task_ignore_result=True, worker_hijack_root_logger=False,
-                broker_connection_retry_on_startup=True, worker_send_task_events=False)
+                broker_connection_retry_on_startup=True, worker_send_task_events=False,
+                # No remote-control mailbox: nothing but the benchmark's own keys is left in Redis.
+                worker_enable_remote_control=False)
 _results = None
 
 
