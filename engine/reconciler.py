@@ -92,9 +92,12 @@ class Reconciler:
             return 0
         now = time.time()
         stale = now - self.rt.settings.resend_after
+        # Each re-send waits at least as long as the task had already waited when it was last
+        # sent (R, 2R, 4R, …): behind a long queue, copies do not pile up faster than it drains.
         needs_send = and_(tasks.c.status == "queued", tasks.c.kind == "step", tasks.c.available_at <= now,
                           or_(tasks.c.sent_at.is_(None),
-                              and_(tasks.c.sent_at < stale, tasks.c.available_at < stale)))
+                              and_(tasks.c.sent_at < stale, tasks.c.available_at < stale,
+                                   now - tasks.c.sent_at > tasks.c.sent_at - tasks.c.available_at)))
         with self.rt.db.read() as conn:
             pending = conn.execute(
                 select(tasks.c.id, tasks.c.state, runs.c.workflow, runs.c.version)

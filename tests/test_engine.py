@@ -652,3 +652,28 @@ def test_due_timers_fire_in_batches_once_each_with_two_reconcilers_at_once(db_in
         assert len(entries(rt, run_id, "timer_fired")) == 1
         assert_contiguous(rt, run_id)
     assert {t["status"] for t in rows(rt, timers)} == {"fired"}
+
+
+def test_a_task_waiting_behind_a_long_queue_is_sent_again_less_and_less_often(sqlite_interlock):
+    from engine.reconciler import Reconciler
+
+    rt = sqlite_interlock
+    run = rt.start("test_pipeline")  # no worker in this process: the task stays in the outbox
+    task_id = _only_open_task(rt, run.id)
+    queue = rt.broker.queues[rt.settings.queue]
+    rt.dispatcher.delivers = True
+    reconciler = Reconciler(rt)
+
+    assert reconciler.send_outbox() == 1 and queue.qsize() == 1     # never sent: sent at once
+    assert reconciler.send_outbox() == 0 and queue.qsize() == 1     # just sent: left alone
+
+    def waited(total, since_sent):
+        now = time.time()
+        with rt.db.write() as conn:
+            conn.execute(tasks.update().where(tasks.c.id == task_id).values(
+                available_at=now - total, sent_at=now - since_sent))
+
+    waited(100, 10)   # sent 10 s ago, after it had already waited 90 s: not yet
+    assert reconciler.send_outbox() == 0 and queue.qsize() == 1
+    waited(100, 60)   # sent 60 s ago, after it had waited 40 s: again
+    assert reconciler.send_outbox() == 1 and queue.qsize() == 2
