@@ -526,8 +526,11 @@ def _due_timers_statement(db):
                      .order_by(timers.c.due_at).limit(_b("b_limit")))
         if db.locks_rows:
             # Several workers fire timers at once: each takes runs the others have not locked.
+            # The timer is locked too: a run another batch fired and unlocked after this
+            # statement began is then read as it is now (its timer fired, so left out), not as
+            # the snapshot's armed row, which would fire a second time.
             statement = statement.with_for_update(
-                of=runs if db.dialect == "postgresql" else None, skip_locked=True)
+                of=[runs, timers] if db.dialect == "postgresql" else None, skip_locked=True)
         _DUE[db.dialect] = statement
     return statement
 

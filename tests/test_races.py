@@ -22,7 +22,7 @@ from engine.operations import TimerFired
 from engine.reconciler import Reconciler
 from engine.runtime import Interlock
 from engine.steps import StepExecutor
-from engine.transitions import apply
+from engine.transitions import apply, fire_due_timers
 
 from .conftest import REDIS_URL, require_server, wait_until
 from .processes import Process, env_for
@@ -389,3 +389,31 @@ def test_events_sent_at_once_through_several_api_processes(pg_interlock, pg_sett
     # Each accepted call was told the seq of its own transition: all distinct, none missing.
     assert sorted(body["last_seq"] for _, body in accepted) == [h.seq for h in entries[1:]]
     assert sorted(body["data"]["count"] for event, body in accepted if event == "add") == list(range(1, adds + 1))
+
+
+# -- two reconcilers firing due timers ------------------------------------------------------------
+
+def test_reconcilers_firing_due_timers_at_once_fire_each_timer_once(pg_interlock):
+    """Every worker fires due timers in batches, taking runs no other worker has locked. A run a
+    batch finds unlocked may have been fired by another batch a moment before: its timer must be
+    seen as fired then, not as the armed row of the moment the batch's statement began.
+
+    Three workers firing small batches of 300 due timers as fast as they can: without that care,
+    some timers fire twice (the second time recorded as ignored, the run already ended)."""
+    rt = pg_interlock
+    due = time.time() - 1
+    run_ids = [rt.start("test_at_timer", {"fire_at": due}).id for _ in range(300)]
+
+    def fire_until_none_due():
+        while fire_due_timers(rt, lambda t: TimerFired(t["id"], row=t), 2):
+            pass
+
+    Together(*[fire_until_none_due] * 3).join(120)
+
+    doubles = []
+    for run_id in run_ids:
+        handled = [h for h in rt.history(run_id) if h.cause == "timer"]
+        if [h.kind for h in handled] != ["timer_fired", "transition"]:
+            doubles.append([(h.kind, h.detail and h.detail.get("reason")) for h in handled])
+        assert rt.get(run_id).state == "fired"
+    assert doubles == [], f"{len(doubles)} of {len(run_ids)} runs: {doubles[:3]}"
