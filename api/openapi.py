@@ -9,9 +9,12 @@ from flask import request
 from pydantic import BaseModel, ValidationError
 from werkzeug.exceptions import BadRequest, UnsupportedMediaType
 
-from .problems import Problem, validation_problem
+from .problems import Problem, body_too_large, validation_problem
 
 _RULE_PARAM = re.compile(r"<(?:[^:<>]+:)?([^<>]+)>")
+# No path, query or header value may hold a NUL character (PostgreSQL cannot store or compare
+# one in a text column): the document says so for every string parameter, and views never see one.
+NO_NUL = r"^[^\x00]*$"
 
 
 @dataclass
@@ -25,7 +28,8 @@ class Operation:
     responses: dict = field(default_factory=dict)
     write: bool = False
     stream: str | None = None  # media type of a streamed response
-    headers: dict = field(default_factory=dict)  # request header name -> description
+    # request header name -> description, or (description, JSON schema of its value)
+    headers: dict = field(default_factory=dict)
 
 
 class Api:
@@ -45,6 +49,9 @@ class Api:
         def decorate(fn):
             @wraps(fn)
             def view(**kwargs):
+                _refuse_nul(kwargs, "path")
+                _refuse_nul(request.args, "query")
+                _refuse_nul({name: request.headers.get(name, "") for name in op.headers}, "header")
                 if query is not None:
                     kwargs["query"] = parse(query, _query_args(query), "query")
                 if body is not None:
@@ -76,16 +83,18 @@ class Api:
     def _operation(self, op, schemas) -> dict:
         out = {"summary": op.summary, "tags": [op.tag], "operationId": f"{op.tag}_{op.method}_{op.path}"
                .replace("/", "_").replace("{", "").replace("}", ""), "responses": {}}
-        params = [{"name": name, "in": "path", "required": True, "schema": {"type": "string"}}
+        params = [{"name": name, "in": "path", "required": True, "schema": {"type": "string", "pattern": NO_NUL}}
                   for name in re.findall(r"{([^}]+)}", op.path)]
         if op.query is not None:
             schema = _schema(op.query, schemas, inline=True)
             for name, prop in schema.get("properties", {}).items():
                 params.append({"name": name, "in": "query", "required": name in schema.get("required", []),
-                               "schema": prop})
-        for name, description in op.headers.items():
+                               "schema": _without_nul(prop)})
+        for name, spec in op.headers.items():
+            # "description", or ("description", JSON schema of the value). An empty header is no header.
+            description, schema = spec if isinstance(spec, tuple) else (spec, {"type": "string", "maxLength": 255})
             params.append({"name": name, "in": "header", "required": False, "description": description,
-                           "schema": {"type": "string", "minLength": 1, "maxLength": 255}})
+                           "schema": _without_nul(dict(schema))})
         if params:
             out["parameters"] = params
         if op.body is not None:
@@ -95,8 +104,9 @@ class Api:
             if model is None:
                 out["responses"][str(status)] = {"description": "no content"}
             elif isinstance(model, str):
+                media = op.stream or "text/plain"
                 out["responses"][str(status)] = {"description": model, "content": {
-                    op.stream or "text/plain": {"schema": {"type": "string"}}}}
+                    media: {"schema": SSE_EVENT if media == "text/event-stream" else {"type": "string"}}}}
             else:
                 out["responses"][str(status)] = {"description": model.__doc__ or "ok", "content": {
                     "application/json": {"schema": _schema(model, schemas)}}}
@@ -116,6 +126,33 @@ def _schema(model, schemas, inline=False) -> dict:
         return schema
     schemas[model.__name__] = schema
     return {"$ref": f"#/components/schemas/{model.__name__}"}
+
+
+# An event stream's schema describes each of its events, as read by an EventSource.
+SSE_EVENT = {
+    "type": "object", "description": "one Server-Sent Event (keep-alive comments are not events)",
+    "properties": {
+        "event": {"type": "string"}, "id": {"type": "string"}, "retry": {"type": "integer", "minimum": 0},
+        "data": {"type": "string", "contentMediaType": "application/json"},
+    },
+}
+
+
+def _without_nul(schema: dict) -> dict:
+    """A parameter's schema, its free-form strings documented as refusing NUL (see ``_refuse_nul``)."""
+    if schema.get("type") == "string" and not schema.keys() & {"pattern", "format", "enum", "const"}:
+        schema = {**schema, "pattern": NO_NUL}
+    if "anyOf" in schema:
+        schema = {**schema, "anyOf": [_without_nul(branch) for branch in schema["anyOf"]]}
+    return schema
+
+
+def _refuse_nul(values, where):
+    for name, value in values.items():
+        if "\x00" in name or "\x00" in value:
+            field = name.replace("\x00", "\\x00")
+            raise Problem(422, "validation-error", "Invalid request", f"invalid {where}: {field}: contains a NUL character",
+                          field=field, errors=[{"field": field, "message": "contains a NUL character"}])
 
 
 def _problem_schema() -> dict:
@@ -144,7 +181,13 @@ def _query_args(model) -> dict:
 
 
 def _json_body():
-    if not request.content_length and not request.data:
+    data = request.get_data(cache=True)  # 413 when Content-Length is over the limit
+    limit = request.max_content_length
+    if request.content_length is None and limit is not None and len(data) >= limit:
+        # A chunked body is cut at the limit: anything left unread means it was longer.
+        if request.environ["wsgi.input"].read(1):
+            raise body_too_large()
+    if not data:
         return {}
     if not request.is_json:
         raise Problem(415, "unsupported-media-type", "Unsupported media type",
@@ -153,6 +196,8 @@ def _json_body():
         return request.get_json()
     except (BadRequest, UnsupportedMediaType, UnicodeDecodeError):
         raise Problem(400, "invalid-json", "Malformed JSON", "the request body is not valid JSON") from None
+    except RecursionError:
+        raise Problem(400, "invalid-json", "Malformed JSON", "the request body is nested too deeply") from None
 
 
 # Every blueprint declares its routes here.

@@ -2,7 +2,7 @@
 
 import logging
 
-from flask import jsonify, request
+from flask import current_app, jsonify, request
 from werkzeug.exceptions import HTTPException
 
 from engine.errors import InterlockError
@@ -31,12 +31,18 @@ class Problem(Exception):
 def validation_problem(exc, where) -> Problem:
     errors = []
     for error in exc.errors(include_url=False, include_context=False, include_input=False):
-        path = ".".join(str(part) for part in error["loc"])
+        path = ".".join(str(part) for part in error["loc"]) or None  # None: the whole body or query
         errors.append({"field": path, "message": error["msg"]})
     first = errors[0]["field"] if errors else None
     detail = "; ".join(f"{e['field'] or where}: {e['message']}" for e in errors)
     return Problem(422, "validation-error", "Invalid request", f"invalid {where}: {detail}",
                    field=first, errors=errors)
+
+
+def body_too_large() -> Problem:
+    limit = current_app.config.get("MAX_CONTENT_LENGTH")
+    detail = f"the request body is larger than {limit} bytes" if limit else "the request body is too large"
+    return Problem(413, "body-too-large", "Request body too large", detail, max_body_bytes=limit)
 
 
 def _title(code: str) -> str:
@@ -60,13 +66,15 @@ def register(app):
 
     @app.errorhandler(HTTPException)
     def _http(exc):
-        code = {404: "not-found", 405: "method-not-allowed", 413: "body-too-large",
+        code = {404: "not-found", 405: "method-not-allowed", 413: "body-too-large", 415: "unsupported-media-type",
                 400: "bad-request", 401: "unauthorized", 403: "forbidden"}.get(exc.code, "http-error")
-        return Problem(exc.code, code, exc.name, exc.description).response()
-
-    @app.errorhandler(RecursionError)
-    def _nested(exc):
-        return Problem(400, "invalid-json", "Malformed JSON", "the request body is nested too deeply").response()
+        if exc.code == 413:
+            return body_too_large().response()
+        response = Problem(exc.code, code, exc.name, exc.description).response()
+        for name, value in exc.get_headers():  # Allow on a 405, say
+            if name.lower() != "content-type":
+                response.headers[name] = value
+        return response
 
     @app.errorhandler(Exception)
     def _unexpected(exc):

@@ -1,33 +1,88 @@
 """Request and response schemas of the REST API (validation and OpenAPI both come from here)."""
 
-from datetime import datetime
-from typing import Any, Literal
+import re
+from datetime import datetime, timezone
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field
+from pydantic_core import PydanticCustomError
 
 Status = Literal["running", "waiting", "succeeded", "failed", "cancelled"]
-Key = Field(default=None, min_length=1, max_length=255)
+# Strings the engine stores in text columns or compares with them: PostgreSQL refuses NUL there.
+NO_NUL = r"^[^\x00]*$"
+Key = Field(default=None, min_length=1, max_length=255, pattern=NO_NUL)
+# Deeper data would be stored, then fail to be read back (Python's recursion limit).
+MAX_DEPTH = 32
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def _json_data(value):
+    """Refuse data nested more than MAX_DEPTH levels, or holding a lone surrogate (JSON lets
+    "\\ud800" through, but no UTF-8 page or client can show it)."""
+    stack = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if depth > MAX_DEPTH:
+            raise PydanticCustomError("too_deep", "nested more than {max_depth} levels deep",
+                                      {"max_depth": MAX_DEPTH})
+        children = list(item.values()) + list(item) if isinstance(item, dict) else item
+        for child in children:
+            if isinstance(child, (dict, list)):
+                stack.append((child, depth + 1))
+            elif isinstance(child, str) and _SURROGATE.search(child):
+                raise PydanticCustomError("lone_surrogate", "holds a lone surrogate: not Unicode text")
+    return value
+
+
+def _iso_time(value):
+    # pydantic would also take epoch seconds ("1700000000"): the document says an ISO 8601 time.
+    if isinstance(value, str) and not re.match(r"\d{4}-\d{2}-\d{2}", value):
+        raise PydanticCustomError("iso_time", "must be an ISO 8601 time, like 2026-01-31T12:00:00Z")
+    return value
+
+
+def _utc(value: datetime | None) -> datetime | None:
+    return value.replace(tzinfo=timezone.utc) if value is not None and value.tzinfo is None else value
+
+
+def _json_integer(value):
+    # JSON has one number type: 2.0 is the integer 2 (as the document's "integer" says), true is not.
+    return int(value) if isinstance(value, float) and value.is_integer() else value
+
+
+# An integer in a JSON body (the models are strict: no bools, no strings).
+JsonInt = Annotated[int, BeforeValidator(_json_integer)]
+# A JSON object for a run's data, nested at most MAX_DEPTH levels.
+JsonObject = Annotated[dict[str, Any], AfterValidator(_json_data)]
+# An ISO 8601 time; without an offset it is UTC (the API's own times are all UTC).
+Time = Annotated[datetime | None, BeforeValidator(_iso_time), AfterValidator(_utc)]
 
 
 class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    """A JSON request body: unknown fields and values of another JSON type (true for a number,
+    "5" for an integer) are refused, as the document's schema says, rather than converted."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
 
 
 # -- requests ----------------------------------------------------------------------
 
 class StartRun(Strict):
-    data: dict[str, Any] = Field(default_factory=dict, description="the run's data (a JSON object)")
+    data: JsonObject = Field(default_factory=dict, description=f"the run's data (a JSON object, nested at most "
+                                                                f"{MAX_DEPTH} levels)")
     business_key: str | None = Key
-    version: int | None = Field(default=None, ge=1, description="default: the latest version")
+    version: Annotated[Annotated[int, Field(ge=1)] | None, BeforeValidator(_json_integer)] = Field(
+        default=None, description="default: the latest version")
 
 
 class SendEvent(Strict):
-    event: str = Field(min_length=1, max_length=200)
-    data: dict[str, Any] = Field(default_factory=dict)
+    event: str = Field(min_length=1, max_length=200, pattern=NO_NUL)
+    data: JsonObject = Field(default_factory=dict, description=f"merged into the run's data (nested at most "
+                                                              f"{MAX_DEPTH} levels)")
 
 
 class CancelRun(Strict):
-    reason: str | None = Field(default=None, max_length=1000)
+    reason: str | None = Field(default=None, max_length=1000, pattern=NO_NUL)
 
 
 class Empty(Strict):
@@ -40,8 +95,8 @@ class RunsQuery(BaseModel):
     status: Status | None = None
     state: str | None = Field(default=None, min_length=1, max_length=200)
     business_key: str | None = Key
-    created_after: datetime | None = None
-    created_before: datetime | None = None
+    created_after: Time = Field(default=None, description="ISO 8601; UTC unless it has an offset")
+    created_before: Time = Field(default=None, description="ISO 8601; UTC unless it has an offset")
     cursor: str | None = Field(default=None, pattern=r"^[0-9a-f]{32}$", description="`next` of the previous page")
     limit: int = Field(default=50, ge=1, le=500)
 
@@ -230,7 +285,7 @@ class WorkflowDetail(BaseModel):
 # -- activities ----------------------------------------------------------------------
 
 class ReceiveTasks(Strict):
-    max_messages: int = Field(default=1, ge=1, le=10)
+    max_messages: JsonInt = Field(default=1, ge=1, le=10)
     wait_time_seconds: float = Field(default=0, ge=0, le=20,
                                      description="long poll: wait this long for a task when none is queued")
     visibility_timeout: float | None = Field(
@@ -243,14 +298,15 @@ class Heartbeat(Strict):
 
 
 class CompleteTask(Strict):
-    event: str | None = Field(default=None, min_length=1, max_length=200,
+    event: str | None = Field(default=None, min_length=1, max_length=200, pattern=NO_NUL,
                               description="default: the activity's default event")
-    data: dict[str, Any] = Field(default_factory=dict, description="merged into the run's data")
+    data: JsonObject = Field(default_factory=dict, description=f"merged into the run's data (nested at most "
+                                                              f"{MAX_DEPTH} levels)")
 
 
 class FailTask(Strict):
-    error: str = Field(min_length=1, max_length=4000)
-    traceback: str | None = Field(default=None, max_length=65536)
+    error: str = Field(min_length=1, max_length=4000, pattern=NO_NUL)
+    traceback: str | None = Field(default=None, max_length=65536, pattern=NO_NUL)
 
 
 class ActivityTaskOut(BaseModel):
