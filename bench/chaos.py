@@ -31,6 +31,7 @@ import json
 import logging
 import os
 import random
+import shutil
 import signal
 import socket
 import subprocess
@@ -521,7 +522,7 @@ class Scenario:
     def run(self) -> dict:
         cfg = self.cfg
         self.out(f"== {self.label}: {cfg.runs} runs, {cfg.workers} workers x {cfg.threads} threads, "
-                 f"{len(cfg.faults)} faults, seed {cfg.seed}; logs in {self.tmp}")
+                 f"{len(cfg.faults)} faults, seed {cfg.seed}; database {self.dbname}")
         self.out("   fault schedule: " + ", ".join(f"+{at:.0f}s {kind}" for at, kind in cfg.faults))
         began = time.monotonic()
         self.set_up()
@@ -662,6 +663,8 @@ def parse_args(argv):
     p.add_argument("--threads", type=int, default=8, help="threads per worker (default 8)")
     p.add_argument("--seed", type=int, default=1)
     p.add_argument("--keep-db", action="store_true", help="keep each broker's database (its name is printed)")
+    p.add_argument("--keep-logs", action="store_true",
+                   help="keep the processes' logs of a run that passed (a failed run's are always kept)")
     p.add_argument("--json", type=Path, default=None, help="also write the results to this file")
     p.add_argument("--worker-module", default="engine.cli", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
@@ -700,6 +703,12 @@ def main(argv=None, out=None) -> int:
         finally:
             scenario.tear_down()
             ensure_broker_up(broker)
+        passed = results and results[-1]["broker"] == broker and not results[-1]["violations"] \
+            and results[-1]["quiet"]
+        if passed and not args.keep_logs:
+            shutil.rmtree(scenario.tmp, ignore_errors=True)
+        else:
+            out(f"{broker}: process logs kept in {scenario.tmp}")
     violations = sum(r["violations"] for r in results)
     unfinished = [r["broker"] for r in results if not r["quiet"]]
     out(f"== {command}: {len(results)} broker(s), {sum(r['runs'] for r in results)} runs, "
