@@ -1,5 +1,6 @@
 """Bearer tokens: read-only or read-write, compared in constant time."""
 
+import hashlib
 import hmac
 
 from flask import current_app, request
@@ -19,11 +20,15 @@ def parse_tokens(spec: str) -> list[tuple[bytes, bool]]:
 
 
 def may_write(presented: str, tokens) -> bool | None:
-    """None if the token is unknown, else whether it may write. Every token is compared."""
+    """None if the token is unknown, else whether it may write.
+
+    Every configured token is compared, in constant time, as SHA-256 digests: how long the
+    comparison takes tells neither which token matched nor how long the tokens are.
+    """
     found = None
-    candidate = presented.encode()
+    candidate = hashlib.sha256(presented.encode("utf-8", "surrogatepass")).digest()
     for token, write in tokens:
-        if hmac.compare_digest(candidate, token):
+        if hmac.compare_digest(candidate, hashlib.sha256(token).digest()):
             found = write
     return found
 

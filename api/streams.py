@@ -15,6 +15,7 @@ from sqlalchemy import and_, or_, select
 
 from engine import queries
 from engine.errors import RunNotFound
+from engine.metrics import open_streams
 from engine.models import runs
 from engine.notify import OVERLAP
 
@@ -34,6 +35,8 @@ FINISHED = ("succeeded", "cancelled")
 RETRY = "retry: 1000\n\n"
 SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 LAST_EVENT_ID = {"Last-Event-ID": "resume after this event id (sent by EventSource on reconnect)"}
+for _kind in ("long_poll", "run_stream", "all_stream"):  # interlock_open_streams shows 0s from the start
+    open_streams.labels(_kind)
 
 
 class HistoryQuery(BaseModel):
@@ -72,8 +75,9 @@ class HistoryPage(BaseModel):
 def history(run_id, query: HistoryQuery):
     rt = engine()
     deadline = time.monotonic() + min(query.wait, MAX_WAIT)
+    counted = open_streams.labels("long_poll").track_inprogress() if query.wait > 0 else nullcontext()
     # Watch before reading, so a change committed right after the read still wakes us.
-    with rt.notifier.watch(run_id) if query.wait > 0 else nullcontext() as watch:
+    with counted, rt.notifier.watch(run_id) if query.wait > 0 else nullcontext() as watch:
         while True:
             head, entries = _read(rt, run_id, query.after, query.limit)
             remaining = deadline - time.monotonic()
@@ -112,7 +116,7 @@ def run_stream(run_id, query: RunStreamQuery):
 
 
 def _run_events(rt, run_id, after, keepalive):
-    with rt.notifier.watch(run_id) as watch:
+    with open_streams.labels("run_stream").track_inprogress(), rt.notifier.watch(run_id) as watch:
         yield RETRY  # sends the headers now: the client knows it is connected
         while True:
             head, entries = _read(rt, run_id, after, BATCH)
@@ -144,7 +148,7 @@ def all_stream(query: AllStreamQuery):
 
 
 def _all_events(rt, workflow, since, keepalive):
-    with rt.notifier.watch() as watch:
+    with open_streams.labels("all_stream").track_inprogress(), rt.notifier.watch() as watch:
         cursor = time.time() if since is None else since
         # What was sent lately (run id -> (last_seq, updated_at)): re-reads overlap, sends don't.
         sent = {}

@@ -12,16 +12,26 @@ PROBLEM = "application/problem+json"
 TYPE = "urn:interlock:problem:"
 
 
+def app_for(rt, **config):
+    return create_app(interlock=rt, config={"SECRET_KEY": "test-secret", "STREAM_KEEPALIVE_SECONDS": 0.2,
+                                            **config})
+
+
 @contextmanager
-def serving(rt, **config):
-    """``create_app`` on ``rt`` behind werkzeug's threaded server on a free port; yields its base URL."""
-    app = create_app(interlock=rt, config={"SECRET_KEY": "test-secret", "STREAM_KEEPALIVE_SECONDS": 0.2,
-                                           **config})
+def running(app):
+    """``app`` behind werkzeug's threaded server on a free port; yields its base URL."""
     server = ThreadedServer(app, "127.0.0.1", 0).start()
     try:
         yield f"http://127.0.0.1:{server.port}"
     finally:
         server.stop()
+
+
+@contextmanager
+def serving(rt, **config):
+    """``create_app`` on ``rt`` behind a real server; yields its base URL."""
+    with running(app_for(rt, **config)) as base:
+        yield base
 
 
 def dump(rt) -> dict:
