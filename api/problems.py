@@ -3,6 +3,7 @@
 import logging
 
 from flask import current_app, jsonify, request
+from sqlalchemy.exc import DBAPIError
 from werkzeug.exceptions import HTTPException
 
 from engine.errors import InterlockError
@@ -78,6 +79,14 @@ def register(app):
 
     @app.errorhandler(Exception)
     def _unexpected(exc):
+        if isinstance(exc, DBAPIError) and exc.connection_invalidated:
+            # The database dropped this pooled connection (a restart, a killed backend): the
+            # pool reconnects, so the client may simply try again.
+            log.warning("database connection lost on %s %s", request.method, request.path)
+            response = Problem(503, "database-unavailable", "Database unavailable",
+                               "the connection to the database was lost; try again").response()
+            response.headers["Retry-After"] = "1"
+            return response
         log.exception("unhandled error on %s %s", request.method, request.path)
         return Problem(500, "internal-error", "Internal server error",
                        "the server failed; the error is in its log").response()
