@@ -49,6 +49,7 @@ def require_token():
     presented = token_from_request()
     write = may_write(presented, tokens) if presented else None
     if write is None:
-        raise Problem(401, "unauthorized", "Unauthorized", "send Authorization: Bearer <token>")
+        raise Problem(401, "unauthorized", "Unauthorized", "send Authorization: Bearer <token>",
+                      headers={"WWW-Authenticate": 'Bearer realm="interlock"'})
     if request.method not in SAFE_METHODS and not write:
         raise Problem(403, "forbidden", "Forbidden", "this token is read-only")

@@ -13,9 +13,10 @@ TYPE_PREFIX = "urn:interlock:problem:"
 
 
 class Problem(Exception):
-    def __init__(self, status: int, code: str, title: str, detail: str | None = None, **extra):
+    def __init__(self, status: int, code: str, title: str, detail: str | None = None, *, headers=None, **extra):
         super().__init__(detail or title)
         self.status, self.code, self.title, self.detail, self.extra = status, code, title, detail, extra
+        self.headers = dict(headers or {})
 
     def response(self):
         body = {"type": TYPE_PREFIX + self.code, "title": self.title, "status": self.status,
@@ -26,6 +27,7 @@ class Problem(Exception):
         response = jsonify(body)
         response.status_code = self.status
         response.mimetype = "application/problem+json"
+        response.headers.update(self.headers)
         return response
 
 

@@ -145,6 +145,7 @@ def test_every_api_route_needs_a_token_and_a_write_needs_a_read_write_one(site):
             response, text = call(base, rule, method, params, body, query,
                                   {} if header is None else {"Authorization": header})
             problem(response, 401, "unauthorized")
+            assert response.headers["WWW-Authenticate"].startswith("Bearer")
             assert not any(secret in text for secret in SECRETS)
         response, text = call(base, rule, method, params, body, query, bearer(RO))
         if writes:
