@@ -151,8 +151,9 @@ def _refuse_nul(values, where):
     for name, value in values.items():
         if "\x00" in name or "\x00" in value:
             field = name.replace("\x00", "\\x00")
-            raise Problem(422, "validation-error", "Invalid request", f"invalid {where}: {field}: contains a NUL character",
-                          field=field, errors=[{"field": field, "message": "contains a NUL character"}])
+            message = "contains a NUL character"
+            raise Problem(422, "validation-error", "Invalid request", f"invalid {where}: {field}: {message}",
+                          field=field, errors=[{"field": field, "message": message}])
 
 
 def _problem_schema() -> dict:

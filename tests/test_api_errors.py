@@ -5,6 +5,7 @@ Each error is an RFC 9457 problem document (``application/problem+json``) with a
 table (runs, history, tasks, timers, ...) is the same before and after it.
 """
 
+import json
 import time
 import uuid
 
@@ -279,8 +280,8 @@ def test_malformed_json_is_400(rt, api, raw):
     ("/api/runs/{run}/events", {"event": "add", "data": [1]}, "data"),
     ("/api/runs/{run}/events", {"event": "add", "data": "x"}, "data"),
     ("/api/runs/{run}/events", {"event": "add", "extra": 1}, "extra"),
-    ("/api/runs/{run}/events", {"event": "add", "data": {"a": {"b": {"c": [[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]}}}},
-     "data"),
+    ("/api/runs/{run}/events", {"event": "add", "data": {"a": {"b": {"c": json.loads("[" * 30 + "]" * 30)}}}},
+     "data"),  # 33 levels
     ("/api/runs/{run}/events", [{"event": "add"}], None),
     ("/api/runs/{run}/cancel", {"reason": 7}, "reason"),
     ("/api/runs/{run}/retry", {"please": True}, "please"),
