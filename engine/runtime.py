@@ -28,8 +28,9 @@ _PENDING = "interlock_pending"
 def _check_key(value, name):
     if value is None:
         return None
-    if not isinstance(value, str) or not value or len(value) > 255:
-        raise InvalidData(f"{name} must be a non-empty string of at most 255 characters", field=name)
+    if not isinstance(value, str) or not value or len(value) > 255 or "\x00" in value:
+        raise InvalidData(f"{name} must be a non-empty string of at most 255 characters, without NUL",
+                          field=name)
     return value
 
 

@@ -32,20 +32,41 @@ MAX_BROKER_DELAY = 30.0
 MAX_TRIGGER_CHAIN = 10
 
 
+MAX_DATA_DEPTH = 32
+
+
 def check_data(data, what="data") -> dict:
-    """A JSON object, or a typed error naming the problem."""
+    """A JSON object every database stores and every page shows, or a typed error naming the problem."""
     if data is None:
         return {}
     if not isinstance(data, dict):
         raise InvalidData(f"{what} must be a JSON object, got {type(data).__name__}", field=what)
     try:
-        json.dumps(data, allow_nan=False)
-    except (TypeError, ValueError) as exc:
-        raise InvalidData(f"{what} is not JSON-serializable: {exc}", field=what) from None
-    for key in data:
-        if not isinstance(key, str):
-            raise InvalidData(f"{what} keys must be strings, got {key!r}", field=what)
+        json.dumps(data, allow_nan=False, ensure_ascii=False).encode("utf-8")
+    except RecursionError:
+        raise InvalidData(f"{what} is nested deeper than {MAX_DATA_DEPTH} levels", field=what) from None
+    except (TypeError, ValueError, UnicodeEncodeError) as exc:
+        raise InvalidData(f"{what} is not valid JSON text: {exc}", field=what) from None
+    _check_nested(data, what, 1)
     return data
+
+
+def _check_nested(value, what, depth):
+    """Nesting a reader can follow, string keys, and no NUL (PostgreSQL cannot store it in text)."""
+    if depth > MAX_DATA_DEPTH:
+        raise InvalidData(f"{what} is nested deeper than {MAX_DATA_DEPTH} levels", field=what)
+    if isinstance(value, dict):
+        for key, item in value.items():
+            if not isinstance(key, str):
+                raise InvalidData(f"{what} keys must be strings, got {key!r}", field=what)
+            if "\x00" in key:
+                raise InvalidData(f"{what} keys must not contain NUL characters", field=what)
+            _check_nested(item, what, depth + 1)
+    elif isinstance(value, list):
+        for item in value:
+            _check_nested(item, what, depth + 1)
+    elif isinstance(value, str) and "\x00" in value:
+        raise InvalidData(f"{what} strings must not contain NUL characters", field=what)
 
 
 @dataclass
@@ -168,6 +189,14 @@ class Change:
     def accepted(self) -> list[str]:
         return m.accepted_events(self.machine)
 
+    def enabled(self) -> list[str]:
+        """Events accepted now with their guards holding (without event data), for error messages."""
+        try:
+            enabled = {e.id for e in self.machine.enabled_events(run=self.ctx, db=self.conn, data={})}
+        except Exception:  # a guard that needs event data: fall back to the events declared here
+            return self.accepted()
+        return [e for e in self.accepted() if e in enabled]
+
     def leaves(self) -> str:
         return ",".join(m.leaves(self.machine))
 
@@ -180,9 +209,8 @@ class Change:
         try:
             self.machine.send(event, run=self.ctx, db=self.conn, data=data)
         except TransitionNotAllowed:
-            accepted = self.accepted()
-            reason = "a guard did not hold" if event in accepted else None
-            raise InvalidTransition(self.row["id"], event, m.leaves(self.machine), accepted, reason) from None
+            reason = "a guard did not hold" if event in self.accepted() else None
+            raise InvalidTransition(self.row["id"], event, m.leaves(self.machine), self.enabled(), reason) from None
         except InterlockError:
             raise
         except Exception as exc:

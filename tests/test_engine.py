@@ -4,6 +4,7 @@ Tests that need a worker use the ``interlock`` fixture (SQLite + in-memory broke
 PostgreSQL + Redis, PostgreSQL + RabbitMQ); the others run on SQLite and PostgreSQL.
 """
 
+import json
 import threading
 import time
 import uuid
@@ -677,3 +678,34 @@ def test_a_task_waiting_behind_a_long_queue_is_sent_again_less_and_less_often(sq
     assert reconciler.send_outbox() == 0 and queue.qsize() == 1
     waited(100, 60)   # sent 60 s ago, after it had waited 40 s: again
     assert reconciler.send_outbox() == 1 and queue.qsize() == 2
+
+
+# -- data every database stores and every reader can follow ----------------------------------
+
+
+@pytest.mark.parametrize("data, field", [
+    (json.loads('{"a":' * 900 + "1" + "}" * 900), "data"),      # nested too deep to read back
+    ({"note": "a\x00b"}, "data"),                                 # NUL: PostgreSQL cannot store it
+    ({"k": "\ud800"}, "data"),                                    # a lone surrogate is not UTF-8
+])
+def test_data_no_reader_could_use_is_refused_and_nothing_is_stored(db_interlock, data, field):
+    before = dump(db_interlock)
+    with pytest.raises(InvalidData) as refused:
+        db_interlock.start("test_counter", data)
+    assert refused.value.field == field
+    assert dump(db_interlock) == before
+
+
+def test_a_business_key_with_nul_is_invalid_data(db_interlock):
+    with pytest.raises(InvalidData) as refused:
+        db_interlock.start("test_counter", business_key="a\x00b")
+    assert refused.value.field == "business_key"
+
+
+def test_an_event_refused_by_its_guard_is_not_listed_as_allowed(db_interlock):
+    run = db_interlock.start("cargo", {"container": "C1"})   # no manifest: arrive's guard fails
+    db_interlock.send(run.id, "depart")
+    with pytest.raises(InvalidTransition) as refused:
+        db_interlock.send(run.id, "arrive")
+    assert refused.value.reason == "a guard did not hold"
+    assert refused.value.allowed == ["declare_lost"]
