@@ -52,21 +52,17 @@ def check_data(data, what="data") -> dict:
 
 
 def _check_nested(value, what, depth):
-    """Nesting a reader can follow, string keys, and no NUL (PostgreSQL cannot store it in text)."""
+    """Nesting a reader can follow, and string keys."""
     if depth > MAX_DATA_DEPTH:
         raise InvalidData(f"{what} is nested deeper than {MAX_DATA_DEPTH} levels", field=what)
     if isinstance(value, dict):
         for key, item in value.items():
             if not isinstance(key, str):
                 raise InvalidData(f"{what} keys must be strings, got {key!r}", field=what)
-            if "\x00" in key:
-                raise InvalidData(f"{what} keys must not contain NUL characters", field=what)
             _check_nested(item, what, depth + 1)
     elif isinstance(value, list):
         for item in value:
             _check_nested(item, what, depth + 1)
-    elif isinstance(value, str) and "\x00" in value:
-        raise InvalidData(f"{what} strings must not contain NUL characters", field=what)
 
 
 @dataclass
@@ -203,6 +199,10 @@ class Change:
     def send(self, event: str, data: dict, cause: str, detail=None, triggers: bool = True) -> int:
         """Send ``event``; raise InvalidTransition (nothing changed) or CallbackError."""
         before, before_leaves = set(m.configuration(self.machine)), self.leaves()
+        if event not in self.cls._event_ids:
+            # Checked here: the machine would look the name up as any attribute ("configuration").
+            raise InvalidTransition(self.row["id"], event, m.leaves(self.machine), self.enabled(),
+                                    "the workflow declares no such event")
         data_before = copy.deepcopy(self.ctx.data) if triggers and self.cls._triggers else None
         self.ctx.entered.clear()
         self.ctx.exited.clear()
