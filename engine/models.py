@@ -45,6 +45,8 @@ runs = Table(
     Index(None, "status", "id"),
     Index(None, "workflow", "id"),
     Index(None, "state"),
+    # created_after / created_before of GET /api/runs: a day's runs without walking newer ones.
+    Index(None, "created_at"),
 )
 
 history = Table(
