@@ -1,6 +1,6 @@
 """The cost curve (issue 5, scope 3): does Interlock stay as fast with 10^6 runs stored as with 10^3?
 
-    .venv/bin/python bench/scale.py            # 10^3 .. 10^6 stored runs, 10^5 due timers (~30 minutes)
+    .venv/bin/python bench/scale.py            # 10^3 .. 10^6 stored runs, 10^5 due timers (15-30 minutes)
     .venv/bin/python bench/scale.py --quick    # 10^3, 10^4 stored runs, 10^4 due timers (1-5 minutes, with the machine's load)
 
 On PostgreSQL + Redis (127.0.0.1 only), in databases of its own (``interlock_scale`` and the
