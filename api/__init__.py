@@ -15,11 +15,13 @@ log = logging.getLogger(__name__)
 def create_app(config: dict | None = None, interlock: Interlock | None = None) -> Flask:
     """Build the app on ``interlock`` (or one made from ``config`` / INTERLOCK_* variables).
 
+    INTERLOCK_* keys of ``config`` are read like the variables (strings converted, bad values a
+    ConfigurationError here) and win over them.
+
     Refuses to start on a database behind the migrations (SchemaOutOfDate says what to run).
     """
     config = dict(config or {})
-    settings = interlock.settings if interlock is not None else Settings.from_env(
-        **{k.removeprefix("INTERLOCK_").lower(): v for k, v in config.items() if k.startswith("INTERLOCK_")})
+    settings = interlock.settings if interlock is not None else Settings.from_config(config)
     app = Flask(__name__)
     app.config.update(
         MAX_CONTENT_LENGTH=settings.max_body_bytes,

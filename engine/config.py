@@ -1,6 +1,8 @@
 """Settings, read in one place from ``INTERLOCK_*`` environment variables."""
 
+import math
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass, fields, replace
 
 from .errors import ConfigurationError
@@ -36,6 +38,18 @@ class Settings:
         values.update({k: v for k, v in overrides.items() if v is not None})
         return cls(**values)
 
+    @classmethod
+    def from_config(cls, config: Mapping, environ=None) -> "Settings":
+        """The ``INTERLOCK_*`` keys of ``config`` over the environment, converted as variables are:
+        config files and Flask config deliver strings, so a value is read as its ``str``."""
+        names = {PREFIX + f.name.upper() for f in fields(cls)}
+        given = {k: v for k, v in config.items() if k.startswith(PREFIX) and v is not None}
+        unknown = sorted(given.keys() - names)
+        if unknown:
+            raise ConfigurationError(f"{', '.join(unknown)}: no such setting (known: {', '.join(sorted(names))})")
+        environ = os.environ if environ is None else environ
+        return cls.from_env({**environ, **{k: str(v) for k, v in given.items()}})
+
     def replace(self, **changes) -> "Settings":
         return replace(self, **{k: v for k, v in changes.items() if v is not None})
 
@@ -51,6 +65,10 @@ class Settings:
 def _convert(f, raw: str):
     kind = f.type if isinstance(f.type, type) else {"float": float, "int": int}.get(f.type, str)
     try:
-        return kind(raw)
+        value = kind(raw)
     except ValueError:
-        raise ConfigurationError(f"{PREFIX}{f.name.upper()}={raw!r} is not a valid {kind.__name__}")
+        raise ConfigurationError(f"{PREFIX}{f.name.upper()}={raw!r} is not a valid {kind.__name__}") from None
+    # Every number here is a size, a count or a duration: nan or inf would never compare as meant.
+    if kind is not str and not (math.isfinite(value) and value >= 0):
+        raise ConfigurationError(f"{PREFIX}{f.name.upper()}={raw!r} must be a finite number, 0 or more")
+    return value
