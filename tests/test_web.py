@@ -9,6 +9,7 @@ from dataclasses import dataclass
 import pytest
 import requests
 from markupsafe import escape
+from prometheus_client.parser import text_string_to_metric_families
 from werkzeug.serving import make_server
 
 from api import create_app
@@ -308,6 +309,42 @@ def test_changes_long_poll_wakes_on_a_new_run(site, http):
     site.start()
     waiter.join(25)
     assert answer["changed"] is True and time.monotonic() - started < 5
+
+
+@pytest.mark.parametrize("wait", ["nan", "inf", "-inf", "1e400", "-1", "soon", ""])
+def test_changes_long_poll_refuses_a_wait_that_is_not_a_finite_number_of_seconds(site, http, wait):
+    # Before: nan held the server thread for good (the request outlived any timeout).
+    response = http.get(site.url + "/live/changes", params={"since": time.time() + 1, "wait": wait}, timeout=5)
+    assert response.status_code == 422 and response.headers["Content-Type"] == "application/problem+json"
+    body = response.json()
+    assert body["type"] == "urn:interlock:problem:validation-error" and body["field"] == "wait"
+    assert site.rt.notifier.watching() == 0
+
+
+def test_changes_long_poll_takes_a_huge_wait_and_counts_as_an_open_long_poll(site, http):
+    def long_polls():
+        text = http.get(site.url + "/metrics", timeout=5).text
+        return sum(float(sample.value) for family in text_string_to_metric_families(text)
+                   for sample in family.samples
+                   if sample.name == "interlock_open_streams" and sample.labels == {"kind": "long_poll"})
+
+    cursor = http.get(site.url + "/live/changes", params={"wait": 0}).json()["cursor"]
+    before = long_polls()
+    answer = {}
+
+    def poll():
+        with requests.Session() as session:
+            answer.update(session.get(site.url + "/live/changes",
+                                      params={"since": cursor, "wait": "1e308"}, timeout=30).json())
+
+    waiter = threading.Thread(target=poll)
+    waiter.start()
+    wait_until(lambda: site.rt.notifier.watching() >= 1, message="the long poll to wait")
+    assert long_polls() == before + 1
+    site.start()
+    waiter.join(25)
+    assert answer["changed"] is True
+    wait_until(lambda: long_polls() == before, message="the long poll to be uncounted")
 
 
 # -- the diagram -----------------------------------------------------------------------------------

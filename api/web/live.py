@@ -7,16 +7,28 @@ buffers the stream: the pages then fall back to long polling.
 """
 
 import time
+from contextlib import nullcontext
 
 from flask import abort, current_app, jsonify, request
+from pydantic import BaseModel, Field
 from sqlalchemy import func, select
 
+from engine.metrics import open_streams
 from engine.models import runs
 
 from ..context import engine
+from ..openapi import parse
+from ..schemas import NO_NUL
+from ..streams import MAX_WAIT
 from . import blueprint
 
-MAX_WAIT = 25.0
+
+class ChangesQuery(BaseModel):
+    """Checked like the API's long poll: nan, inf or a negative wait is a 422, not a held thread."""
+
+    since: float | None = Field(default=None, allow_inf_nan=False)
+    wait: float = Field(default=0.0, ge=0, allow_inf_nan=False)  # longer waits are cut to MAX_WAIT
+    workflow: str | None = Field(default=None, max_length=200, pattern=NO_NUL)
 
 
 def _sse_allowed():
@@ -46,17 +58,18 @@ def run_history(run_id):
 
 @blueprint.get("/live/changes")
 def changes():
-    """Held until a run (of ``workflow``) changed after ``since`` (epoch seconds), or ``wait`` passed.
+    """Held until a run (of ``workflow``) changed after ``since`` (epoch seconds), or ``wait`` (at most
+    MAX_WAIT) passed.
 
     Answers {"changed": bool, "cursor": the newest change seen}: the runs page's long-poll
     fallback, woken by the process's shared notifier (no polling per client).
     """
-    since = request.args.get("since", type=float)
-    wait = min(max(request.args.get("wait", 0.0, type=float), 0.0), MAX_WAIT)
-    workflow = request.args.get("workflow") or None
+    query = parse(ChangesQuery, request.args.to_dict(), "query")
+    since, wait, workflow = query.since, min(query.wait, MAX_WAIT), query.workflow or None
     rt = engine()
     deadline = time.monotonic() + wait
-    with rt.notifier.watch() as watch:
+    counted = open_streams.labels("long_poll").track_inprogress() if wait > 0 else nullcontext()
+    with counted, rt.notifier.watch() as watch:
         while True:
             newest = _newest(rt, workflow)
             remaining = deadline - time.monotonic()
