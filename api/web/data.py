@@ -120,8 +120,7 @@ def status_counts(rt, f: Filters) -> dict:
     if f.workflow:
         query = query.where(runs.c.workflow == f.workflow)
     if f.state:
-        query = query.where((runs.c.state == f.state) | runs.c.state.like(f"{f.state},%")
-                            | runs.c.state.like(f"%,{f.state}") | runs.c.state.like(f"%,{f.state},%"))
+        query = query.where(queries.in_state(f.state))
     if after is not None:
         query = query.where(runs.c.created_at >= after, runs.c.id >= _id_at(after - ID_SLACK, "0"))
     if before is not None:
