@@ -40,6 +40,7 @@ class Attempt:
     renew_until: float
     claimed: bool = False
     renewed_at: float = 0.0
+    returned: bool = False  # the function returned; its result waits to be applied
 
 
 class StepExecutor:
@@ -54,13 +55,19 @@ class StepExecutor:
             if task_id in self.running:
                 return  # a twin delivery to this process: the first one runs it
             self.running[task_id] = None
+        handed_over = False
         try:
             loaded = self.load(task_id)
             if loaded is not None:
                 self.run(loaded)
+                handed_over = True
         finally:
-            with self._lock:
-                self.running.pop(task_id, None)
+            if not handed_over:
+                self._release(task_id)
+
+    def _release(self, task_id: str) -> None:
+        with self._lock:
+            self.running.pop(task_id, None)
 
     def load(self, task_id: str):
         """The queued task and its run, or None (a duplicate, stale or early delivery)."""
@@ -87,6 +94,7 @@ class StepExecutor:
         return row, cls, spec, now
 
     def run(self, loaded) -> None:
+        """Call the step and hand its result over; the task is released once it is applied."""
         row, cls, spec, started_at = loaded
         original = row["data"]
         ctx = m.RunContext(id=row["run_id"], workflow=row["workflow"], version=row["version"],
@@ -99,28 +107,54 @@ class StepExecutor:
             self.fail(row, exc, traceback.format_exc(), started_at)
             return
         duration = time.time() - started_at
-        try:
-            self._apply(row["run_id"], StepDone(row["id"], row["attempt"], result, started_at, duration))
-        except InterlockError as exc:
-            # The result was refused (event not allowed now, a callback raised): a failed attempt.
-            self.fail(row, exc, None, started_at)
+        self._hand_over(row, StepDone(row["id"], row["attempt"], result, started_at, duration))
 
     def fail(self, row, exc, tb, started_at) -> None:
         error = f"{type(exc).__name__}: {exc}"
         log.info("step %s of run %s failed (attempt %s): %s", row["name"], row["run_id"],
                  row["attempt"], error, extra={"run_id": row["run_id"], "task_id": row["id"]})
-        self._apply(row["run_id"], StepFailed(row["id"], row["attempt"], error, tb, started_at))
+        self._hand_over(row, StepFailed(row["id"], row["attempt"], error, tb, started_at))
 
-    def _apply(self, run_id, op):
+    def _hand_over(self, row, op) -> None:
+        """Apply ``op`` through the group commit when a worker runs here, else right now."""
+        with self._lock:
+            attempt = self.running.get(row["id"])
+            if attempt is not None:
+                attempt.returned = True
+
+        def done(outcome, error):
+            if isinstance(error, InterlockError) and isinstance(op, StepDone):
+                # The result was refused (event not allowed now, a callback raised): a failed attempt.
+                self.fail(row, error, None, op.started_at)
+                return
+            self._release(row["id"])
+            if error is not None:
+                # Not applied (say the database is down): the task is still queued, and the
+                # reconciler sends it again.
+                log.warning("result of step %s of run %s not applied: %s", row["name"], row["run_id"],
+                            error, extra={"run_id": row["run_id"], "task_id": row["id"]})
+
         batcher = self.rt.batcher
-        return batcher.apply(run_id, op) if batcher is not None else apply(self.rt, run_id, op)
+        if batcher is not None:
+            batcher.submit(row["run_id"], op, done)
+            return
+        try:
+            outcome = apply(self.rt, row["run_id"], op)
+        except InterlockError as exc:
+            done(None, exc)
+            return
+        except BaseException:
+            self._release(row["id"])
+            raise
+        done(outcome, None)
 
     def keep_leases(self) -> None:
         """Claim the steps running longer than ``claim_after``; renew the claimed ones' leases."""
         now, lease = time.time(), self.rt.settings.lease_seconds
         with self._lock:
             current = [(tid, a) for tid, a in self.running.items() if a is not None]
-        to_claim = [(tid, a) for tid, a in current if not a.claimed and now - a.started_at >= self.claim_after]
+        to_claim = [(tid, a) for tid, a in current
+                    if not a.claimed and not a.returned and now - a.started_at >= self.claim_after]
         to_renew = [tid for tid, a in current
                     if a.claimed and now - a.renewed_at >= lease / 3 and now < a.renew_until]
         if not to_claim and not to_renew:
