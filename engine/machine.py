@@ -74,3 +74,61 @@ def accepted_events(machine: Workflow) -> list[str]:
 
 def is_final(machine: Workflow) -> bool:
     return machine.is_terminated or all(s.final for s in machine.configuration if s.is_atomic)
+
+
+def leaves_of(cls: type[Workflow], values: list) -> list[str]:
+    """The ids of the atomic states among stored configuration ``values``."""
+    states = cls.states_map
+    return [states[v].id for v in values if states[v].is_atomic]
+
+
+def is_final_at(cls: type[Workflow], values: list) -> bool:
+    states = cls.states_map
+    return all(states[v].final for v in values if states[v].is_atomic)
+
+
+# Our own hooks on RunContext: the only callbacks a shortcut may skip (it records entries itself).
+_OWN_HOOKS = {"on_enter_state", "on_exit_state"}
+_SHORTCUTS: dict = {}
+
+
+def shortcuts(cls: type[Workflow]) -> dict:
+    """(state value, event) -> (target state, re-enters) for a flat workflow with no callbacks.
+
+    Such a transition needs no machine: no guard, action, entry or exit callback can run,
+    so its outcome is known from the definition alone. A workflow with any callback,
+    listener, compound or parallel state, eventless or delayed transition gets none, and
+    every change to its runs goes through python-statemachine.
+    """
+    table = _SHORTCUTS.get(cls)
+    if table is None:
+        table = _SHORTCUTS[cls] = _build_shortcuts(cls)
+    return table
+
+
+def _build_shortcuts(cls) -> dict:
+    states = list(cls.states_map.values())
+    if (cls._class_listeners or any(hasattr(cls, hook) for hook in _OWN_HOOKS)
+            or any(s.parent is not None or not s.is_atomic for s in states)):
+        return {}
+    probe = restore(cls, RunContext(id="probe", workflow=cls.workflow_name, version=cls.version, data={}),
+                    [cls.initial_state.value])
+    for executor in probe._callbacks._registry.values():
+        if any(callback.meta.func not in _OWN_HOOKS for callback in executor):
+            return {}
+    table, ambiguous = {}, set()
+    for state in states:
+        for transition in state.transitions:
+            targets = transition.targets
+            if transition.is_eventless or len(targets) != 1:
+                return {}
+            for event in transition.events:
+                if event.delay or event.internal or event.id not in cls._event_ids:
+                    return {}
+                key = (state.value, event.id)
+                if key in table:
+                    ambiguous.add(key)
+                table[key] = (targets[0], not transition.internal)
+    for key in ambiguous:
+        del table[key]
+    return table

@@ -156,7 +156,9 @@ class Change:
         data = copy.deepcopy(row["data"]) if new else row["data"]
         self.ctx = m.RunContext(id=row["id"], workflow=row["workflow"], version=row["version"],
                                 data=data, business_key=row["business_key"], status=row["status"])
-        self.machine = None if new else m.restore(cls, self.ctx, list(row["configuration"]))
+        # Values of the active states; the machine is built only when a change needs one.
+        self.configuration = list(row["configuration"])
+        self._machine = None
         self.entries = dict(row["entries"])
         self.seq = row["last_seq"]
         self.status = row["status"]
@@ -182,6 +184,23 @@ class Change:
 
     # -- the machine -------------------------------------------------------------
 
+    @property
+    def machine(self):
+        if self._machine is None:
+            self._machine = m.restore(self.cls, self.ctx, self.configuration)
+        return self._machine
+
+    @machine.setter
+    def machine(self, machine):
+        self._machine = machine
+        self.configuration = m.configuration(machine)
+
+    def leaf_ids(self) -> list[str]:
+        return m.leaves(self._machine) if self._machine is not None else m.leaves_of(self.cls, self.configuration)
+
+    def is_final(self) -> bool:
+        return m.is_final(self._machine) if self._machine is not None else m.is_final_at(self.cls, self.configuration)
+
     def accepted(self) -> list[str]:
         return m.accepted_events(self.machine)
 
@@ -194,31 +213,24 @@ class Change:
         return [e for e in self.accepted() if e in enabled]
 
     def leaves(self) -> str:
-        return ",".join(m.leaves(self.machine))
+        return ",".join(self.leaf_ids())
 
     def send(self, event: str, data: dict, cause: str, detail=None, triggers: bool = True) -> int:
         """Send ``event``; raise InvalidTransition (nothing changed) or CallbackError."""
-        before, before_leaves = set(m.configuration(self.machine)), self.leaves()
+        before, before_leaves = set(self.configuration), self.leaves()
         if event not in self.cls._event_ids:
             # Checked here: the machine would look the name up as any attribute ("configuration").
-            raise InvalidTransition(self.row["id"], event, m.leaves(self.machine), self.enabled(),
+            raise InvalidTransition(self.row["id"], event, self.leaf_ids(), self.enabled(),
                                     "the workflow declares no such event")
         data_before = copy.deepcopy(self.ctx.data) if triggers and self.cls._triggers else None
         self.ctx.entered.clear()
         self.ctx.exited.clear()
-        try:
-            self.machine.send(event, run=self.ctx, db=self.conn, data=data)
-        except TransitionNotAllowed:
-            reason = "a guard did not hold" if event in self.accepted() else None
-            raise InvalidTransition(self.row["id"], event, m.leaves(self.machine), self.enabled(), reason) from None
-        except InterlockError:
-            raise
-        except Exception as exc:
-            raise CallbackError(self.row["id"], event, exc) from exc
+        if not self._shortcut(event):
+            self._send_to_machine(event, data)
         self.ctx.data.update(data)
         seq = self.record("transition", event=event, source=before_leaves, target=self.leaves(),
                           cause=cause, data=data, detail=detail)
-        after = set(m.configuration(self.machine))
+        after = set(self.configuration)
         # Entries and exits as they happened: a self-transition re-enters its state (new timers,
         # a new step task); a state entered and left within this macrostep leaves nothing behind.
         self.exit_states([s for s in dict.fromkeys(self.ctx.exited) if s in before])
@@ -226,6 +238,34 @@ class Change:
         if data_before is not None:
             self.fire_triggers(data_before)
         return seq
+
+    def _shortcut(self, event) -> bool:
+        """Take a transition no callback can observe without the machine (see ``m.shortcuts``)."""
+        if self._machine is not None or len(self.configuration) != 1:
+            return False
+        found = m.shortcuts(self.cls).get((self.configuration[0], event))
+        if found is None:
+            return False
+        target, reenters = found
+        if reenters or target.value != self.configuration[0]:
+            self.ctx.exited.append(self.configuration[0])
+            self.ctx.entered.append(target.value)
+        self.configuration = [target.value]
+        self.ctx.configuration = target.value
+        return True
+
+    def _send_to_machine(self, event, data) -> None:
+        try:
+            self.machine.send(event, run=self.ctx, db=self.conn, data=data)
+        except TransitionNotAllowed:
+            reason = "a guard did not hold" if event in self.accepted() else None
+            raise InvalidTransition(self.row["id"], event, self.leaf_ids(), self.enabled(), reason) from None
+        except InterlockError:
+            raise
+        except Exception as exc:
+            raise CallbackError(self.row["id"], event, exc) from exc
+        finally:
+            self.configuration = m.configuration(self._machine)
 
     def update_data(self, patch: dict, cause: str, record: bool = True):
         data_before = copy.deepcopy(self.ctx.data) if self.cls._triggers else None
@@ -254,7 +294,7 @@ class Change:
                 return
             data_before = copy.deepcopy(self.ctx.data)
             for spec, old, new in due:
-                if m.is_final(self.machine):
+                if self.is_final():
                     return
                 if spec.send not in self.accepted() or not self._in_trigger_states(spec):
                     continue
@@ -265,7 +305,7 @@ class Change:
                     continue
 
     def _in_trigger_states(self, spec) -> bool:
-        return not spec.state_ids or bool(set(m.configuration(self.machine)).intersection(spec.state_ids))
+        return not spec.state_ids or bool(set(self.configuration).intersection(spec.state_ids))
 
     def _due_triggers(self, data_before) -> list:
         due = []
@@ -389,14 +429,14 @@ class Change:
         if not self.history_rows and not self.new:
             return Outcome(run=self.row)
         if self.status in ACTIVE:
-            if m.is_final(self.machine):
-                leaf = m.leaves(self.machine)[0]
+            if self.is_final():
+                leaf = self.leaf_ids()[0]
                 self.status, self.finished_at = self.cls.status_of_final(leaf), self.now
                 self.cancel_everything("superseded")
             else:
                 self.status = "running" if self.open_tasks > 0 else "waiting"
         values = {"status": self.status, "state": self.leaves(),
-                  "configuration": m.configuration(self.machine), "entries": self.entries,
+                  "configuration": self.configuration, "entries": self.entries,
                   "data": self.ctx.data, "last_seq": self.seq, "open_tasks": self.open_tasks,
                   "open_timers": self.open_timers, "updated_at": self.now, "finished_at": self.finished_at}
         if self.new:
@@ -476,15 +516,18 @@ def lock_run_with_task(conn, db, run_id, task_id) -> tuple[dict, dict | None]:
     return _split(found)
 
 
-def apply(rt, run_id, op, *, session=None) -> Outcome:
-    """Perform ``op`` on run ``run_id`` in one transaction (the caller's, given ``session``)."""
+def apply(rt, run_id, op, *, session=None, after_commit=None) -> Outcome:
+    """Perform ``op`` on run ``run_id`` in one transaction (the caller's, given ``session``).
+
+    Once committed, the outcome goes to ``after_commit`` (default: the runtime's, which
+    sends its tasks and notifies watchers)."""
     if session is not None:
         conn = session.connection()
         outcome = _perform(rt, conn, run_id, op)
         rt.after_session_commit(session, outcome)
         return outcome
     outcome = rt.db.transaction(lambda conn: _perform(rt, conn, run_id, op))
-    rt.after_commit(outcome)
+    (after_commit or rt.after_commit)(outcome)
     return outcome
 
 
@@ -509,7 +552,7 @@ def _perform(rt, conn, run_id, op) -> Outcome:
     return outcome
 
 
-def apply_many(rt, items) -> list:
+def apply_many(rt, items, after_commit=None) -> list:
     """Perform several step results on different runs in one transaction (a group commit).
 
     ``items`` are (run_id, op) with an op that has ``task_id``. Runs are locked in id
@@ -528,7 +571,7 @@ def apply_many(rt, items) -> list:
 
     outcomes = rt.db.transaction(work)
     for outcome in outcomes:
-        rt.after_commit(outcome)
+        (after_commit or rt.after_commit)(outcome)
     return outcomes
 
 
