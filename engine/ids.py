@@ -3,7 +3,17 @@
 import os
 import time
 
+# A run's id and its created_at are taken at the same moment: a range of creation times is
+# also a range of ids (which the primary key serves), widened by this many seconds for safety.
+ID_SLACK = 300.0
+_MAX_MS = 16**12 - 1
+
 
 def new_id() -> str:
     """32 hex chars: 48-bit millisecond timestamp, then 80 random bits (like UUIDv7)."""
     return f"{int(time.time() * 1000):012x}{os.urandom(10).hex()}"
+
+
+def id_at(epoch: float, fill: str) -> str:
+    """The first (``fill="0"``) or last (``"f"``) id ``new_id`` could make at ``epoch`` seconds."""
+    return f"{int(min(max(epoch * 1000, 0), _MAX_MS)):012x}" + fill * 20

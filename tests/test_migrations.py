@@ -3,6 +3,7 @@
 from contextlib import contextmanager
 
 import pytest
+from alembic import command
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 from sqlalchemy import create_engine, inspect, text
@@ -66,6 +67,34 @@ def test_upgrade_from_empty_to_head_matches_the_models(empty_database):
         diff = compare_metadata(MigrationContext.configure(conn, opts={"compare_type": True}), metadata)
     assert {"runs", "history", "tasks", "timers"} <= tables
     assert diff == []
+    db.dispose()
+
+
+def test_0006_downgrades_to_the_state_index_and_upgrades_again(empty_database):
+    db = Database(empty_database)
+    db.upgrade()
+
+    def indexes():
+        """{name: (columns, its WHERE as text, or None)} of the runs table's indexes."""
+        with db.engine.connect() as conn:
+            found = inspect(conn).get_indexes("runs")
+        wheres = (ix.get("dialect_options", {}).get(f"{db.dialect}_where") for ix in found)
+        return {ix["name"]: (ix["column_names"], None if where is None else str(where))
+                for ix, where in zip(found, wheres)}
+
+    head = indexes()
+    assert head["ix_runs_state_id"][0] == ["state", "id"] and "ix_runs_state" not in head
+    assert head["ix_runs_parallel"][0] == ["id"]
+    where = head["ix_runs_parallel"][1]  # MariaDB has no partial index: a plain one there
+    assert "'%,%'" in where if db.dialect in ("sqlite", "postgresql") else where is None, where
+    command.downgrade(db.alembic_config(), "0005")
+    assert db.current_revision() == "0005"
+    down = indexes()
+    assert down["ix_runs_state"][0] == ["state"] and not down.keys() & {"ix_runs_state_id", "ix_runs_parallel"}
+    db.upgrade()
+    assert indexes() == head
+    with db.engine.connect() as conn:
+        assert compare_metadata(MigrationContext.configure(conn, opts={"compare_type": True}), metadata) == []
     db.dispose()
 
 

@@ -77,22 +77,11 @@ def _epoch(day: date) -> float:
     return datetime(day.year, day.month, day.day, tzinfo=timezone.utc).timestamp()
 
 
-# Run ids start with the millisecond they were made, the same instant as created_at (engine.ids):
-# a date range is also an id range, which the primary key index serves. Wide margin, exact filter too.
-ID_SLACK = 300.0
-
-
-def _id_at(epoch: float, fill: str) -> str:
-    return f"{max(0, int(epoch * 1000)):012x}" + fill * 20
-
-
 def list_runs(rt, f: Filters, limit: int = PAGE) -> queries.Page:
     """Newest first, keyset-paginated by id. ``q`` matches a business key exactly, or a run id."""
     after, before = f.window
-    # Never None: the walk starts at the range's end (or past every id), and the query has a condition.
+    # Never None: the walk starts past every id, and the query has a condition.
     cursor = f.cursor or "f" * 32
-    if before is not None:
-        cursor = min(cursor, _id_at(before + ID_SLACK, "f"))
     common = dict(workflow=f.workflow, status=f.status, state=f.state,
                   created_after=after, created_before=before)
     page = rt.list_runs(**common, business_key=f.q, cursor=cursor, limit=limit) if f.q else \
@@ -121,10 +110,7 @@ def status_counts(rt, f: Filters) -> dict:
         query = query.where(runs.c.workflow == f.workflow)
     if f.state:
         query = query.where(queries.in_state(f.state))
-    if after is not None:
-        query = query.where(runs.c.created_at >= after, runs.c.id >= _id_at(after - ID_SLACK, "0"))
-    if before is not None:
-        query = query.where(runs.c.created_at < before, runs.c.id <= _id_at(before + ID_SLACK, "f"))
+    query = query.where(*queries.created_between(after, before))
     if f.q:
         query = query.where((runs.c.business_key == f.q) | (runs.c.id == f.q.lower()))
     with rt.db.read() as conn:
