@@ -19,7 +19,7 @@ blueprint = Blueprint("activities", __name__, url_prefix="/api")
 
 @API.route(blueprint, "/activities/<name>/receive", "POST",
            summary="Receive up to max_messages tasks of an activity, waiting up to wait_time_seconds for one",
-           body=s.ReceiveTasks, responses={200: s.ReceivedTasks}, write=True)
+           body=s.ReceiveTasks, responses={200: s.ReceivedTasks}, write=True, path={"name": s.ACTIVITY})
 def receive(name, body: s.ReceiveTasks):
     received = activities.receive(engine(), name, body.max_messages, body.wait_time_seconds,
                                   body.visibility_timeout)

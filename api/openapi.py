@@ -30,6 +30,8 @@ class Operation:
     stream: str | None = None  # media type of a streamed response
     # request header name -> description, or (description, JSON schema of its value)
     headers: dict = field(default_factory=dict)
+    # path parameter name -> JSON schema of its value, when narrower than a string without NUL
+    path_params: dict = field(default_factory=dict)
 
 
 class Api:
@@ -39,11 +41,12 @@ class Api:
         self.operations: list[Operation] = []
 
     def route(self, blueprint, rule, method, *, summary, body=None, query=None, responses=None,
-              write=False, stream=None, headers=None):
+              write=False, stream=None, headers=None, path=None):
         prefix = (blueprint.url_prefix or "")
         op = Operation(path=_RULE_PARAM.sub(r"{\1}", prefix + rule), method=method.lower(),
                        summary=summary, tag=blueprint.name, body=body, query=query,
-                       responses=responses or {}, write=write, stream=stream, headers=headers or {})
+                       responses=responses or {}, write=write, stream=stream, headers=headers or {},
+                       path_params=path or {})
         self.operations.append(op)
 
         def decorate(fn):
@@ -83,7 +86,8 @@ class Api:
     def _operation(self, op, schemas) -> dict:
         out = {"summary": op.summary, "tags": [op.tag], "operationId": f"{op.tag}_{op.method}_{op.path}"
                .replace("/", "_").replace("{", "").replace("}", ""), "responses": {}}
-        params = [{"name": name, "in": "path", "required": True, "schema": {"type": "string", "pattern": NO_NUL}}
+        params = [{"name": name, "in": "path", "required": True,
+                   "schema": op.path_params.get(name, {"type": "string", "pattern": NO_NUL})}
                   for name in re.findall(r"{([^}]+)}", op.path)]
         if op.query is not None:
             schema = _schema(op.query, schemas, inline=True)

@@ -7,10 +7,15 @@ from typing import Annotated, Any, Literal
 from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field
 from pydantic_core import PydanticCustomError
 
+from engine.definitions import ACTIVITY_NAME
+
 Status = Literal["running", "waiting", "succeeded", "failed", "cancelled"]
 # Strings the engine stores in text columns or compares with them: PostgreSQL refuses NUL there.
 NO_NUL = r"^[^\x00]*$"
 Key = Field(default=None, min_length=1, max_length=255, pattern=NO_NUL)
+# An activity's name, as the engine checks it (ACTIVITY_NAME, matched whole).
+ACTIVITY = {"type": "string", "pattern": f"^{ACTIVITY_NAME.pattern}$", "maxLength": 200,
+            "description": "1-200 letters, digits or _.:-, starting with a letter or digit"}
 # Deeper data would be stored, then fail to be read back (Python's recursion limit).
 MAX_DEPTH = 32
 _SURROGATE = re.compile("[\ud800-\udfff]")

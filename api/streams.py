@@ -6,6 +6,7 @@ it reads once, waits to be woken by the process's shared notifier, then reads ag
 
 import json
 import random
+import re
 import time
 from contextlib import nullcontext
 
@@ -34,7 +35,19 @@ FINISHED = ("succeeded", "cancelled")
 # EventSource reconnects after this many milliseconds.
 RETRY = "retry: 1000\n\n"
 SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
-LAST_EVENT_ID = {"Last-Event-ID": "resume after this event id (sent by EventSource on reconnect)"}
+# Last-Event-ID is an `id:` the stream sent (EventSource sends it back on reconnect), or empty
+# (as if not sent). The server checks the very patterns the document shows.
+# A history seq, 0 to 2**31 - 1 (the column's range):
+SEQ_ID = (r"^(?:|0|[1-9][0-9]{0,8}|1[0-9]{9}|20[0-9]{8}|21[0-3][0-9]{7}|214[0-6][0-9]{6}|2147[0-3][0-9]{5}"
+          r"|21474[0-7][0-9]{4}|214748[0-2][0-9]{3}|2147483[0-5][0-9]{2}|21474836[0-3][0-9]|214748364[0-7])$")
+# Epoch seconds below MAX_TIME, at most 6 decimals (sent as `%.6f`):
+TIME_ID = r"^(?:|[0-9]{1,11}(?:\.[0-9]{1,6})?)$"
+RUN_LAST_EVENT_ID = {"Last-Event-ID": (
+    "resume after this history seq (sent by EventSource on reconnect); empty: as if not sent",
+    {"type": "string", "pattern": SEQ_ID, "maxLength": 10})}
+ALL_LAST_EVENT_ID = {"Last-Event-ID": (
+    "resume from this event id (sent by EventSource on reconnect); empty: as if not sent",
+    {"type": "string", "pattern": TIME_ID, "maxLength": 18})}
 for _kind in ("long_poll", "run_stream", "all_stream"):  # interlock_open_streams shows 0s from the start
     open_streams.labels(_kind)
 
@@ -103,13 +116,13 @@ def _read(rt, run_id, after, limit):
 
 @API.route(blueprint, "/runs/<run_id>/stream", "GET", stream="text/event-stream",
            summary="A run's history as Server-Sent Events, resumable with Last-Event-ID",
-           query=RunStreamQuery, headers=LAST_EVENT_ID,
+           query=RunStreamQuery, headers=RUN_LAST_EVENT_ID,
            responses={200: "`event: history`, `id:` the entry's seq, `data:` the entry as JSON. "
                            "When the run has succeeded or was cancelled and everything was sent, "
                            "`event: end` with the run as JSON, then the stream closes."})
 def run_stream(run_id, query: RunStreamQuery):
     rt = engine()
-    after = _last_event_id(int, 2**31 - 1)
+    after = _last_event_id(SEQ_ID, int)
     after = after if after is not None else (query.after or 0)
     rt.get(run_id)  # 404 before the stream starts
     return _sse(_run_events(rt, run_id, after, _keepalive()))
@@ -136,13 +149,13 @@ def _run_events(rt, run_id, after, keepalive):
 
 @API.route(blueprint, "/stream", "GET", stream="text/event-stream",
            summary="Changes of all runs as Server-Sent Events (each the run's current state)",
-           query=AllStreamQuery, headers=LAST_EVENT_ID,
+           query=AllStreamQuery, headers=ALL_LAST_EVENT_ID,
            responses={200: "`event: run`, `data:` the run as JSON, `id:` a resume point (epoch "
                            "seconds of the last change sent). Resuming replays, newest state per run, "
                            f"the runs changed since then and up to {OVERLAP:g} s before it."})
 def all_stream(query: AllStreamQuery):
     rt = engine()
-    since = _last_event_id(float, MAX_TIME)
+    since = _last_event_id(TIME_ID, float)
     since = since if since is not None else query.after
     return _sse(_all_events(rt, query.workflow, since, _keepalive()))
 
@@ -213,15 +226,11 @@ def _keepalive() -> float:
     return float(current_app.config.get("STREAM_KEEPALIVE_SECONDS", 15.0))
 
 
-def _last_event_id(kind, upper):
+def _last_event_id(pattern, kind):
     raw = request.headers.get("Last-Event-ID")
-    if raw is None or raw.strip() == "":
+    if not raw:
         return None
-    try:
-        value = kind(raw.strip())
-    except ValueError:
-        value = None
-    if value is None or not 0 <= value <= upper:  # also refuses nan and inf
+    if not re.fullmatch(pattern, raw):
         raise Problem(422, "validation-error", "Invalid request",
                       "Last-Event-ID is not an id this stream sent", field="Last-Event-ID")
-    return value
+    return kind(raw)
