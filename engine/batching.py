@@ -107,7 +107,7 @@ class Batcher:
         if len(batch) > 1:
             try:
                 outcomes = apply_many(self.rt, [(item.run_id, item.op) for item in batch],
-                                      after_commit=self._after.put)
+                                      after_commit=self._committed)
             except Exception:
                 log.debug("batch of %d failed; applying its items one by one", len(batch), exc_info=True)
             else:
@@ -115,7 +115,15 @@ class Batcher:
                     _finish(item.done, outcome, None)
                 return
         for item in batch:
-            _finish(item.done, *_apply_alone(self.rt, item.run_id, item.op, self._after.put))
+            _finish(item.done, *_apply_alone(self.rt, item.run_id, item.op, self._committed))
+
+    def _committed(self, outcome) -> None:
+        """Steps due now run here if an eager thread is free; the rest go to the broker."""
+        eager = self.rt.eager
+        if eager is not None and outcome.dispatch:
+            outcome.dispatch = [d for d in outcome.dispatch
+                                if d.delay or d.task is None or not eager.offer(d, outcome.run)]
+        self._after.put(outcome)
 
 
 def _apply_alone(rt, run_id, op, after_commit=None):

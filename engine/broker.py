@@ -34,6 +34,11 @@ def build_broker(url: str) -> dramatiq.Broker:
         f"unsupported broker URL {url!r}: use memory://, redis://host:port/db or amqp://user:pass@host:port/")
 
 
+def time_limit_monitor(broker):
+    """The thread that enforces Dramatiq's time limits, for threads of ours to use too."""
+    return next((m.manager for m in broker.middleware if isinstance(m, TimeLimit)), None)
+
+
 def is_in_memory(broker) -> bool:
     return isinstance(broker, StubBroker)
 

@@ -22,6 +22,9 @@ class Settings:
     # How often timers, the outbox and leases are looked at when nothing wakes the loop.
     poll_interval: float = 0.25
     worker_threads: int = 8
+    # Threads per worker process that run a step as soon as this process commits the change
+    # that entered it, skipping the broker round trip; 0: every step goes through the broker.
+    eager_threads: int = 8
     queue: str = "interlock"
     # "token" (read-write) or "token:ro" / "token:rw", comma-separated; empty: the API is open.
     api_tokens: str = ""

@@ -11,9 +11,10 @@ from . import metrics
 from . import operations as ops
 from . import queries
 from .batching import Batcher
-from .broker import Dispatcher, build_broker, is_in_memory
+from .broker import Dispatcher, build_broker, is_in_memory, time_limit_monitor
 from .config import Settings
 from .db import Database
+from .eager import EagerSteps
 from .errors import InvalidData
 from .notify import Notifier
 from .reconciler import Reconciler
@@ -58,6 +59,7 @@ class Interlock:
         self._booted = False
         # Step results go through it while a worker runs in this process (group commit).
         self.batcher: Batcher | None = None
+        self.eager: EagerSteps | None = None
 
     # -- after a commit ------------------------------------------------------------
 
@@ -191,6 +193,9 @@ class Worker:
         # The default prefetch (2 x threads) starves threads that finish fast on Redis.
         self._dramatiq.queue_prefetch = max(64, self.threads * 2)
         self.rt.batcher = Batcher(self.rt).start()
+        if self.rt.settings.eager_threads:
+            self.rt.eager = EagerSteps(self.rt.executor, self.rt.settings.eager_threads,
+                                       time_limit_monitor(broker)).start()
         self._dramatiq.start()
         self.reconciler = Reconciler(self.rt)
         self.reconciler.tick()  # recovery at start-up, before new work piles on
@@ -202,6 +207,10 @@ class Worker:
             return
         self.reconciler.stop()
         self._dramatiq.stop(timeout=10_000)
+        if self.rt.eager is not None:
+            for dispatch in self.rt.eager.stop():
+                self.rt.dispatcher.send(dispatch.task_id, 0.0, dispatch.time_limit)
+            self.rt.eager = None
         self.rt.batcher.stop()
         self.rt.batcher = None
         # Dramatiq leaves the stopped worker's hook on the broker; a later worker adds its own.

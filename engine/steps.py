@@ -86,14 +86,38 @@ class StepExecutor:
             return None
         row = dict(row)
         row["attempt"] += 1
+        return self._begin(row, now)
+
+    def _begin(self, row: dict, now: float):
         metrics.observe_claim(row["workflow"], row["available_at"])
-        cls = rt.registry.get(row["workflow"], row["version"])
+        cls = self.rt.registry.get(row["workflow"], row["version"])
         spec = cls.step_for(row["state"])
         with self._lock:
-            self.running[task_id] = Attempt(row["attempt"], now, now + spec.time_limit + LEASE_GRACE)
+            self.running[row["id"]] = Attempt(row["attempt"], now, now + spec.time_limit + LEASE_GRACE)
         return row, cls, spec, now
 
-    def run(self, loaded) -> None:
+    def execute_committed(self, task: dict, run: dict, limit=None) -> None:
+        """Run a task this process has just committed, from the committed rows (no read).
+
+        ``limit``: (Dramatiq's time-limit monitor, this thread's id, seconds), for a thread
+        Dramatiq does not time itself."""
+        with self._lock:
+            if task["id"] in self.running:
+                return
+            self.running[task["id"]] = None
+        handed_over = False
+        try:
+            row = {"id": task["id"], "run_id": run["id"], "state": task["state"], "name": task["name"],
+                   "attempt": task["attempt"] + 1, "entry_seq": task["entry_seq"],
+                   "available_at": task["available_at"], "workflow": run["workflow"],
+                   "version": run["version"], "data": run["data"], "business_key": run["business_key"]}
+            self.run(self._begin(row, time.time()), limit)
+            handed_over = True
+        finally:
+            if not handed_over:
+                self._release(task["id"])
+
+    def run(self, loaded, limit=None) -> None:
         """Call the step and hand its result over; the task is released once it is applied."""
         row, cls, spec, started_at = loaded
         original = row["data"]
@@ -101,7 +125,7 @@ class StepExecutor:
                            data=copy.deepcopy(original), business_key=row["business_key"],
                            state=row["state"], attempt=row["attempt"], entered_seq=row["entry_seq"])
         try:
-            value = spec.func(_bare(cls, ctx), ctx)
+            value = _call(spec.func, _bare(cls, ctx), ctx, limit)
             result = to_result(value, spec, original, ctx.data)
         except (Exception, TimeLimitExceeded) as exc:
             self.fail(row, exc, traceback.format_exc(), started_at)
@@ -176,6 +200,17 @@ class StepExecutor:
                 for task_id, attempt in current:
                     if task_id in to_renew:
                         attempt.renewed_at = now
+
+
+def _call(func, instance, ctx, limit):
+    if limit is None:
+        return func(instance, ctx)
+    monitor, ident, seconds = limit
+    monitor.add_timeout(ident, seconds * 1000)
+    try:
+        return func(instance, ctx)
+    finally:
+        monitor.remove_timeout(ident)
 
 
 def _bare(cls, ctx):

@@ -40,7 +40,8 @@ def fast_forward(rt: Interlock, run_id: str, timer: str | None = None) -> int:
 class Harness:
     """Runs the given workflow classes (or modules) on a fresh SQLite file with a worker."""
 
-    def __init__(self, *workflows, threads: int = 4, directory: str | None = None):
+    def __init__(self, *workflows, threads: int = 4, directory: str | None = None, **settings):
+        """``settings``: Settings fields to override (say ``eager_threads=0``)."""
         self._dir = Path(directory or tempfile.mkdtemp(prefix="interlock-test-"))
         self._own_dir = directory is None
         url = f"sqlite:///{self._dir / 'interlock.db'}"
@@ -54,7 +55,7 @@ class Harness:
             else:
                 registry.add(item)
         settings = Settings(database_url=url, broker_url="memory://", poll_interval=0.02,
-                            resend_after=1.0, lease_seconds=5.0, queue="interlock_harness")
+                            resend_after=1.0, lease_seconds=5.0, queue="interlock_harness").replace(**settings)
         self.rt = Interlock(settings, registry=registry)
         self.rt.worker(threads).start()
 

@@ -70,6 +70,7 @@ class Dispatch:
     task_id: str
     delay: float
     time_limit: float
+    task: dict | None = None  # the task row as committed (a worker here may run it at once)
 
 
 @dataclass
@@ -357,7 +358,7 @@ class Change:
         task["available_at"] = self.now + delay
         if spec.kind == "step" and self.rt.dispatcher.delivers and delay <= MAX_BROKER_DELAY:
             task["sent_at"] = self.now
-            self.dispatch.append(Dispatch(task["id"], delay, spec.time_limit))
+            self.dispatch.append(Dispatch(task["id"], delay, spec.time_limit, task))
         else:
             task["sent_at"] = None
 
