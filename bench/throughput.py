@@ -147,7 +147,7 @@ class Bench:
         row = report.analyze(url, out["single_ids"])
         row.update(worker_cpu=out["cpu"], db_cpu=None,
                    counters={"commits": out["commits"], "statements": out["statements"]},
-                   counter_source="SQLAlchemy events",
+                   counter_source="SQLite trace (a batched statement counts once per row) + SQLAlchemy commit events",
                    note=f"1 process, {self.args.threads} threads: starter, worker and SQLite together")
         return row
 

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from sqlalchemy import Double, bindparam, func, insert, select, update
 from statemachine.exceptions import TransitionNotAllowed
 
+from . import hotsql
 from . import machine as m
 from .errors import (CallbackError, InterlockError, InvalidData, InvalidTransition, RunNotActive,
                      RunNotFound)
@@ -84,8 +85,6 @@ class Outcome:
 
 # Statements of the hot path, built once: building one costs more than running it.
 _b = bindparam
-_INSERT_RUN, _INSERT_HISTORY = insert(runs), insert(history)
-_INSERT_TASKS, _INSERT_TIMERS = insert(tasks), insert(timers)
 _UPDATE_RUN = update(runs).where(runs.c.id == _b("b_id")).values(
     status=_b("b_status"), state=_b("b_state"),
     configuration=_b("b_configuration", type_=runs.c.configuration.type),
@@ -118,6 +117,19 @@ _FINISH_TASK = update(tasks).where(tasks.c.id == _b("b_task")).values(
     sent_at=_b("b_sent_at", type_=Double()))
 
 
+def _inserting(table):
+    return hotsql.Statement(lambda _dialect, keys: insert(table).values({k: _b(k) for k in keys}))
+
+
+def _fixed(statement):
+    return hotsql.Statement(lambda _dialect, _keys: statement)
+
+
+_HOT_INSERT_RUN, _HOT_INSERT_HISTORY = _inserting(runs), _inserting(history)
+_HOT_INSERT_TASKS, _HOT_INSERT_TIMERS = _inserting(tasks), _inserting(timers)
+_HOT_UPDATE_RUN, _HOT_FINISH_TASK, _HOT_FIRE_TIMER = _fixed(_UPDATE_RUN), _fixed(_FINISH_TASK), _fixed(_FIRE_TIMER)
+
+
 class Writes:
     """Rows a transaction writes at its end, one statement per kind: a batch of changes to
     many runs costs the same few round trips as a change to one."""
@@ -127,19 +139,19 @@ class Writes:
         self.history, self.tasks, self.timers = [], [], []
 
     def flush(self, conn):
-        for statement, rows in ((_INSERT_RUN, self.run_inserts), (_UPDATE_RUN, self.run_updates),
-                                (_FINISH_TASK, self.task_updates), (_FIRE_TIMER, self.timer_updates),
-                                (_INSERT_HISTORY, self.history),
-                                (_INSERT_TASKS, self.tasks), (_INSERT_TIMERS, self.timers)):
+        for statement, rows in ((_HOT_INSERT_RUN, self.run_inserts), (_HOT_UPDATE_RUN, self.run_updates),
+                                (_HOT_FINISH_TASK, self.task_updates), (_HOT_FIRE_TIMER, self.timer_updates),
+                                (_HOT_INSERT_HISTORY, self.history),
+                                (_HOT_INSERT_TASKS, self.tasks), (_HOT_INSERT_TIMERS, self.timers)):
             if rows:
-                conn.execute(statement, rows)
+                hotsql.execute_many(conn, statement, rows)
                 rows.clear()
 
     def flush_pending(self, conn):
         """Write the deferred task and timer updates now: an UPDATE by run or state follows."""
-        for statement, rows in ((_FINISH_TASK, self.task_updates), (_FIRE_TIMER, self.timer_updates)):
+        for statement, rows in ((_HOT_FINISH_TASK, self.task_updates), (_HOT_FIRE_TIMER, self.timer_updates)):
             if rows:
-                conn.execute(statement, rows)
+                hotsql.execute_many(conn, statement, rows)
                 rows.clear()
 
 
@@ -453,34 +465,51 @@ class Change:
 
 
 _TASK_COLUMNS = [c.label("task__" + c.name) for c in tasks.c]
-_LOCKS: dict = {}
-_MANY: dict = {}
-_DUE: dict = {}
 
 
-def _lock_statements(db):
-    """(run, run with one of its tasks): SELECT … FOR UPDATE where the database locks rows."""
-    statements = _LOCKS.get(db.dialect)
-    if statements is None:
-        run = select(runs).where(runs.c.id == _b("b_run"))
-        with_task = (select(runs, *_TASK_COLUMNS).join(tasks, tasks.c.run_id == runs.c.id)
-                     .where(runs.c.id == _b("b_run"), tasks.c.id == _b("b_task")))
-        if db.locks_rows:
-            run = run.with_for_update()
-            # Both rows (the run first): on PostgreSQL a row not locked is read as of the
-            # statement's snapshot, so after waiting for the run's lock the task would be the
-            # version before the holder's change, and a stale attempt would pass the fence.
-            # MariaDB has no FOR UPDATE OF and locks both rows anyway.
-            with_task = with_task.with_for_update(of=[runs, tasks] if db.dialect == "postgresql" else None)
-        statements = _LOCKS[db.dialect] = (run, with_task)
-    return statements
+def _locking(statement, dialect, of):
+    """FOR UPDATE where the database locks rows: on PostgreSQL of every table in ``of``, since a
+    row joined but not locked is read as of the statement's snapshot (after waiting for the
+    run's lock, a task would be its version from before the holder's change, and a stale
+    attempt would pass the fence). MariaDB has no FOR UPDATE OF and locks every row read."""
+    if dialect == "sqlite":
+        return statement
+    return statement.with_for_update(of=of if dialect == "postgresql" else None)
+
+
+_LOCK_RUN = hotsql.Statement(lambda dialect, _keys: _locking(
+    select(runs).where(runs.c.id == _b("b_run")), dialect, [runs]))
+_LOCK_RUN_WITH_TASK = hotsql.Statement(lambda dialect, _keys: _locking(
+    select(runs, *_TASK_COLUMNS).join(tasks, tasks.c.run_id == runs.c.id)
+    .where(runs.c.id == _b("b_run"), tasks.c.id == _b("b_task")), dialect, [runs, tasks]))
+# One bind per task id (t0, t1, ...): compiled once per batch size.
+_LOCK_RUNS_WITH_TASKS = hotsql.Statement(lambda dialect, keys: _locking(
+    select(runs, *_TASK_COLUMNS).join(tasks, tasks.c.run_id == runs.c.id)
+    .where(tasks.c.id.in_([_b(k) for k in keys])).order_by(runs.c.id), dialect, [runs, tasks]))
+
+
+def _due_timers(dialect, _keys):
+    statement = (select(runs, *[c.label("timer__" + c.name) for c in timers.c])
+                 .join(timers, timers.c.run_id == runs.c.id)
+                 .where(timers.c.status == "armed", timers.c.due_at <= _b("b_now"))
+                 .order_by(timers.c.due_at).limit(_b("b_limit")))
+    if dialect == "sqlite":
+        return statement
+    # Several workers fire timers at once: each takes runs the others have not locked.
+    # The timer is locked too: a run another batch fired and unlocked after this
+    # statement began is then read as it is now (its timer fired, so left out), not as
+    # the snapshot's armed row, which would fire a second time.
+    return statement.with_for_update(of=[runs, timers] if dialect == "postgresql" else None, skip_locked=True)
+
+
+_DUE_TIMERS = hotsql.Statement(_due_timers)
 
 
 def lock_run(conn, db, run_id) -> dict:
-    row = conn.execute(_lock_statements(db)[0], {"b_run": run_id}).mappings().first()
-    if row is None:
+    found = hotsql.fetch(conn, _LOCK_RUN, {"b_run": run_id})
+    if not found:
         raise RunNotFound(run_id)
-    return dict(row)
+    return found[0]
 
 
 def _split(found) -> tuple[dict, dict]:
@@ -495,15 +524,8 @@ def _split(found) -> tuple[dict, dict]:
 
 def lock_runs_with_tasks(conn, db, task_ids) -> dict:
     """task id -> (locked run, task) for a batch, locking runs in id order."""
-    statement = _MANY.get(db.dialect)
-    if statement is None:
-        statement = (select(runs, *_TASK_COLUMNS).join(tasks, tasks.c.run_id == runs.c.id)
-                     .where(tasks.c.id.in_(_b("b_tasks", expanding=True))).order_by(runs.c.id))
-        if db.locks_rows:
-            statement = statement.with_for_update(of=[runs, tasks] if db.dialect == "postgresql" else None)
-        _MANY[db.dialect] = statement
     out = {}
-    for found in conn.execute(statement, {"b_tasks": list(task_ids)}).mappings():
+    for found in hotsql.fetch(conn, _LOCK_RUNS_WITH_TASKS, {f"t{i}": t for i, t in enumerate(task_ids)}):
         row, task = _split(found)
         out[task["id"]] = (row, task)
     return out
@@ -511,10 +533,10 @@ def lock_runs_with_tasks(conn, db, task_ids) -> dict:
 
 def lock_run_with_task(conn, db, run_id, task_id) -> tuple[dict, dict | None]:
     """The locked run and one of its tasks, in one round trip (the step-result hot path)."""
-    found = conn.execute(_lock_statements(db)[1], {"b_run": run_id, "b_task": task_id}).mappings().first()
-    if found is None:
+    found = hotsql.fetch(conn, _LOCK_RUN_WITH_TASK, {"b_run": run_id, "b_task": task_id})
+    if not found:
         return lock_run(conn, db, run_id), None
-    return _split(found)
+    return _split(found[0])
 
 
 def apply(rt, run_id, op, *, session=None, after_commit=None) -> Outcome:
@@ -589,30 +611,12 @@ def perform_locked(rt, conn, locked) -> list:
     return outcomes
 
 
-def _due_timers_statement(db):
-    statement = _DUE.get(db.dialect)
-    if statement is None:
-        statement = (select(runs, *[c.label("timer__" + c.name) for c in timers.c])
-                     .join(timers, timers.c.run_id == runs.c.id)
-                     .where(timers.c.status == "armed", timers.c.due_at <= _b("b_now"))
-                     .order_by(timers.c.due_at).limit(_b("b_limit")))
-        if db.locks_rows:
-            # Several workers fire timers at once: each takes runs the others have not locked.
-            # The timer is locked too: a run another batch fired and unlocked after this
-            # statement began is then read as it is now (its timer fired, so left out), not as
-            # the snapshot's armed row, which would fire a second time.
-            statement = statement.with_for_update(
-                of=[runs, timers] if db.dialect == "postgresql" else None, skip_locked=True)
-        _DUE[db.dialect] = statement
-    return statement
-
-
 def fire_due_timers(rt, make_op, limit: int) -> int:
     """Fire up to ``limit`` due timers (one per run) in one transaction; how many were due."""
     def work(conn):
-        found = conn.execute(_due_timers_statement(rt.db), {"b_now": time.time(), "b_limit": limit})
+        found = hotsql.fetch(conn, _DUE_TIMERS, {"b_now": time.time(), "b_limit": limit})
         locked, seen = [], set()
-        for mapping in found.mappings():
+        for mapping in found:
             row, timer = {}, {}
             for key, value in mapping.items():
                 (timer if key.startswith("timer__") else row)[key.removeprefix("timer__")] = value

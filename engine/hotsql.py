@@ -1,0 +1,122 @@
+"""The transition path's statements, run on the driver's cursor.
+
+SQLAlchemy builds and compiles each statement once per dialect (so one definition serves
+SQLite, PostgreSQL and MariaDB) and supplies the type conversions; running it on the
+DBAPI cursor skips SQLAlchemy's per-execution work, which cost several times the
+statement itself. Driver errors are raised as SQLAlchemy's (an IntegrityError is still
+an IntegrityError), and a connection the server dropped is invalidated, as SQLAlchemy
+does for its own statements, so ``Database.transaction`` retries it the same way.
+"""
+
+from dataclasses import dataclass
+
+from sqlalchemy.exc import DBAPIError
+
+
+@dataclass
+class _Compiled:
+    sql: str
+    names: list  # bind names in the order the driver takes them (None: by name)
+    defaults: dict  # values fixed in the statement ("armed", ("queued", "running"), ...)
+    processors: dict  # bind name -> the type's conversion to the driver's value
+    columns: list  # result column names, and their types
+    types: list
+    results: list | None = None  # result column conversions, known once the driver described them
+
+
+class Statement:
+    """A statement compiled per dialect (and per set of keys given, for INSERTs)."""
+
+    def __init__(self, build):
+        """``build(dialect name, keys)``: the SQLAlchemy statement for rows with ``keys``."""
+        self.build = build
+        self._compiled: dict = {}
+
+    def compiled(self, dialect, keys: tuple) -> _Compiled:
+        found = self._compiled.get((dialect.name, keys))
+        if found is None:
+            found = self._compiled[(dialect.name, keys)] = _compile(self.build(dialect.name, keys), dialect)
+        return found
+
+
+def _compile(statement, dialect) -> _Compiled:
+    compiled = statement.compile(dialect=dialect)
+    if compiled.post_compile_params:
+        # An IN list is rendered per execution: spell it as one bind per item instead.
+        raise ValueError(f"not a hot-path statement (it has an expanding IN): {compiled.string}")
+    binds = compiled.binds
+    names = list(compiled.positiontup) if compiled.positional else None
+    defaults = {name: bind.effective_value for name, bind in binds.items() if not bind.required}
+    processors = {}
+    for name, bind in binds.items():
+        processor = bind.type.dialect_impl(dialect).bind_processor(dialect)
+        if processor is not None:
+            processors[name] = processor
+    columns, types = [], []
+    if statement.is_select:
+        for column in statement.selected_columns:
+            columns.append(column.key)
+            types.append(column.type.dialect_impl(dialect))
+    return _Compiled(compiled.string, names, defaults, processors, columns, types)
+
+
+def _bind(compiled: _Compiled, params: dict):
+    values = {**compiled.defaults, **params} if compiled.defaults else params
+    for name, processor in compiled.processors.items():
+        values[name] = processor(values[name])
+    if compiled.names is None:
+        return values
+    return tuple(values[name] for name in compiled.names)
+
+
+def execute(conn, statement: Statement, params: dict) -> int:
+    """Run ``statement`` once; returns the number of rows it matched."""
+    compiled = statement.compiled(conn.dialect, tuple(params))
+    values = _bind(compiled, dict(params))
+    return _on_cursor(conn, compiled.sql, values, lambda cursor: _rowcount(cursor, compiled.sql, values))
+
+
+def execute_many(conn, statement: Statement, rows: list) -> None:
+    """Run ``statement`` for each of ``rows`` (dicts with the same keys) in one call."""
+    compiled = statement.compiled(conn.dialect, tuple(rows[0]))
+    values = [_bind(compiled, dict(row)) for row in rows]
+    _on_cursor(conn, compiled.sql, values, lambda cursor: cursor.executemany(compiled.sql, values))
+
+
+def fetch(conn, statement: Statement, params: dict) -> list[dict]:
+    """The rows a SELECT returns, as dicts of converted values."""
+    compiled = statement.compiled(conn.dialect, tuple(params))
+    values = _bind(compiled, dict(params))
+    raw, description = _on_cursor(conn, compiled.sql, values, lambda cursor: _all(cursor, compiled.sql, values))
+    if compiled.results is None:
+        compiled.results = [kind.result_processor(conn.dialect, column[1])
+                             for kind, column in zip(compiled.types, description)]
+    columns, results = compiled.columns, compiled.results
+    return [{column: (value if convert is None or value is None else convert(value))
+             for column, convert, value in zip(columns, results, row)} for row in raw]
+
+
+def _rowcount(cursor, sql, values) -> int:
+    cursor.execute(sql, values)
+    return cursor.rowcount
+
+
+def _all(cursor, sql, values) -> tuple:
+    cursor.execute(sql, values)
+    return cursor.fetchall(), cursor.description
+
+
+def _on_cursor(conn, sql, values, work):
+    dbapi = conn.dialect.loaded_dbapi
+    proxied = conn.connection
+    try:
+        cursor = proxied.cursor()
+        try:
+            return work(cursor)
+        finally:
+            cursor.close()
+    except dbapi.Error as exc:
+        dropped = conn.dialect.is_disconnect(exc, proxied.dbapi_connection, None)
+        if dropped:
+            conn.invalidate(exc)
+        raise DBAPIError.instance(sql, values, exc, dbapi.Error, connection_invalidated=dropped) from exc
