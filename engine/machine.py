@@ -100,31 +100,40 @@ def shortcuts(cls: type[Workflow]) -> dict:
     listener, compound or parallel state, eventless or delayed transition gets none, and
     every change to its runs goes through python-statemachine.
     """
-    table = _SHORTCUTS.get(cls)
-    if table is None:
-        table = _SHORTCUTS[cls] = _build_shortcuts(cls)
-    return table
+    table = _plain_table(cls)
+    return {} if table is None else table
 
 
-def _build_shortcuts(cls) -> dict:
+def is_plain(cls: type[Workflow]) -> bool:
+    """True when no callback can observe this workflow's transitions (see ``shortcuts``)."""
+    return _plain_table(cls) is not None
+
+
+def _plain_table(cls) -> dict | None:
+    if cls not in _SHORTCUTS:
+        _SHORTCUTS[cls] = _build_shortcuts(cls)
+    return _SHORTCUTS[cls]
+
+
+def _build_shortcuts(cls) -> dict | None:
     states = list(cls.states_map.values())
     if (cls._class_listeners or any(hasattr(cls, hook) for hook in _OWN_HOOKS)
             or any(s.parent is not None or not s.is_atomic for s in states)):
-        return {}
+        return None
     probe = restore(cls, RunContext(id="probe", workflow=cls.workflow_name, version=cls.version, data={}),
                     [cls.initial_state.value])
     for executor in probe._callbacks._registry.values():
         if any(callback.meta.func not in _OWN_HOOKS for callback in executor):
-            return {}
+            return None
     table, ambiguous = {}, set()
     for state in states:
         for transition in state.transitions:
             targets = transition.targets
             if transition.is_eventless or len(targets) != 1:
-                return {}
+                return None
             for event in transition.events:
                 if event.delay or event.internal or event.id not in cls._event_ids:
-                    return {}
+                    return None
                 key = (state.value, event.id)
                 if key in table:
                     ambiguous.add(key)

@@ -35,17 +35,21 @@ class Start:
         return Change(rt, conn, row, self.cls, now, new=True)
 
     def perform(self, change: Change):
-        try:
-            change.machine = m.create(self.cls, change.ctx, run=change.ctx, db=change.conn,
-                                      data=self.data)
-        except InterlockError:
-            raise
-        except Exception as exc:
-            raise CallbackError(change.row["id"], "start", exc) from exc
+        if m.is_plain(self.cls):  # no entry callback can run: the initial state is all there is
+            change.configuration = [self.cls.initial_state.value]
+            change.ctx.configuration = self.cls.initial_state.value
+        else:
+            try:
+                change.machine = m.create(self.cls, change.ctx, run=change.ctx, db=change.conn,
+                                          data=self.data)
+            except InterlockError:
+                raise
+            except Exception as exc:
+                raise CallbackError(change.row["id"], "start", exc) from exc
         seq = change.record("started", target=change.leaves(), cause="start", data=self.data,
                             detail={"workflow": self.cls.workflow_name, "version": self.cls.version,
                                     "business_key": self.business_key})
-        change.enter_states(m.configuration(change.machine), seq)
+        change.enter_states(list(change.configuration), seq)
 
 
 @dataclass

@@ -102,12 +102,12 @@ class Reconciler:
             pending = conn.execute(
                 select(tasks.c.id, tasks.c.state, runs.c.workflow, runs.c.version)
                 .join(runs, runs.c.id == tasks.c.run_id).where(needs_send).limit(BATCH)).all()
+        if not pending:
+            return 0
+        taken = self._take(needs_send, [task_id for task_id, *_ in pending], now)
         sent = 0
         for task_id, state, workflow, version in pending:
-            with self.rt.db.write(self.rt.db.lease_engine) as conn:
-                taken = conn.execute(update(tasks).where(tasks.c.id == task_id, needs_send)
-                                     .values(sent_at=now)).rowcount
-            if taken != 1:
+            if task_id not in taken:
                 continue  # another reconciler took it
             spec = self.rt.registry.get(workflow, version).step_for(state)
             self.rt.dispatcher.send(task_id, 0.0, spec.time_limit if spec else None)
@@ -115,6 +115,16 @@ class Reconciler:
         if sent:
             log.info("sent %d task(s) from the outbox", sent)
         return len(pending)
+
+    def _take(self, needs_send, task_ids, now) -> set:
+        """Mark the tasks still needing a send as sent, in one transaction; the ids this one took."""
+        with self.rt.db.write(self.rt.db.lease_engine) as conn:
+            if conn.dialect.update_returning:
+                return set(conn.execute(update(tasks).where(tasks.c.id.in_(task_ids), needs_send)
+                                        .values(sent_at=now).returning(tasks.c.id)).scalars())
+            return {task_id for task_id in task_ids
+                    if conn.execute(update(tasks).where(tasks.c.id == task_id, needs_send)
+                                    .values(sent_at=now)).rowcount == 1}
 
     def recover_lost_tasks(self) -> int:
         """Running tasks whose lease expired: their worker died (a step's) or let the visibility

@@ -53,7 +53,14 @@ def test_a_flat_workflow_without_callbacks_has_shortcuts_for_every_transition():
 
 @pytest.mark.parametrize("cls", [WithEntry, w.Guarded, w.Audited], ids=lambda c: c.__name__)
 def test_a_workflow_with_callbacks_or_guards_has_none(cls):
-    assert m.shortcuts(cls) == {}
+    assert m.shortcuts(cls) == {} and not m.is_plain(cls)
+
+
+@pytest.mark.parametrize("cls", [c for c in CLASSES if m.is_plain(c)], ids=lambda c: c.__name__)
+def test_a_plain_workflow_starts_where_the_machine_starts(cls):
+    ctx = m.RunContext(id="r", workflow=cls.workflow_name, version=cls.version, data={})
+    machine = m.create(cls, ctx, run=ctx, db=None, data={})
+    assert m.configuration(machine) == [cls.initial_state.value] and ctx.entered == [cls.initial_state.value]
 
 
 def test_runs_move_the_same_with_and_without_callbacks():
