@@ -17,8 +17,9 @@ import traceback
 from dataclasses import dataclass
 
 from dramatiq.middleware.time_limit import TimeLimitExceeded
-from sqlalchemy import select, update
+from sqlalchemy import bindparam, select, update
 
+from . import hotsql
 from . import machine as m
 from . import metrics
 from .definitions import Recheck
@@ -31,6 +32,17 @@ log = logging.getLogger(__name__)
 # A claimed task's lease is renewed only this long past its time limit, so a hung thread
 # cannot hold a task forever.
 LEASE_GRACE = 5.0
+
+
+# The task a delivery names, if it may run now: queued, a step, and due (a second early is
+# fine: a delayed message may arrive slightly before its time).
+_RUNNABLE = hotsql.Statement(lambda _dialect, _keys: (
+    select(tasks.c.id, tasks.c.run_id, tasks.c.state, tasks.c.name, tasks.c.attempt,
+           tasks.c.entry_seq, tasks.c.available_at, runs.c.workflow, runs.c.version,
+           runs.c.data, runs.c.business_key)
+    .join(runs, runs.c.id == tasks.c.run_id)
+    .where(tasks.c.id == bindparam("b_task"), tasks.c.status == "queued", tasks.c.kind == "step",
+           tasks.c.available_at <= bindparam("b_before"))))
 
 
 @dataclass
@@ -71,20 +83,13 @@ class StepExecutor:
 
     def load(self, task_id: str):
         """The queued task and its run, or None (a duplicate, stale or early delivery)."""
-        rt, now = self.rt, time.time()
-        with rt.db.read() as conn:
-            row = conn.execute(
-                select(tasks.c.id, tasks.c.run_id, tasks.c.state, tasks.c.name, tasks.c.attempt,
-                       tasks.c.entry_seq, tasks.c.available_at, runs.c.workflow, runs.c.version,
-                       runs.c.data, runs.c.business_key)
-                .join(runs, runs.c.id == tasks.c.run_id)
-                .where(tasks.c.id == task_id, tasks.c.status == "queued", tasks.c.kind == "step",
-                       tasks.c.available_at <= now + 1.0)
-            ).mappings().first()
-        if row is None:
+        now = time.time()
+        with self.rt.db.read() as conn:
+            found = hotsql.fetch(conn, _RUNNABLE, {"b_task": task_id, "b_before": now + 1.0})
+        if not found:
             log.debug("task %s not runnable now (duplicate or stale delivery)", task_id)
             return None
-        row = dict(row)
+        row = found[0]
         row["attempt"] += 1
         return self._begin(row, now)
 

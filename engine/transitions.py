@@ -512,14 +512,13 @@ def lock_run(conn, db, run_id) -> dict:
     return found[0]
 
 
+_RUN_KEYS = [c.key for c in runs.c]
+
+
 def _split(found) -> tuple[dict, dict]:
-    row, task = {}, {}
-    for key, value in found.items():
-        if key.startswith("task__"):
-            task[key[6:]] = value
-        else:
-            row[key] = value
-    return row, task
+    """(run, task) from a row of runs' columns and tasks' labelled ``task__<name>``."""
+    row = {key: found.pop(key) for key in _RUN_KEYS}
+    return row, {key[6:]: value for key, value in found.items()}
 
 
 def lock_runs_with_tasks(conn, db, task_ids) -> dict:
