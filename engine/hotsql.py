@@ -10,6 +10,7 @@ does for its own statements, so ``Database.transaction`` retries it the same way
 
 from dataclasses import dataclass
 
+from sqlalchemy import JSON, Double, Integer, String, Text
 from sqlalchemy.exc import DBAPIError
 
 
@@ -27,10 +28,20 @@ class _Compiled:
 class Statement:
     """A statement compiled per dialect (and per set of keys given, for INSERTs)."""
 
-    def __init__(self, build):
-        """``build(dialect name, keys)``: the SQLAlchemy statement for rows with ``keys``."""
-        self.build = build
+    def __init__(self, build, arrays=None):
+        """``build(dialect name, keys)``: the SQLAlchemy statement for rows with ``keys``;
+        ``arrays(keys)``: its PostgreSQL form for many rows at once (see ``Arrays``)."""
+        self.build, self.arrays = build, arrays
         self._compiled: dict = {}
+        self._arrays: dict = {}
+
+    def arrays_for(self, keys: tuple) -> "Arrays | None":
+        if self.arrays is None:
+            return None
+        found = self._arrays.get(keys)
+        if found is None:
+            found = self._arrays[keys] = self.arrays(keys)
+        return found
 
     def compiled(self, dialect, keys: tuple) -> _Compiled:
         found = self._compiled.get((dialect.name, keys))
@@ -78,9 +89,45 @@ def execute(conn, statement: Statement, params: dict) -> int:
 
 def execute_many(conn, statement: Statement, rows: list) -> None:
     """Run ``statement`` for each of ``rows`` (dicts with the same keys) in one call."""
-    compiled = statement.compiled(conn.dialect, tuple(rows[0]))
+    keys = tuple(rows[0])
+    compiled = statement.compiled(conn.dialect, keys)
     values = [_bind(compiled, dict(row)) for row in rows]
+    arrays = statement.arrays_for(keys) if len(rows) > 1 and conn.dialect.name == "postgresql" else None
+    if arrays is not None:
+        params = {name: [row[name] for row in values] for name in arrays.names}
+        _on_cursor(conn, arrays.sql, params, lambda cursor: cursor.execute(arrays.sql, params))
+        return
     _on_cursor(conn, compiled.sql, values, lambda cursor: cursor.executemany(compiled.sql, values))
+
+
+class Arrays:
+    """PostgreSQL: many rows as one statement over ``unnest()``ed arrays, one per bind name
+    (``:name`` in ``sql``, rows as ``u.name``): the server parses, plans and starts one
+    statement for the batch instead of one per row."""
+
+    def __init__(self, sql: str, types: dict):
+        """``types``: bind name -> the column whose PostgreSQL type its array has."""
+        self.names = list(types)
+        unnest = ", ".join(f"%({name})s::{_pg_type(column)}[]" for name, column in types.items())
+        self.sql = sql.replace(":rows", f"unnest({unnest}) AS u({', '.join(self.names)})")
+
+    @classmethod
+    def insert(cls, table, keys) -> "Arrays":
+        return cls(f"INSERT INTO {table.name} ({', '.join(keys)}) SELECT * FROM :rows",
+                   {key: table.c[key] for key in keys})
+
+
+def _pg_type(column) -> str:
+    kind = column.type
+    if isinstance(kind, JSON):
+        return "json"
+    if isinstance(kind, Double):
+        return "float8"
+    if isinstance(kind, Integer):
+        return "int8"
+    if isinstance(kind, (String, Text)):
+        return "text"
+    raise TypeError(f"no array type for column {column} ({kind})")
 
 
 def fetch(conn, statement: Statement, params: dict) -> list[dict]:
