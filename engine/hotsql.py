@@ -8,6 +8,7 @@ an IntegrityError), and a connection the server dropped is invalidated, as SQLAl
 does for its own statements, so ``Database.transaction`` retries it the same way.
 """
 
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 from sqlalchemy import JSON, Double, Integer, String, Text
@@ -153,17 +154,35 @@ def _all(cursor, sql, values) -> tuple:
     return cursor.fetchall(), cursor.description
 
 
+@contextmanager
+def pipelined(conn):
+    """On PostgreSQL, send the statements run inside without waiting for each one's answer:
+    the batch's writes cost one round trip. Only for statements whose results nobody reads."""
+    if conn.dialect.name != "postgresql":
+        yield
+        return
+    with _translated(conn, "(pipeline)", None):
+        with conn.connection.dbapi_connection.pipeline():
+            yield
+
+
 def _on_cursor(conn, sql, values, work):
-    dbapi = conn.dialect.loaded_dbapi
-    proxied = conn.connection
-    try:
-        cursor = proxied.cursor()
+    with _translated(conn, sql, values):
+        cursor = conn.connection.cursor()
         try:
             return work(cursor)
         finally:
             cursor.close()
+
+
+@contextmanager
+def _translated(conn, sql, values):
+    """Driver errors as SQLAlchemy's; a connection the server dropped is invalidated."""
+    dbapi = conn.dialect.loaded_dbapi
+    try:
+        yield
     except dbapi.Error as exc:
-        dropped = conn.dialect.is_disconnect(exc, proxied.dbapi_connection, None)
+        dropped = conn.dialect.is_disconnect(exc, conn.connection.dbapi_connection, None)
         if dropped:
             conn.invalidate(exc)
         raise DBAPIError.instance(sql, values, exc, dbapi.Error, connection_invalidated=dropped) from exc

@@ -160,13 +160,14 @@ class Writes:
         self.history, self.tasks, self.timers = [], [], []
 
     def flush(self, conn):
-        for statement, rows in ((_HOT_INSERT_RUN, self.run_inserts), (_HOT_UPDATE_RUN, self.run_updates),
-                                (_HOT_FINISH_TASK, self.task_updates), (_HOT_FIRE_TIMER, self.timer_updates),
-                                (_HOT_INSERT_HISTORY, self.history),
-                                (_HOT_INSERT_TASKS, self.tasks), (_HOT_INSERT_TIMERS, self.timers)):
-            if rows:
-                hotsql.execute_many(conn, statement, rows)
-                rows.clear()
+        with hotsql.pipelined(conn):
+            for statement, rows in ((_HOT_INSERT_RUN, self.run_inserts), (_HOT_UPDATE_RUN, self.run_updates),
+                                    (_HOT_FINISH_TASK, self.task_updates), (_HOT_FIRE_TIMER, self.timer_updates),
+                                    (_HOT_INSERT_HISTORY, self.history),
+                                    (_HOT_INSERT_TASKS, self.tasks), (_HOT_INSERT_TIMERS, self.timers)):
+                if rows:
+                    hotsql.execute_many(conn, statement, rows)
+                    rows.clear()
 
     def flush_pending(self, conn):
         """Write the deferred task and timer updates now: an UPDATE by run or state follows."""
