@@ -21,8 +21,8 @@ class _Compiled:
     names: list  # bind names in the order the driver takes them (None: by name)
     defaults: dict  # values fixed in the statement ("armed", ("queued", "running"), ...)
     processors: dict  # bind name -> the type's conversion to the driver's value
-    columns: list  # result column names, and their types
-    types: list
+    columns: list  # result column names
+    types: list  # and their types, as the dialect implements them
     results: list | None = None  # result column conversions, known once the driver described them
 
 
@@ -81,13 +81,6 @@ def _bind(compiled: _Compiled, params: dict):
     return tuple(values[name] for name in compiled.names)
 
 
-def execute(conn, statement: Statement, params: dict) -> int:
-    """Run ``statement`` once; returns the number of rows it matched."""
-    compiled = statement.compiled(conn.dialect, tuple(params))
-    values = _bind(compiled, dict(params))
-    return _on_cursor(conn, compiled.sql, values, lambda cursor: _rowcount(cursor, compiled.sql, values))
-
-
 def execute_many(conn, statement: Statement, rows: list) -> None:
     """Run ``statement`` for each of ``rows`` (dicts with the same keys) in one call."""
     keys = tuple(rows[0])
@@ -142,11 +135,6 @@ def fetch(conn, statement: Statement, params: dict) -> list[dict]:
     columns, results = compiled.columns, compiled.results
     return [{column: (value if convert is None or value is None else convert(value))
              for column, convert, value in zip(columns, results, row)} for row in raw]
-
-
-def _rowcount(cursor, sql, values) -> int:
-    cursor.execute(sql, values)
-    return cursor.rowcount
 
 
 def _all(cursor, sql, values) -> tuple:

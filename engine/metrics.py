@@ -23,6 +23,8 @@ step_failures = Counter("interlock_step_failures", "Failed step attempts", ["wor
 step_duration = Histogram("interlock_step_duration_seconds", "Time a step's function ran",
                           ["workflow", "step"],
                           buckets=(.001, .005, .01, .05, .1, .5, 1, 5, 10, 60, 300, float("inf")))
+steps_started = Counter("interlock_steps_started", "Step attempts started, by how the task reached this worker "
+                        "(the broker, or eagerly: committed by this worker)", ["workflow", "via"])
 queue_lag = Histogram("interlock_queue_lag_seconds", "Task committed (or due) until a worker started it",
                       ["workflow"], buckets=(.001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 5, 30, float("inf")))
 timers_fired = Counter("interlock_timers_fired", "Timers fired", ["workflow"])
@@ -55,7 +57,8 @@ def observe(outcome) -> None:
         runs_finished.labels(workflow, outcome.run["status"]).inc()
 
 
-def observe_claim(workflow: str, available_at: float) -> None:
+def observe_claim(workflow: str, available_at: float, via: str) -> None:
+    steps_started.labels(workflow, via).inc()
     queue_lag.labels(workflow).observe(max(0.0, time.time() - available_at))
 
 

@@ -91,10 +91,10 @@ class StepExecutor:
             return None
         row = found[0]
         row["attempt"] += 1
-        return self._begin(row, now)
+        return self._begin(row, now, "broker")
 
-    def _begin(self, row: dict, now: float):
-        metrics.observe_claim(row["workflow"], row["available_at"])
+    def _begin(self, row: dict, now: float, via: str):
+        metrics.observe_claim(row["workflow"], row["available_at"], via)
         cls = self.rt.registry.get(row["workflow"], row["version"])
         spec = cls.step_for(row["state"])
         with self._lock:
@@ -116,7 +116,7 @@ class StepExecutor:
                    "attempt": task["attempt"] + 1, "entry_seq": task["entry_seq"],
                    "available_at": task["available_at"], "workflow": run["workflow"],
                    "version": run["version"], "data": run["data"], "business_key": run["business_key"]}
-            self.run(self._begin(row, time.time()), limit)
+            self.run(self._begin(row, time.time(), "eager"), limit)
             handed_over = True
         finally:
             if not handed_over:

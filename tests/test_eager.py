@@ -5,6 +5,7 @@ import time
 from datetime import timedelta
 
 import pytest
+from prometheus_client import REGISTRY
 
 from engine import State, Workflow, step
 from engine.testing import Harness
@@ -51,10 +52,18 @@ class Slow(Workflow):
         return "finish"
 
 
+def _started(via):
+    return REGISTRY.get_sample_value("interlock_steps_started_total", {"workflow": "eager_chain", "via": via}) or 0
+
+
 @pytest.mark.parametrize("eager_threads", [0, 4])
 def test_a_chain_of_steps_ends_the_same_with_or_without_eager_threads(eager_threads):
     with Harness(Chain, eager_threads=eager_threads) as h:
+        before = _started("broker"), _started("eager")
         run = h.run("eager_chain")
+        # The metric tells how each step reached its worker: the first through the broker.
+        assert (_started("broker") - before[0], _started("eager") - before[1]) == (
+            (1, 1) if eager_threads else (2, 0))
         thread = run.data.pop("thread")
         assert (run.status, run.data) == ("succeeded", {"one": 1, "two": 2})
         assert [(e.kind, e.event, e.target) for e in h.rt.history(run.id)] == [
