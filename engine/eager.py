@@ -44,15 +44,18 @@ class EagerSteps:
             thread.start()
         return self
 
-    def stop(self) -> list:
-        """Finish the steps running now; return the dispatches not started (to send instead)."""
+    def stop(self, timeout: float = 30.0) -> list:
+        """Let the steps running now finish (for up to ``timeout`` seconds in all: one still
+        running after that is sent again by a reconciler, like a lost message); return the
+        dispatches not started, to send to the broker instead."""
         with self._wake:
             self._stopped = True
             left = [dispatch for dispatch, _run, _expected in self._queue]
             self._queue.clear()
             self._wake.notify_all()
+        deadline = time.monotonic() + timeout
         for thread in self._workers:
-            thread.join(30)
+            thread.join(max(0.0, deadline - time.monotonic()))
         return left
 
     def offer(self, dispatch, run: dict) -> bool:
