@@ -68,20 +68,6 @@ class Batcher:
                 return
         _finish(done, *_apply_alone(self.rt, run_id, op))
 
-    def apply(self, run_id, op):
-        """Apply ``op`` in the next batch and wait for it: its outcome, or its error raised."""
-        result, ready = [], threading.Event()
-
-        def done(outcome, error):
-            result.extend((outcome, error))
-            ready.set()
-
-        self.submit(run_id, op, done)
-        ready.wait()
-        if result[1] is not None:
-            raise result[1]
-        return result[0]
-
     def _loop(self) -> None:
         while True:
             with self._wake:

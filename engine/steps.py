@@ -63,15 +63,21 @@ class StepExecutor:
         self.claim_after = min(1.0, rt.settings.resend_after / 4)
 
     def execute(self, task_id: str) -> None:
+        """Run a delivered task (the actor)."""
+        self._once(task_id, lambda: self.load(task_id))
+
+    def _once(self, task_id: str, begin, limit=None) -> None:
+        """Run the task ``begin()`` loads, unless this process already runs it (a twin delivery:
+        the first one runs it). The task stays ours until its result is applied."""
         with self._lock:
             if task_id in self.running:
-                return  # a twin delivery to this process: the first one runs it
+                return
             self.running[task_id] = None
         handed_over = False
         try:
-            loaded = self.load(task_id)
+            loaded = begin()
             if loaded is not None:
-                self.run(loaded)
+                self.run(loaded, limit)
                 handed_over = True
         finally:
             if not handed_over:
@@ -106,21 +112,11 @@ class StepExecutor:
 
         ``limit``: (Dramatiq's time-limit monitor, this thread's id, seconds), for a thread
         Dramatiq does not time itself."""
-        with self._lock:
-            if task["id"] in self.running:
-                return
-            self.running[task["id"]] = None
-        handed_over = False
-        try:
-            row = {"id": task["id"], "run_id": run["id"], "state": task["state"], "name": task["name"],
-                   "attempt": task["attempt"] + 1, "entry_seq": task["entry_seq"],
-                   "available_at": task["available_at"], "workflow": run["workflow"],
-                   "version": run["version"], "data": run["data"], "business_key": run["business_key"]}
-            self.run(self._begin(row, time.time(), "eager"), limit)
-            handed_over = True
-        finally:
-            if not handed_over:
-                self._release(task["id"])
+        row = {"id": task["id"], "run_id": run["id"], "state": task["state"], "name": task["name"],
+               "attempt": task["attempt"] + 1, "entry_seq": task["entry_seq"],
+               "available_at": task["available_at"], "workflow": run["workflow"],
+               "version": run["version"], "data": run["data"], "business_key": run["business_key"]}
+        self._once(task["id"], lambda: self._begin(row, time.time(), "eager"), limit)
 
     def run(self, loaded, limit=None) -> None:
         """Call the step and hand its result over; the task is released once it is applied."""

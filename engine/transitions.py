@@ -489,14 +489,14 @@ class Change:
 _TASK_COLUMNS = [c.label("task__" + c.name) for c in tasks.c]
 
 
-def _locking(statement, dialect, of):
+def _locking(statement, dialect, of, skip_locked=False):
     """FOR UPDATE where the database locks rows: on PostgreSQL of every table in ``of``, since a
     row joined but not locked is read as of the statement's snapshot (after waiting for the
     run's lock, a task would be its version from before the holder's change, and a stale
     attempt would pass the fence). MariaDB has no FOR UPDATE OF and locks every row read."""
     if dialect == "sqlite":
         return statement
-    return statement.with_for_update(of=of if dialect == "postgresql" else None)
+    return statement.with_for_update(of=of if dialect == "postgresql" else None, skip_locked=skip_locked)
 
 
 _LOCK_RUN = hotsql.Statement(lambda dialect, _keys: _locking(
@@ -510,24 +510,17 @@ _LOCK_RUNS_WITH_TASKS = hotsql.Statement(lambda dialect, keys: _locking(
     .where(tasks.c.id.in_([_b(k) for k in keys])).order_by(runs.c.id), dialect, [runs, tasks]))
 
 
-def _due_timers(dialect, _keys):
-    statement = (select(runs, *[c.label("timer__" + c.name) for c in timers.c])
-                 .join(timers, timers.c.run_id == runs.c.id)
-                 .where(timers.c.status == "armed", timers.c.due_at <= _b("b_now"))
-                 .order_by(timers.c.due_at).limit(_b("b_limit")))
-    if dialect == "sqlite":
-        return statement
-    # Several workers fire timers at once: each takes runs the others have not locked.
-    # The timer is locked too: a run another batch fired and unlocked after this
-    # statement began is then read as it is now (its timer fired, so left out), not as
-    # the snapshot's armed row, which would fire a second time.
-    return statement.with_for_update(of=[runs, timers] if dialect == "postgresql" else None, skip_locked=True)
+# Several workers fire timers at once: each takes runs the others have not locked. The timer
+# is locked too: a run another batch fired and unlocked after this statement began is then
+# read as it is now (its timer fired, so left out), not as the snapshot's armed row, which
+# would fire a second time.
+_DUE_TIMERS = hotsql.Statement(lambda dialect, _keys: _locking(
+    select(runs, *[c.label("timer__" + c.name) for c in timers.c]).join(timers, timers.c.run_id == runs.c.id)
+    .where(timers.c.status == "armed", timers.c.due_at <= _b("b_now"))
+    .order_by(timers.c.due_at).limit(_b("b_limit")), dialect, [runs, timers], skip_locked=True))
 
 
-_DUE_TIMERS = hotsql.Statement(_due_timers)
-
-
-def lock_run(conn, db, run_id) -> dict:
+def lock_run(conn, run_id) -> dict:
     found = hotsql.fetch(conn, _LOCK_RUN, {"b_run": run_id})
     if not found:
         raise RunNotFound(run_id)
@@ -537,13 +530,13 @@ def lock_run(conn, db, run_id) -> dict:
 _RUN_KEYS = [c.key for c in runs.c]
 
 
-def _split(found) -> tuple[dict, dict]:
-    """(run, task) from a row of runs' columns and tasks' labelled ``task__<name>``."""
+def _split(found, prefix="task__") -> tuple[dict, dict]:
+    """(run, other) from a row of runs' columns and another table's, labelled ``<prefix><name>``."""
     row = {key: found.pop(key) for key in _RUN_KEYS}
-    return row, {key[6:]: value for key, value in found.items()}
+    return row, {key[len(prefix):]: value for key, value in found.items()}
 
 
-def lock_runs_with_tasks(conn, db, task_ids) -> dict:
+def lock_runs_with_tasks(conn, task_ids) -> dict:
     """task id -> (locked run, task) for a batch, locking runs in id order."""
     out = {}
     for found in hotsql.fetch(conn, _LOCK_RUNS_WITH_TASKS, {f"t{i}": t for i, t in enumerate(task_ids)}):
@@ -552,11 +545,11 @@ def lock_runs_with_tasks(conn, db, task_ids) -> dict:
     return out
 
 
-def lock_run_with_task(conn, db, run_id, task_id) -> tuple[dict, dict | None]:
+def lock_run_with_task(conn, run_id, task_id) -> tuple[dict, dict | None]:
     """The locked run and one of its tasks, in one round trip (the step-result hot path)."""
     found = hotsql.fetch(conn, _LOCK_RUN_WITH_TASK, {"b_run": run_id, "b_task": task_id})
     if not found:
-        return lock_run(conn, db, run_id), None
+        return lock_run(conn, run_id), None
     return _split(found[0])
 
 
@@ -585,9 +578,9 @@ def _perform(rt, conn, run_id, op) -> Outcome:
     else:
         task_id = getattr(op, "task_id", None)
         if task_id is not None:
-            row, task = lock_run_with_task(conn, rt.db, run_id, task_id)
+            row, task = lock_run_with_task(conn, run_id, task_id)
         else:
-            row, task = lock_run(conn, rt.db, run_id), None
+            row, task = lock_run(conn, run_id), None
         cls = rt.registry.get(row["workflow"], row["version"])
         change = Change(rt, conn, row, cls, now, task=task)
     op.perform(change)
@@ -604,7 +597,7 @@ def apply_many(rt, items, after_commit=None) -> list:
     caller then applies each item alone. After the commit, each outcome is dispatched.
     """
     def work(conn):
-        found = lock_runs_with_tasks(conn, rt.db, [op.task_id for _, op in items])
+        found = lock_runs_with_tasks(conn, [op.task_id for _, op in items])
         locked = []
         for run_id, op in items:
             row, task = found.get(op.task_id, (None, None))
@@ -638,9 +631,7 @@ def fire_due_timers(rt, make_op, limit: int) -> int:
         found = hotsql.fetch(conn, _DUE_TIMERS, {"b_now": time.time(), "b_limit": limit})
         locked, seen = [], set()
         for mapping in found:
-            row, timer = {}, {}
-            for key, value in mapping.items():
-                (timer if key.startswith("timer__") else row)[key.removeprefix("timer__")] = value
+            row, timer = _split(mapping, "timer__")
             if row["id"] not in seen:  # a run's next due timer waits for the next pass
                 seen.add(row["id"])
                 locked.append((row, None, make_op(timer)))

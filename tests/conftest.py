@@ -77,6 +77,18 @@ def pg_database_url():
     admin.dispose()
 
 
+def drop_engine_connections(url) -> int:
+    """Have PostgreSQL terminate the engine's pooled connections (not psql's or this one)."""
+    admin = create_engine(url, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        killed = conn.execute(text(
+            "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
+            "WHERE datname = current_database() AND pid <> pg_backend_pid() AND application_name = ''"
+        )).scalar()
+    admin.dispose()
+    return killed
+
+
 def empty_tables(url):
     engine = create_engine(url)
     with engine.begin() as conn:
