@@ -196,6 +196,9 @@ class Explanation(BaseModel):
     timers: list[TimerOut]
     tasks: list[TaskOut]
     waiting_for: str
+    workflow_not_loaded: str | None = Field(
+        None, description="set when this process has not loaded the run's workflow (version): why "
+                          "the accepted events are unknown here and which worker the run waits for")
 
 
 class StateOut(BaseModel):

@@ -5,17 +5,32 @@ import time
 from sqlalchemy import select
 
 from . import machine as m
+from .errors import WorkflowNotFound
 from .models import history, runs, tasks, timers
 from .queries import get_run
 from .timeparse import iso
 from .transitions import ACTIVE, OPEN_TASK
 
 
+def not_loaded(rt, workflow: str, version: int) -> str:
+    """Why this process leaves a run alone: it has not loaded the run's workflow (version).
+
+    A process knows only what it has loaded, so this says nothing about other workers."""
+    others = [v for v in rt.registry.versions(workflow) if v != version]
+    loaded_instead = f"; it loads {workflow} " + ", ".join(f"v{v}" for v in others) if others else ""
+    return (f"workflow {workflow} v{version} is not loaded in this process "
+            f"(INTERLOCK_WORKFLOWS={rt.settings.workflows}{loaded_instead}): its timers, steps and lost "
+            f"tasks are left to a worker that loads it, and its events cannot be checked here")
+
+
 def explain(rt, run_id: str) -> dict:
     now = time.time()
     with rt.db.read() as conn:
         run = get_run(conn, run_id)
-        cls = rt.registry.get(run.workflow, run.version)
+        try:
+            cls = rt.registry.get(run.workflow, run.version)
+        except WorkflowNotFound:
+            cls = None
         last_entry = max(conn.execute(select(runs.c.entries).where(runs.c.id == run_id)).scalar().values(),
                          default=0)
         entered = conn.execute(select(history.c.at).where(
@@ -26,11 +41,20 @@ def explain(rt, run_id: str) -> dict:
         open_tasks = conn.execute(select(tasks).where(
             tasks.c.run_id == run_id, tasks.c.status.in_((*OPEN_TASK, "failed")))
             .order_by(tasks.c.created_at.desc())).mappings().all()
-        ctx = m.RunContext(id=run.id, workflow=run.workflow, version=run.version,
-                           data=dict(run.data), business_key=run.business_key, status=run.status)
-        machine = m.restore(cls, ctx, list(run.configuration))
-        accepted, blocked = _events(machine, ctx, conn, run.status)
-    outstanding = [_task(t, cls, now) for t in open_tasks if _is_current(t, run)]
+        accepted, blocked = [], []
+        if cls is not None:
+            ctx = m.RunContext(id=run.id, workflow=run.workflow, version=run.version,
+                               data=dict(run.data), business_key=run.business_key, status=run.status)
+            machine = m.restore(cls, ctx, list(run.configuration))
+            accepted, blocked = _events(machine, ctx, conn, run.status)
+    outstanding = [_task(t, now) for t in open_tasks if _is_current(t, run)]
+    unloaded = None if cls is not None else not_loaded(rt, run.workflow, run.version)
+    waiting_for = _summary(run, accepted, armed, outstanding)
+    if unloaded is not None and (run.status in ACTIVE or run.status == "failed"):
+        # Without the class the events it accepts are unknown: an event is always possible.
+        pending = waiting_for if armed or outstanding else "an event"
+        waiting_for = (f"a worker that loads workflow {run.workflow} v{run.version} (this process does not), "
+                       f"for: {pending}")
     return {
         "run_id": run.id, "status": run.status, "state": run.state,
         "entered_at": iso(entered), "in_state_seconds": round(now - entered, 3) if entered else None,
@@ -39,7 +63,8 @@ def explain(rt, run_id: str) -> dict:
                     "status": t.status, "due_at": iso(t.due_at),
                     "fires_in_seconds": round(t.due_at - now, 3)} for t in armed],
         "tasks": outstanding,
-        "waiting_for": _summary(run, accepted, armed, outstanding),
+        "waiting_for": waiting_for,
+        "workflow_not_loaded": unloaded,
     }
 
 
@@ -66,7 +91,7 @@ def _events(machine, ctx, conn, status):
     return accepted, blocked
 
 
-def _task(task, cls, now) -> dict:
+def _task(task, now) -> dict:
     next_retry = task.available_at if task.status == "queued" and task.attempt > 0 else None
     return {
         "id": task.id, "kind": task.kind, "name": task.name, "state": task.state,

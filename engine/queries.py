@@ -3,7 +3,7 @@
 import math
 from dataclasses import asdict, dataclass
 
-from sqlalchemy import and_, or_, select, text
+from sqlalchemy import and_, false, or_, select, text
 
 from .errors import InvalidData, RunNotFound
 from .ids import ID_SLACK, id_at
@@ -132,6 +132,12 @@ def created_between(after: float | None, before: float | None) -> list:
         if math.isfinite(before):
             conditions.append(runs.c.id <= id_at(before + ID_SLACK, "f"))
     return conditions
+
+
+def of_loaded_workflows(registry):
+    """Runs whose (workflow, version) ``registry`` has loaded: one (name AND versions) per name."""
+    return or_(false(), *(and_(runs.c.workflow == name, runs.c.version.in_(registry.versions(name)))
+                          for name in registry.names()))
 
 
 def in_state(state: str):

@@ -3,22 +3,33 @@
 The broker only moves messages; this loop is what guarantees progress. It runs once at
 start-up and then every ``poll_interval`` seconds. Several of them may run at once (one
 per worker process): every action it takes is idempotent under the run's lock.
+
+Each duty takes only runs of the workflows (and versions) this process has loaded: a run of
+another one is left to a process that loads it, and reported once, as a warning.
 """
 
 import logging
 import threading
 import time
 
-from sqlalchemy import and_, or_, select, update
+from sqlalchemy import and_, not_, or_, select, update
 
 from .errors import InterlockError
+from .explain import not_loaded
 from .models import runs, tasks, timers
 from .operations import StepFailed, TimerFired
+from .queries import of_loaded_workflows
 from .transitions import apply, fire_due_timers
 
 log = logging.getLogger(__name__)
 BATCH = 500
 TIMER_BATCH = 200
+# Runs of workflows not loaded here are looked for every UNLOADED_EVERY passes, among the first
+# UNLOADED_SCAN due timers or tasks of each duty (a bounded index walk, whatever the table size).
+UNLOADED_EVERY = 10
+UNLOADED_SCAN = 1000
+UNLOADED_BATCH = 100
+MAX_REPORTED = 10_000  # run ids remembered as reported
 # Why a running task whose lease ended counts as a failed attempt, by task kind.
 LOST_ERROR = {
     "step": "WorkerLost: the worker stopped renewing its lease (crashed or was killed)",
@@ -32,6 +43,9 @@ class Reconciler:
         self.rt = rt
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self._reported: dict[str, None] = {}  # runs already reported as not loaded here, oldest first
+        self._reporting = threading.Lock()
+        self._passes = 0
 
     def start(self) -> "Reconciler":
         self._thread = threading.Thread(target=self._loop, name="interlock-reconciler", daemon=True)
@@ -59,7 +73,12 @@ class Reconciler:
         fired = self.fire_due_timers()
         sent = self.send_outbox()
         recovered = self.recover_lost_tasks()
-        return fired >= TIMER_BATCH or max(sent, recovered) >= BATCH
+        busy = fired >= TIMER_BATCH or max(sent, recovered) >= BATCH
+        with self._reporting:
+            look, self._passes = self._passes % UNLOADED_EVERY == 0, self._passes + 1
+        if look and not busy:  # through a backlog, the runs this process can move come first
+            self.report_unloaded()
+        return busy
 
     def renew_leases(self) -> None:
         self.rt.executor.keep_leases()
@@ -71,8 +90,8 @@ class Reconciler:
         except Exception:
             log.warning("a batch of due timers failed; firing them one by one", exc_info=True)
         with self.rt.db.read() as conn:
-            due = conn.execute(select(timers.c.id, timers.c.run_id).where(
-                timers.c.status == "armed", timers.c.due_at <= time.time(),
+            due = conn.execute(select(timers.c.id, timers.c.run_id).join(runs, runs.c.id == timers.c.run_id).where(
+                timers.c.status == "armed", timers.c.due_at <= time.time(), of_loaded_workflows(self.rt.registry),
             ).order_by(timers.c.due_at).limit(TIMER_BATCH)).all()
         for timer_id, run_id in due:
             try:
@@ -91,17 +110,14 @@ class Reconciler:
         if not self.rt.dispatcher.delivers:
             return 0
         now = time.time()
-        stale = now - self.rt.settings.resend_after
-        # Each re-send waits at least as long as the task had already waited when it was last
-        # sent (R, 2R, 4R, …): behind a long queue, copies do not pile up faster than it drains.
-        needs_send = and_(tasks.c.status == "queued", tasks.c.kind == "step", tasks.c.available_at <= now,
-                          or_(tasks.c.sent_at.is_(None),
-                              and_(tasks.c.sent_at < stale, tasks.c.available_at < stale,
-                                   now - tasks.c.sent_at > tasks.c.sent_at - tasks.c.available_at)))
+        needs_send = self._needs_send(now)
+        # Only tasks of workflows loaded here: their time limit is known, and a process that
+        # lacks the workflow would only hand its task to the broker for any worker to fail it.
         with self.rt.db.read() as conn:
             pending = conn.execute(
                 select(tasks.c.id, tasks.c.state, runs.c.workflow, runs.c.version)
-                .join(runs, runs.c.id == tasks.c.run_id).where(needs_send).limit(BATCH)).all()
+                .join(runs, runs.c.id == tasks.c.run_id)
+                .where(needs_send, of_loaded_workflows(self.rt.registry)).limit(BATCH)).all()
         if not pending:
             return 0
         taken = self._take(needs_send, [task_id for task_id, *_ in pending], now)
@@ -116,6 +132,15 @@ class Reconciler:
             log.info("sent %d task(s) from the outbox", sent)
         return len(pending)
 
+    def _needs_send(self, now):
+        stale = now - self.rt.settings.resend_after
+        # Each re-send waits at least as long as the task had already waited when it was last
+        # sent (R, 2R, 4R, …): behind a long queue, copies do not pile up faster than it drains.
+        return and_(tasks.c.status == "queued", tasks.c.kind == "step", tasks.c.available_at <= now,
+                    or_(tasks.c.sent_at.is_(None),
+                        and_(tasks.c.sent_at < stale, tasks.c.available_at < stale,
+                             now - tasks.c.sent_at > tasks.c.sent_at - tasks.c.available_at)))
+
     def _take(self, needs_send, task_ids, now) -> set:
         """Mark the tasks still needing a send as sent, in one transaction; the ids this one took."""
         with self.rt.db.write(self.rt.db.lease_engine) as conn:
@@ -128,14 +153,48 @@ class Reconciler:
 
     def recover_lost_tasks(self) -> int:
         """Running tasks whose lease expired: their worker died (a step's) or let the visibility
-        timeout pass (an activity's). Each counts as a failed attempt, and is queued again."""
+        timeout pass (an activity's). Each counts as a failed attempt, and is queued again.
+        Only of workflows loaded here: the retry policy is the workflow's."""
         with self.rt.db.read() as conn:
             lost = conn.execute(select(tasks.c.id, tasks.c.run_id, tasks.c.attempt, tasks.c.claimed_at,
-                                       tasks.c.kind).where(
-                tasks.c.status == "running", tasks.c.lease_until < time.time()).limit(BATCH)).all()
+                                       tasks.c.kind).join(runs, runs.c.id == tasks.c.run_id).where(
+                tasks.c.status == "running", tasks.c.lease_until < time.time(),
+                of_loaded_workflows(self.rt.registry)).limit(BATCH)).all()
         for task_id, run_id, attempt, claimed_at, kind in lost:
             log.warning("%s task %s of run %s lost its worker (lease expired); retrying", kind, task_id, run_id,
                         extra={"run_id": run_id, "task_id": task_id})
             apply(self.rt, run_id, StepFailed(task_id, attempt, LOST_ERROR.get(kind, LOST_ERROR["step"]), None,
                                               claimed_at, lost=True))
         return len(lost)
+
+    def report_unloaded(self) -> int:
+        """Warn once per run about runs with a due timer, a step to send or a lost task whose
+        workflow (version) this process has not loaded, so no duty here takes them."""
+        now = time.time()
+        waiting = {
+            "a due timer": select(timers.c.run_id).where(timers.c.status == "armed", timers.c.due_at <= now)
+            .order_by(timers.c.due_at),
+            "a lost task": select(tasks.c.run_id).where(tasks.c.status == "running", tasks.c.lease_until < now),
+        }
+        if self.rt.dispatcher.delivers:
+            waiting["a step to send"] = select(tasks.c.run_id).where(self._needs_send(now))
+        other = not_(of_loaded_workflows(self.rt.registry))
+        found: dict[str, tuple] = {}
+        with self.rt.db.read() as conn:
+            for what, run_ids in waiting.items():
+                # The LIMIT inside keeps the planner on the index: no scan of all runs for the NOT.
+                scanned = run_ids.limit(UNLOADED_SCAN).subquery()
+                query = (select(runs.c.id, runs.c.workflow, runs.c.version)
+                         .join(scanned, scanned.c.run_id == runs.c.id).where(other).limit(UNLOADED_BATCH))
+                for run_id, workflow, version in conn.execute(query):
+                    found.setdefault(run_id, (workflow, version, []))[2].append(what)
+        with self._reporting:
+            new = [(run_id, *facts) for run_id, facts in found.items() if run_id not in self._reported]
+            for run_id, *_ in new:
+                self._reported[run_id] = None
+            while len(self._reported) > MAX_REPORTED:
+                del self._reported[next(iter(self._reported))]
+        for run_id, workflow, version, what in new:
+            log.warning("run %s has %s, skipped: %s", run_id, " and ".join(dict.fromkeys(what)),
+                        not_loaded(self.rt, workflow, version), extra={"run_id": run_id})
+        return len(new)

@@ -15,7 +15,7 @@ import json
 import time
 from dataclasses import dataclass, field
 
-from sqlalchemy import Double, bindparam, func, insert, select, update
+from sqlalchemy import Double, and_, bindparam, func, insert, or_, select, update
 from statemachine.exceptions import TransitionNotAllowed
 
 from . import hotsql
@@ -514,10 +514,29 @@ _LOCK_RUNS_WITH_TASKS = hotsql.Statement(lambda dialect, keys: _locking(
 # is locked too: a run another batch fired and unlocked after this statement began is then
 # read as it is now (its timer fired, so left out), not as the snapshot's armed row, which
 # would fire a second time.
-_DUE_TIMERS = hotsql.Statement(lambda dialect, _keys: _locking(
+# Only runs of the (workflow, version) pairs this process loads are taken: a run of another
+# workflow is never locked here, so it cannot fail the batch (a process that loads it fires it).
+_DUE_TIMERS = hotsql.Statement(lambda dialect, keys: _locking(
     select(runs, *[c.label("timer__" + c.name) for c in timers.c]).join(timers, timers.c.run_id == runs.c.id)
-    .where(timers.c.status == "armed", timers.c.due_at <= _b("b_now"))
+    .where(timers.c.status == "armed", timers.c.due_at <= _b("b_now"), _of_loaded_binds(keys))
     .order_by(timers.c.due_at).limit(_b("b_limit")), dialect, [runs, timers], skip_locked=True))
+
+
+def _loaded_binds(registry) -> dict:
+    """The loaded workflows as binds: ``b_w<i>`` a name, ``b_w<i>_v<j>`` its versions."""
+    binds = {}
+    for i, name in enumerate(registry.names()):
+        binds[f"b_w{i}"] = name
+        for j, version in enumerate(registry.versions(name)):
+            binds[f"b_w{i}_v{j}"] = version
+    return binds
+
+
+def _of_loaded_binds(keys):
+    """The condition ``_loaded_binds`` fills in: one (workflow = name AND version IN ...) per name."""
+    names = [k for k in keys if k.startswith("b_w") and "_v" not in k]
+    return or_(*(and_(runs.c.workflow == _b(name), runs.c.version.in_(
+        [_b(k) for k in keys if k.startswith(name + "_v")])) for name in names))
 
 
 def lock_run(conn, run_id) -> dict:
@@ -626,9 +645,14 @@ def perform_locked(rt, conn, locked) -> list:
 
 
 def fire_due_timers(rt, make_op, limit: int) -> int:
-    """Fire up to ``limit`` due timers (one per run) in one transaction; how many were due."""
+    """Fire up to ``limit`` due timers (one per run, of workflows this process loads) in one
+    transaction; how many were due."""
+    loaded = _loaded_binds(rt.registry)
+    if not loaded:
+        return 0
+
     def work(conn):
-        found = hotsql.fetch(conn, _DUE_TIMERS, {"b_now": time.time(), "b_limit": limit})
+        found = hotsql.fetch(conn, _DUE_TIMERS, {"b_now": time.time(), "b_limit": limit, **loaded})
         locked, seen = [], set()
         for mapping in found:
             row, timer = _split(mapping, "timer__")

@@ -66,10 +66,13 @@ def run_page(run_id):
 def _run_context(rt, run, after):
     cls, why, problem = None, None, None
     try:
-        cls = rt.registry.get(run.workflow, run.version)
         why = explain(rt, run.id)
-    except InterlockError as exc:  # a workflow (version) this process does not load
+    except InterlockError as exc:
         problem = str(exc)
+    else:
+        problem = why["workflow_not_loaded"]  # explain still reads what the tables say
+        if problem is None:
+            cls = rt.registry.get(run.workflow, run.version)
     visited, taken = data.path_of(rt, run.id)
     svg = diagram.render(cls, current=run.configuration, visited=visited, taken=taken,
                          label=f"state diagram of {run.workflow} v{run.version}, current state {run.state}") \
