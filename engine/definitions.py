@@ -4,6 +4,7 @@ Everything here is checked when the workflow class is created, so a mistake in a
 definition fails at import with a :class:`DefinitionError`, not on the first run.
 """
 
+import inspect
 import re
 from dataclasses import dataclass, field
 from datetime import timedelta
@@ -195,7 +196,9 @@ class WorkflowMeta(StateMachineMetaclass):
         cls.workflow_name = workflow_name
         # python-statemachine overwrites ``name`` with the class name; keep the workflow's.
         cls.name = workflow_name
+        cls._states_by_id = {state.id: state for state in cls.states_map.values()}
         _check_not_overwritten(cls, name, attrs)
+        _check_callbacks(cls, name)
         _check_and_collect(cls, name)
 
 
@@ -211,21 +214,96 @@ def _check_not_overwritten(cls, class_name, attrs):
 
 
 def _resolve(cls, ref, what) -> str:
+    """The id of the state ``ref`` (a State, or a state id) names."""
     if isinstance(ref, str):
-        if ref not in cls.states_map:
+        if ref not in cls._states_by_id:
             raise DefinitionError(f"{cls.__name__}: {what} names unknown state {ref!r}")
         return ref
     # Identity, not equality: python-statemachine compares states by name and id, so a
     # state of another workflow with the same name would otherwise pass for one of ours.
-    for value, state in cls.states_map.items():
+    for state in cls.states_map.values():
         if state is ref:
-            return value
+            return state.id
     raise DefinitionError(f"{cls.__name__}: {what} uses state {ref!r}, which is not a state of this workflow")
 
 
 def _only_event_leaving(cls, state_id) -> str | None:
-    events = {e.id for t in cls.states_map[state_id].transitions for e in t.events}
+    events = {e.id for t in cls._states_by_id[state_id].transitions for e in t.events}
     return events.pop() if len(events) == 1 else None
+
+
+# Generic callback names python-statemachine looks up on every machine, model and listener.
+_GENERIC_CALLBACKS = ("prepare_event", "before_transition", "on_transition", "after_transition",
+                      "on_enter_state", "on_exit_state", "on_invoke_state")
+
+
+def _callbacks_declared(cls):
+    """(what, callable) for each callback the definition names: methods found by convention or
+    by name, and callables given to states and transitions."""
+    owners = [cls] + [entry for entry in getattr(cls, "listeners", []) or []]
+
+    def named(name):
+        for owner in owners:
+            found = inspect.getattr_static(owner, name, None)
+            if found is not None:
+                yield name, found
+
+    for name in _GENERIC_CALLBACKS:
+        yield from named(name)
+    for state in cls.states_map.values():
+        for group in ("enter", "exit", "invoke"):
+            for spec in getattr(state, group):
+                yield from _spec_callables(spec, named, f"state {state.id} {group}")
+        for transition in state.transitions:
+            for group in ("validators", "cond", "before", "on", "after"):
+                for spec in getattr(transition, group):
+                    yield from _spec_callables(spec, named, f"transition {transition}")
+
+
+def _spec_callables(spec, named, what):
+    func = spec.func
+    if isinstance(func, str):
+        yield from named(func)
+    elif isinstance(func, property):
+        yield what, func.fget
+    elif callable(func):
+        yield what, func
+
+
+def _found_on(cls, name) -> bool:
+    owners = [cls] + list(getattr(cls, "listeners", []) or [])
+    return any(inspect.getattr_static(owner, name, None) is not None for owner in owners)
+
+
+def _check_callbacks(cls, class_name):
+    """Refuse what cannot run inside a run's database transaction, at import, not at start."""
+    for name, func in _callbacks_declared(cls):
+        target = getattr(func, "__func__", func)
+        if isinstance(target, (staticmethod, classmethod)):
+            target = target.__func__
+        if inspect.iscoroutinefunction(target) or inspect.isasyncgenfunction(target):
+            raise DefinitionError(
+                f"{class_name}: callback {name} is async; callbacks run synchronously inside the "
+                "run's database transaction. Make it a plain function, or move the async work into "
+                "a step (`@step(state)` on an `async def`), which runs in a worker")
+    for state in cls.states_map.values():
+        if any(not spec.is_convention or _found_on(cls, spec.func) for spec in state.invoke):
+            raise DefinitionError(
+                f"{class_name}: state {state.id!r} has an invoke callback; invoked work would run "
+                "inside the run's transaction and be lost with the process. Use a step or an "
+                "activity on that state instead")
+    for state in cls.states_map.values():
+        for history in getattr(state, "history", ()) or ():
+            if not list(history.transitions):
+                raise DefinitionError(
+                    f"{class_name}: history state {history.id!r} of {state.id!r} has no default "
+                    f"transition; entered before anything is remembered, python-statemachine would "
+                    f"leave the run in no state at all. Add one: `{history.id}.to(<a child of {state.id}>)`")
+    for event in cls._events:
+        if event.delay:
+            raise DefinitionError(
+                f"{class_name}: event {event.id!r} has a delay; python-statemachine would sleep "
+                "inside the run's transaction. Use a durable timer: after(duration, state, send=...)")
 
 
 def _check_and_collect(cls, class_name):
@@ -234,7 +312,7 @@ def _check_and_collect(cls, class_name):
     if not isinstance(getattr(cls, "version", None), int) or cls.version < 1:
         raise DefinitionError(f"{class_name}: set `version` to an int >= 1")
     events = {e.id for e in cls._events}
-    finals = {s.value for s in cls.states_map.values() if s.final}
+    finals = {s.id for s in cls.states_map.values() if s.final}
 
     def check_event(ev, what):
         if ev is not None and ev not in events:

@@ -10,7 +10,8 @@ from . import machine as m
 def describe(cls) -> dict:
     steps = cls._steps
     states, transitions = [], []
-    for value, state in cls.states_map.items():
+    for state in cls.states_map.values():
+        value = state.id
         states.append({
             "id": value, "name": state.name, "initial": state.initial, "final": state.final,
             "status": cls.status_of_final(value) if state.final else None,
@@ -20,7 +21,7 @@ def describe(cls) -> dict:
         })
         for t in state.transitions:
             for target in t.targets:
-                transitions.append({"event": t.event, "source": value, "target": target.value,
+                transitions.append({"event": t.event, "source": value, "target": target.id,
                                     "guards": [str(spec) for spec in t.cond]})
     return {
         "name": cls.workflow_name, "version": cls.version,

@@ -110,6 +110,15 @@ class Arrays:
         return cls(f"INSERT INTO {table.name} ({', '.join(keys)}) SELECT * FROM :rows",
                    {key: table.c[key] for key in keys})
 
+    @classmethod
+    def update(cls, table, values: dict, key: tuple) -> "Arrays":
+        """``UPDATE table SET column = u.<bind>, ...`` for ``values`` (bind name -> column),
+        matching rows by ``key`` (bind name, column): the form of one Core UPDATE for a batch."""
+        key_name, key_column = key
+        sets = ", ".join(f"{column.name} = u.{name}" for name, column in values.items())
+        return cls(f"UPDATE {table.name} SET {sets} FROM :rows WHERE {table.name}.{key_column.name} = u.{key_name}",
+                   {key_name: key_column, **values})
+
 
 def _pg_type(column) -> str:
     kind = column.type

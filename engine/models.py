@@ -31,6 +31,8 @@ runs = Table(
     Column("configuration", JSON, nullable=False),
     # History seq at which each active state was entered: tasks and timers are bound to it.
     Column("entries", JSON, nullable=False),
+    # What the workflow's history pseudo-states remember: {history state id: [state ids]}.
+    Column("history_values", JSON),
     Column("data", JSON, nullable=False),
     Column("business_key", String(255)),
     Column("idempotency_key", String(255)),

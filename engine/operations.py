@@ -28,7 +28,7 @@ class Start:
 
     def begin(self, rt, conn, now) -> Change:
         row = {"id": new_id(), "workflow": self.cls.workflow_name, "version": self.cls.version,
-               "status": "running", "state": "", "configuration": [], "entries": {},
+               "status": "running", "state": "", "configuration": [], "entries": {}, "history_values": None,
                "data": self.data, "business_key": self.business_key,
                "idempotency_key": self.idempotency_key, "last_seq": 0, "open_tasks": 0, "open_timers": 0,
                "created_at": now, "updated_at": now, "finished_at": None}
@@ -36,8 +36,7 @@ class Start:
 
     def perform(self, change: Change):
         if m.is_plain(self.cls):  # no entry callback can run: the initial state is all there is
-            change.configuration = [self.cls.initial_state.value]
-            change.ctx.configuration = self.cls.initial_state.value
+            change.configuration = [self.cls.initial_state.id]
         else:
             try:
                 change.machine = m.create(self.cls, change.ctx, run=change.ctx, db=change.conn,
@@ -59,6 +58,8 @@ class SendEvent:
     cause: str = "event"
 
     def perform(self, change: Change):
+        if change.status not in ACTIVE and change.cls.allow_event_without_transition:
+            return  # as python-statemachine, such a workflow ignores events once it has ended
         require_active(change, f"take event {self.event!r}")
         change.send(self.event, self.data, self.cause)
 
@@ -141,7 +142,7 @@ class StepDone:
             return
         change.record("step_succeeded", cause="step", event=self.result.event,
                       data=self.result.data, detail=detail)
-        change.send(self.result.event, self.result.data, "step", detail={"task": task["id"]})
+        change.send(self.result.event, self.result.data, "step", detail={"task": task["id"]}, merge=True)
 
 
 @dataclass

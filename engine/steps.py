@@ -9,7 +9,9 @@ race before either claims both run the function (at-least-once), but only the fi
 result is applied: the attempt number is the fencing token checked under the run's lock.
 """
 
+import asyncio
 import copy
+import inspect
 import logging
 import threading
 import time
@@ -23,7 +25,8 @@ from . import hotsql
 from . import machine as m
 from . import metrics
 from .definitions import Recheck
-from .errors import InterlockError
+from .errors import InterlockError, WorkflowNotFound
+from .explain import not_loaded
 from .models import runs, tasks
 from .operations import StepDone, StepFailed, StepResult
 from .transitions import apply, check_data
@@ -61,6 +64,7 @@ class StepExecutor:
         self._lock = threading.Lock()
         self.running: dict[str, Attempt | None] = {}  # None: being read
         self.claim_after = min(1.0, rt.settings.resend_after / 4)
+        self._warned: set = set()  # runs whose unloaded workflow was reported
 
     def execute(self, task_id: str) -> None:
         """Run a delivered task (the actor)."""
@@ -100,12 +104,31 @@ class StepExecutor:
         return self._begin(row, now, "broker")
 
     def _begin(self, row: dict, now: float, via: str):
+        try:
+            cls = self.rt.registry.get(row["workflow"], row["version"])
+        except WorkflowNotFound:
+            self._hand_back(row)
+            return None
         metrics.observe_claim(row["workflow"], row["available_at"], via)
-        cls = self.rt.registry.get(row["workflow"], row["version"])
         spec = cls.step_for(row["state"])
         with self._lock:
             self.running[row["id"]] = Attempt(row["attempt"], now, now + spec.time_limit + LEASE_GRACE)
         return row, cls, spec, now
+
+    def _hand_back(self, row: dict) -> None:
+        """A task of a workflow this process has not loaded (workers with different
+        INTERLOCK_WORKFLOWS share a queue): marked unsent, so that the reconciler of a process
+        that loads it sends it again on its next pass, instead of after a re-send backoff."""
+        with self.rt.db.write() as conn:
+            conn.execute(update(tasks).where(
+                tasks.c.id == row["id"], tasks.c.status == "queued", tasks.c.attempt == row["attempt"] - 1,
+            ).values(sent_at=None))
+        if row["run_id"] not in self._warned:
+            if len(self._warned) < 10_000:
+                self._warned.add(row["run_id"])
+            log.warning("step %s of run %s handed back: %s", row["name"], row["run_id"],
+                        not_loaded(self.rt, row["workflow"], row["version"]),
+                        extra={"run_id": row["run_id"], "task_id": row["id"]})
 
     def execute_committed(self, task: dict, run: dict, limit=None) -> None:
         """Run a task this process has just committed, from the committed rows (no read).
@@ -124,9 +147,10 @@ class StepExecutor:
         original = row["data"]
         ctx = m.RunContext(id=row["run_id"], workflow=row["workflow"], version=row["version"],
                            data=copy.deepcopy(original), business_key=row["business_key"],
-                           state=row["state"], attempt=row["attempt"], entered_seq=row["entry_seq"])
+                           state=row["state"], attempt=row["attempt"], entered_seq=row["entry_seq"],
+                           task_id=row["id"])
         try:
-            value = _call(spec.func, _bare(cls, ctx), ctx, limit)
+            value = _call(spec.func, _bare(cls, ctx), ctx, limit, spec.time_limit)
             result = to_result(value, spec, original, ctx.data)
         except (Exception, TimeLimitExceeded) as exc:
             self.fail(row, exc, traceback.format_exc(), started_at)
@@ -203,15 +227,34 @@ class StepExecutor:
                         attempt.renewed_at = now
 
 
-def _call(func, instance, ctx, limit):
+def _call(func, instance, ctx, limit, time_limit):
     if limit is None:
-        return func(instance, ctx)
+        return _completed(func(instance, ctx), time_limit)
     monitor, ident, seconds = limit
     monitor.add_timeout(ident, seconds * 1000)
     try:
-        return func(instance, ctx)
+        return _completed(func(instance, ctx), time_limit)
     finally:
         monitor.remove_timeout(ident)
+
+
+def _completed(value, time_limit: float):
+    """An ``async def`` step's value: its coroutine run to the end on a loop of this thread's
+    own, under the step's time limit (Dramatiq's limit cannot interrupt a loop waiting in select)."""
+    if not inspect.iscoroutine(value):
+        return value
+    return asyncio.run(_limited(value, time_limit))
+
+
+async def _limited(coroutine, time_limit: float):
+    limit = asyncio.timeout(time_limit)
+    try:
+        async with limit:
+            return await coroutine
+    except TimeoutError:
+        if limit.expired():  # ours, not one the step raised itself
+            raise TimeLimitExceeded(f"the step ran past its time limit of {time_limit:g} s") from None
+        raise
 
 
 def _bare(cls, ctx):

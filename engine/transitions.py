@@ -66,6 +66,19 @@ def _check_nested(value, what, depth):
             _check_nested(item, what, depth + 1)
 
 
+# Names python-statemachine's send() takes itself, or gives callbacks itself, and ours: event
+# data keys with these names reach callbacks only inside ``data``.
+_RESERVED_ARGUMENTS = frozenset({"delay", "send_id", "internal", "event", "event_data", "machine", "model",
+                                 "transition", "state", "source", "target", "run", "db", "data"})
+
+
+def event_arguments(data: dict) -> dict:
+    """An event's data as keyword arguments for its callbacks, as python-statemachine passes them."""
+    if not data or _RESERVED_ARGUMENTS.isdisjoint(data):
+        return data
+    return {key: value for key, value in data.items() if key not in _RESERVED_ARGUMENTS}
+
+
 @dataclass
 class Dispatch:
     task_id: str
@@ -85,12 +98,11 @@ class Outcome:
 
 # Statements of the hot path, built once: building one costs more than running it.
 _b = bindparam
+# What a change writes to its run, by the bind names of one UPDATE (b_<column>).
+_RUN_WRITES = ("status", "state", "configuration", "entries", "history_values", "data", "last_seq",
+               "open_tasks", "open_timers", "updated_at", "finished_at")
 _UPDATE_RUN = update(runs).where(runs.c.id == _b("b_id")).values(
-    status=_b("b_status"), state=_b("b_state"),
-    configuration=_b("b_configuration", type_=runs.c.configuration.type),
-    entries=_b("b_entries", type_=runs.c.entries.type), data=_b("b_data", type_=runs.c.data.type),
-    last_seq=_b("b_last_seq"), open_tasks=_b("b_open_tasks"), open_timers=_b("b_open_timers"),
-    updated_at=_b("b_updated_at"), finished_at=_b("b_finished_at"))
+    {name: _b("b_" + name, type_=runs.c[name].type) for name in _RUN_WRITES})
 _CLOSE_TASKS = update(tasks).where(
     tasks.c.run_id == _b("b_run"), tasks.c.status.in_(OPEN_TASK),
     tasks.c.state.in_(_b("b_states", expanding=True)),
@@ -129,15 +141,8 @@ def _fixed(statement, arrays: hotsql.Arrays):
 _HOT_INSERT_RUN, _HOT_INSERT_HISTORY = _inserting(runs), _inserting(history)
 _HOT_INSERT_TASKS, _HOT_INSERT_TIMERS = _inserting(tasks), _inserting(timers)
 # The same three UPDATEs for a whole batch on PostgreSQL: one statement over arrays.
-_HOT_UPDATE_RUN = _fixed(_UPDATE_RUN, hotsql.Arrays(
-    "UPDATE runs SET status = u.b_status, state = u.b_state, configuration = u.b_configuration, "
-    "entries = u.b_entries, data = u.b_data, last_seq = u.b_last_seq, open_tasks = u.b_open_tasks, "
-    "open_timers = u.b_open_timers, updated_at = u.b_updated_at, finished_at = u.b_finished_at "
-    "FROM :rows WHERE runs.id = u.b_id",
-    {"b_id": runs.c.id, "b_status": runs.c.status, "b_state": runs.c.state,
-     "b_configuration": runs.c.configuration, "b_entries": runs.c.entries, "b_data": runs.c.data,
-     "b_last_seq": runs.c.last_seq, "b_open_tasks": runs.c.open_tasks, "b_open_timers": runs.c.open_timers,
-     "b_updated_at": runs.c.updated_at, "b_finished_at": runs.c.finished_at}))
+_HOT_UPDATE_RUN = _fixed(_UPDATE_RUN, hotsql.Arrays.update(
+    runs, {"b_" + name: runs.c[name] for name in _RUN_WRITES}, key=("b_id", runs.c.id)))
 _HOT_FINISH_TASK = _fixed(_FINISH_TASK, hotsql.Arrays(
     "UPDATE tasks SET status = u.b_status, attempt = u.b_attempt, claimed_at = u.b_started, "
     "lease_until = NULL, updated_at = u.b_now, last_error = coalesce(u.b_last_error, tasks.last_error), "
@@ -191,8 +196,10 @@ class Change:
         data = copy.deepcopy(row["data"]) if new else row["data"]
         self.ctx = m.RunContext(id=row["id"], workflow=row["workflow"], version=row["version"],
                                 data=data, business_key=row["business_key"], status=row["status"])
-        # Values of the active states; the machine is built only when a change needs one.
+        self.ctx.db = conn
+        # Ids of the active states; the machine is built only when a change needs one.
         self.configuration = list(row["configuration"])
+        self.remembered = row.get("history_values") or {}  # of history pseudo-states
         self._machine = None
         self.entries = dict(row["entries"])
         self.seq = row["last_seq"]
@@ -222,13 +229,18 @@ class Change:
     @property
     def machine(self):
         if self._machine is None:
-            self._machine = m.restore(self.cls, self.ctx, self.configuration)
+            self._machine = m.restore(self.cls, self.ctx, self.configuration, self.remembered)
         return self._machine
 
     @machine.setter
     def machine(self, machine):
         self._machine = machine
-        self.configuration = m.configuration(machine)
+        self._read_machine()
+
+    def _read_machine(self):
+        self.configuration = m.configuration(self._machine)
+        if self._machine.history_values:
+            self.remembered = m.remembered(self._machine)
 
     def leaf_ids(self) -> list[str]:
         return m.leaves(self._machine) if self._machine is not None else m.leaves_of(self.cls, self.configuration)
@@ -250,29 +262,50 @@ class Change:
     def leaves(self) -> str:
         return ",".join(self.leaf_ids())
 
-    def send(self, event: str, data: dict, cause: str, detail=None, triggers: bool = True) -> int:
-        """Send ``event``; raise InvalidTransition (nothing changed) or CallbackError."""
+    def send(self, event: str, data: dict, cause: str, detail=None, triggers: bool = True,
+             merge: bool = False) -> int | None:
+        """Send ``event`` with ``data`` (callbacks get its keys by name, and all of it as ``data``);
+        raise InvalidTransition (nothing changed) or CallbackError.
+
+        ``merge``: also merge ``data`` into the run's data (a step's or an activity's result);
+        the data of an event sent from outside is the event's, as in python-statemachine.
+        Returns the transition's history seq, or None when a workflow that allows events without
+        transitions ignored it."""
         before, before_leaves = set(self.configuration), self.leaves()
         if event not in self.cls._event_ids:
             # Checked here: the machine would look the name up as any attribute ("configuration").
+            if self.cls.allow_event_without_transition:
+                return self._ignored(event, data, cause, "the workflow declares no such event")
             raise InvalidTransition(self.row["id"], event, self.leaf_ids(), self.enabled(),
                                     "the workflow declares no such event")
+        if self.cls.allow_event_without_transition and event not in self.accepted():
+            return self._ignored(event, data, cause, "no transition for it in the current state")
         data_before = copy.deepcopy(self.ctx.data) if triggers and self.cls._triggers else None
         self.ctx.entered.clear()
         self.ctx.exited.clear()
         if not self._shortcut(event):
             self._send_to_machine(event, data)
-        self.ctx.data.update(data)
+        if merge:
+            self.ctx.data.update(data)
         seq = self.record("transition", event=event, source=before_leaves, target=self.leaves(),
                           cause=cause, data=data, detail=detail)
         after = set(self.configuration)
+        entered = [s for s in dict.fromkeys(self.ctx.entered) if s in after]
         # Entries and exits as they happened: a self-transition re-enters its state (new timers,
-        # a new step task); a state entered and left within this macrostep leaves nothing behind.
-        self.exit_states([s for s in dict.fromkeys(self.ctx.exited) if s in before])
-        self.enter_states([s for s in dict.fromkeys(self.ctx.entered) if s in after], seq)
+        # a new step task), and a state re-entered without an exit (an internal self-transition
+        # with enable_self_transition_entries) loses its old ones too; a state entered and left
+        # within this macrostep leaves nothing behind.
+        exited = [s for s in dict.fromkeys(self.ctx.exited) if s in before]
+        exited += [s for s in entered if s in before and s not in exited]
+        self.exit_states(exited)
+        self.enter_states(entered, seq)
         if data_before is not None:
             self.fire_triggers(data_before)
         return seq
+
+    def _ignored(self, event, data, cause, reason) -> None:
+        self.record("ignored", event=event, cause=cause, data=data, detail={"reason": reason})
+        return None
 
     def _shortcut(self, event) -> bool:
         """Take a transition no callback can observe without the machine (see ``m.shortcuts``)."""
@@ -282,16 +315,15 @@ class Change:
         if found is None:
             return False
         target, reenters = found
-        if reenters or target.value != self.configuration[0]:
+        if reenters or target != self.configuration[0]:
             self.ctx.exited.append(self.configuration[0])
-            self.ctx.entered.append(target.value)
-        self.configuration = [target.value]
-        self.ctx.configuration = target.value
+            self.ctx.entered.append(target)
+        self.configuration = [target]
         return True
 
     def _send_to_machine(self, event, data) -> None:
         try:
-            self.machine.send(event, run=self.ctx, db=self.conn, data=data)
+            self.machine.send(event, **event_arguments(data), run=self.ctx, db=self.conn, data=data)
         except TransitionNotAllowed:
             reason = "a guard did not hold" if event in self.accepted() else None
             raise InvalidTransition(self.row["id"], event, self.leaf_ids(), self.enabled(), reason) from None
@@ -300,7 +332,7 @@ class Change:
         except Exception as exc:
             raise CallbackError(self.row["id"], event, exc) from exc
         finally:
-            self.configuration = m.configuration(self._machine)
+            self._read_machine()
 
     def update_data(self, patch: dict, cause: str, record: bool = True):
         data_before = copy.deepcopy(self.ctx.data) if self.cls._triggers else None
@@ -465,13 +497,14 @@ class Change:
             return Outcome(run=self.row)
         if self.status in ACTIVE:
             if self.is_final():
-                leaf = self.leaf_ids()[0]
+                leaf = m.final_leaf(self.cls, self.configuration)
                 self.status, self.finished_at = self.cls.status_of_final(leaf), self.now
                 self.cancel_everything("superseded")
             else:
                 self.status = "running" if self.open_tasks > 0 else "waiting"
         values = {"status": self.status, "state": self.leaves(),
                   "configuration": self.configuration, "entries": self.entries,
+                  "history_values": self.remembered or None,
                   "data": self.ctx.data, "last_seq": self.seq, "open_tasks": self.open_tasks,
                   "open_timers": self.open_timers, "updated_at": self.now, "finished_at": self.finished_at}
         if self.new:

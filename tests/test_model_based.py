@@ -216,7 +216,7 @@ class ModelRun:
         self.task = None
         self.timers = {n: t if t[2] != "armed" else [t[0], t[1], "cancelled"] for n, t in self.timers.items()}
 
-    def _send(self, event, data, cause, triggers=True):
+    def _send(self, event, data, cause, triggers=True, merge=False):
         target = self.spec.transitions.get((self.state, event))
         guard = self.spec.guards.get((self.state, event))
         if target is None or (guard is not None and not guard(self.data)):
@@ -224,8 +224,9 @@ class ModelRun:
         before = copy.deepcopy(self.data) if triggers and self.spec.triggers else None
         callback = self.spec.on_enter.get(target)
         if callback is not None:
-            callback(self.data)  # before the event's data is merged
-        self.data.update(data)
+            callback(self.data)  # before a step's result data is merged
+        if merge:  # a step's result is the run's data; an event's data is the event's
+            self.data.update(data)
         source = self.state
         seq = self._record("transition", event, source, target, cause)
         self._exit()
@@ -314,7 +315,7 @@ class ModelRun:
                 self.data.update({**changed, **outcome[1]})
                 return
             self._record("step_succeeded", outcome[1], cause="step")
-            self._send(outcome[1], {**changed, **outcome[2]}, "step")
+            self._send(outcome[1], {**changed, **outcome[2]}, "step", merge=True)
 
         try:
             self._change(done)

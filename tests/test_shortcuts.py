@@ -40,9 +40,9 @@ def _by_machine(cls, source, event):
 def test_every_shortcut_matches_the_machine(cls):
     for (source, event), (target, reenters) in m.shortcuts(cls).items():
         configuration, exited, entered = _by_machine(cls, source, event)
-        assert configuration == [target.value]
-        moved = reenters or target.value != source
-        assert (exited, entered) == (([source], [target.value]) if moved else ([], []))
+        assert configuration == [target]
+        moved = reenters or target != source
+        assert (exited, entered) == (([source], [target]) if moved else ([], []))
 
 
 def test_a_flat_workflow_without_callbacks_has_shortcuts_for_every_transition():
@@ -60,7 +60,7 @@ def test_a_workflow_with_callbacks_or_guards_has_none(cls):
 def test_a_plain_workflow_starts_where_the_machine_starts(cls):
     ctx = m.RunContext(id="r", workflow=cls.workflow_name, version=cls.version, data={})
     machine = m.create(cls, ctx, run=ctx, db=None, data={})
-    assert m.configuration(machine) == [cls.initial_state.value] and ctx.entered == [cls.initial_state.value]
+    assert m.configuration(machine) == [cls.initial_state.id] and ctx.entered == [cls.initial_state.id]
 
 
 def test_runs_move_the_same_with_and_without_callbacks():

@@ -6,10 +6,12 @@ import logging
 import time
 
 import pytest
+from sqlalchemy import select
 
 from api import create_app
 from engine import activities
 from engine.explain import explain
+from engine.models import tasks
 from engine.reconciler import UNLOADED_EVERY
 from engine.runtime import Interlock
 from tests.conftest import TEST_WORKFLOWS, wait_until
@@ -115,3 +117,25 @@ def test_runs_of_unloaded_workflows_are_skipped_reported_once_and_finished_by_a_
             assert len(lost) == 1 and "VisibilityTimeout" in lost[0].detail["error"]
         assert explain(narrow, orphans["a due timer"])["waiting_for"] == "nothing: the run is succeeded"
         assert all(len(skipped_reports(caplog, run_id)) == 1 for run_id in orphans.values())
+
+
+@pytest.mark.parametrize("backend", ["postgres-redis", "postgres-rabbitmq"])
+def test_a_step_delivered_to_a_worker_without_its_workflow_is_handed_back_not_failed(settings, caplog):
+    caplog.set_level(logging.INFO, logger="engine")
+    with runtime(settings, f"{TEST_WORKFLOWS},{ORPHANS}") as client, runtime(settings, TEST_WORKFLOWS) as narrow:
+        with narrow.worker(2):
+            run = client.start("test_unloaded_step")  # sent to the broker, which only `narrow` consumes
+            handed_back = wait_until(lambda: [r for r in caplog.records if r.name == "engine.steps"
+                                              and getattr(r, "run_id", None) == run.id], message="the hand-back")
+            assert "is not loaded in this process" in handed_back[0].getMessage()
+            with client.db.read() as conn:
+                sent_at, status = conn.execute(
+                    select(tasks.c.sent_at, tasks.c.status).where(tasks.c.run_id == run.id)).one()
+            assert (sent_at, status) == (None, "queued")  # unsent: a loading worker sends it at once
+            assert client.get(run.id).status == "running"
+        assert [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR] == []
+        with client.worker(2):
+            done = wait_until(lambda: (r := client.get(run.id)).status == "succeeded" and r,
+                              message="the loading worker to run it")
+        assert done.data == {"worked": True}
+        assert [e.kind for e in client.history(run.id)].count("step_started") == 1

@@ -38,6 +38,11 @@ class CargoShipment(Workflow):
     def has_manifest(self, run):
         return bool(run.data.get("manifest"))
 
+    def on_depart(self, run, vessel=None):
+        # An event's data reaches its callbacks by name; the run keeps what it decides to keep.
+        if vessel is not None:
+            run.data["vessel"] = vessel
+
     def on_enter_delivered(self, run):
         run.data["delivered"] = True
 

@@ -209,8 +209,8 @@ def _place(nodes, edges, ranks) -> float:
 
 @lru_cache(maxsize=256)
 def _cached(cls) -> Layout:
-    states = [(sid, s.name, bool(s.initial), bool(s.final)) for sid, s in cls.states_map.items()]
-    transitions = [(sid, t.event, target.value) for sid, s in cls.states_map.items()
+    states = [(s.id, s.name, bool(s.initial), bool(s.final)) for s in cls.states_map.values()]
+    transitions = [(s.id, t.event, target.id) for s in cls.states_map.values()
                    for t in s.transitions for target in t.targets]
     return layout_of(states, transitions)
 

@@ -41,7 +41,7 @@ def runs_page():
 
 def _state_names(rt, workflow):
     classes = [c for c in rt.registry.all() if workflow in (None, c.workflow_name)]
-    return sorted({sid for c in classes for sid in c.states_map})
+    return sorted({state.id for c in classes for state in c.states_map.values()})
 
 
 # -- one run --------------------------------------------------------------------------------
