@@ -17,4 +17,5 @@ def metrics():
     body = generate_latest(PROCESS_REGISTRY)
     run_counts = CollectorRegistry(auto_describe=False)
     run_counts.register(RunCounts(rt.db))
-    return Response(body + generate_latest(run_counts), mimetype=CONTENT_TYPE_LATEST)
+    # content_type, not mimetype: Flask would append a second charset to the one it has.
+    return Response(body + generate_latest(run_counts), content_type=CONTENT_TYPE_LATEST)

@@ -8,6 +8,7 @@ import threading
 
 import pytest
 import requests
+from prometheus_client import CONTENT_TYPE_LATEST
 from prometheus_client.parser import text_string_to_metric_families
 
 from .apitools import serving
@@ -19,7 +20,7 @@ def scrape(base) -> dict:
     """{(sample name, sorted label items): value} of one scrape."""
     response = requests.get(f"{base}/metrics", timeout=10)
     assert response.status_code == 200
-    assert response.headers["Content-Type"].startswith("text/plain")
+    assert response.headers["Content-Type"] == CONTENT_TYPE_LATEST  # one charset, as prometheus_client says
     return {(sample.name, tuple(sorted(sample.labels.items()))): sample.value
             for family in text_string_to_metric_families(response.text) for sample in family.samples}
 
