@@ -345,3 +345,21 @@ class HeartbeatOut(BaseModel):
 
     lease_until: str
     visibility_timeout: float
+
+
+# -- the index -----------------------------------------------------------------------
+
+class ApiRoute(BaseModel):
+    method: str
+    path: str = Field(description="a URI template: {name} stands for a path parameter")
+    summary: str
+
+
+class ApiIndex(BaseModel):
+    """Where things are: the OpenAPI document, every route of the API, the web pages and the metrics."""
+
+    title: str
+    openapi: str
+    web: str
+    metrics: str
+    routes: list[ApiRoute]

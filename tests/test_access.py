@@ -92,6 +92,7 @@ def finished(rt):
 
 # endpoint -> rt -> (path parameters, JSON body or None, query, status with a valid token)
 SCENARIOS = {
+    "docs.index": lambda rt: ({}, None, {}, 200),
     "docs.openapi": lambda rt: ({}, None, {}, 200),
     "workflows.list_workflows": lambda rt: ({}, None, {}, 200),
     "workflows.get_workflow": lambda rt: ({"name": "cargo"}, None, {}, 200),
@@ -116,7 +117,8 @@ SCENARIOS = {
 
 def api_routes(app):
     return sorted(((rule.endpoint, rule.rule, method) for rule in app.url_map.iter_rules()
-                   if rule.rule.startswith("/api/") for method in rule.methods - {"HEAD", "OPTIONS"}))
+                   if rule.rule == "/api" or rule.rule.startswith("/api/")
+                   for method in rule.methods - {"HEAD", "OPTIONS"}))
 
 
 def call(base, rule, method, params, body, query, headers):
@@ -194,7 +196,7 @@ def signed_in(base, token):
 
 def web_routes(app):
     return sorted((rule.endpoint, rule.rule, method) for rule in app.url_map.iter_rules()
-                  if not rule.rule.startswith(("/api/", "/metrics", "/static/"))
+                  if rule.rule != "/api" and not rule.rule.startswith(("/api/", "/metrics", "/static/"))
                   for method in rule.methods - {"HEAD", "OPTIONS"})
 
 
