@@ -8,6 +8,7 @@ STAMP := $(VENV)/.installed
 .PHONY: dev test install screenshots clean
 
 $(STAMP): pyproject.toml
+	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11) and f"Interlock needs Python 3.11 or newer, $(PYTHON) is {sys.version.split()[0]}: make PYTHON=python3.12 ...")'
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q -e ".[test]"
@@ -15,9 +16,9 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
-dev: $(STAMP)
+dev: $(STAMP)  # `make dev PORT=8123` listens there instead of 8000 (like INTERLOCK_PORT=8123)
 	$(BIN)/interlock db upgrade
-	$(BIN)/interlock dev
+	$(BIN)/interlock dev $(if $(PORT),--port $(PORT))
 
 test: $(STAMP)
 	$(BIN)/pytest -q

@@ -3,6 +3,7 @@
 import json
 import logging
 import multiprocessing
+import os
 import signal
 import sys
 import threading
@@ -14,6 +15,7 @@ import click
 from .config import Settings
 from .db import Database
 from .errors import InterlockError
+from .registry import Registry, WorkflowModuleError
 from .runner import follow
 from .timeparse import iso, parse_time
 
@@ -41,16 +43,50 @@ def _time_arg(value, what):
 def _configure_logging(level=logging.INFO):
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)-7s %(name)s: %(message)s")
     logging.getLogger("pika").setLevel(logging.WARNING)
+    # Alembic's INFO lines ("Context impl SQLiteImpl.") open every start; _upgrade_sqlite says what changed.
+    logging.getLogger("alembic").setLevel(logging.WARNING)
+
+
+class WorkflowModulesFailed(click.ClickException):
+    exit_code = 2
+
+
+def _current_directory_first():
+    """Workflow modules are looked up in the current directory first, for every command."""
+    cwd = os.getcwd()
+    sys.path[:] = [cwd] + [p for p in sys.path if p not in ("", cwd)]
+
+
+def _loading_workflows(load):
+    _current_directory_first()
+    try:
+        return load()
+    except WorkflowModuleError as exc:
+        raise WorkflowModulesFailed(str(exc)) from None
+
+
+def _registry(settings: Settings) -> Registry:
+    return _loading_workflows(lambda: Registry().load_modules(settings.workflow_modules))
+
+
+def _upgrade_sqlite(settings: Settings):
+    db = Database(settings.database_url)
+    try:
+        before = db.current_revision()
+        db.upgrade()
+        after = db.current_revision()
+    finally:
+        db.dispose()
+    if after != before:
+        log.info("database %s migrated from %s to %s", settings.database_url, before or "empty", after)
 
 
 def _open(settings: Settings, *, upgrade_sqlite=False):
     from .runtime import Interlock
 
     if upgrade_sqlite and settings.is_sqlite:
-        db = Database(settings.database_url)
-        db.upgrade()
-        db.dispose()
-    return Interlock(settings)
+        _upgrade_sqlite(settings)
+    return _loading_workflows(lambda: Interlock(settings))
 
 
 def _wait_for_signal():
@@ -145,16 +181,27 @@ def worker(settings, processes, threads, metrics_port, metrics_host):
             child.join()
 
 
+def _port_option(what):
+    return click.option("--port", envvar="INTERLOCK_PORT", default=None, type=click.IntRange(0, 65535),
+                        help=f"Port {what} listens on; 0: any free one [env INTERLOCK_PORT; default 8000]")
+
+
+def _url(host, port, path):
+    shown = {"": "127.0.0.1", "0.0.0.0": "127.0.0.1", "::": "::1"}.get(host, host)
+    return f"http://{f'[{shown}]' if ':' in shown else shown}:{port}{path}"
+
+
 @cli.command()
 @click.option("--threads", "-t", default=None, type=click.IntRange(1, 1024))
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address the API listens on")
-@click.option("--port", default=8000, show_default=True, type=click.IntRange(0, 65535))
+@_port_option("the API and the web pages")
 @click.pass_obj
 def dev(settings, threads, host, port):
     """Everything in one process on the embedded default: migrate SQLite, run steps and timers, serve the API."""
     from api import create_app
     from api.serving import ThreadedServer
 
+    port = settings.port if port is None else port
     _configure_logging()
     rt = _open(settings, upgrade_sqlite=True)
     try:
@@ -167,7 +214,9 @@ def dev(settings, threads, host, port):
         names = ", ".join(f"{c.workflow_name} v{c.version}" for c in rt.registry.all())
         click.echo(f"interlock dev: {settings.database_url}, broker {settings.broker_url}\n"
                    f"workflows: {names}\n"
-                   f"API on http://{host}:{server.port}/api (OpenAPI: /api/openapi.json)\n"
+                   f"web pages: {_url(host, server.port, '/')}\n"
+                   f"API:       {_url(host, server.port, '/api')} "
+                   f"(OpenAPI: {_url(host, server.port, '/api/openapi.json')})\n"
                    "start runs from another shell with `interlock start NAME`; Ctrl-C stops")
         _wait_for_signal()
         server.stop()
@@ -176,7 +225,7 @@ def dev(settings, threads, host, port):
 
 @cli.command()
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on")
-@click.option("--port", default=8000, show_default=True, type=click.IntRange(0, 65535))
+@_port_option("the API and the web pages")
 @click.option("--workers", "-w", default=1, show_default=True, type=click.IntRange(1, 64),
               help="Processes, each with its own notifier and database pool")
 @click.option("--threads", default=1100, show_default=True, type=click.IntRange(1, 20_000),
@@ -186,6 +235,7 @@ def serve(settings, host, port, workers, threads):
     """Serve the REST API and live streams (gunicorn, gthread worker) until SIGINT/SIGTERM."""
     from api.serving import GunicornServer, is_loopback
 
+    port = settings.port if port is None else port
     _configure_logging()
     if not is_loopback(host) and not settings.api_tokens:
         log.warning("serving on %s with INTERLOCK_API_TOKENS empty: anyone who can reach it "
@@ -195,6 +245,7 @@ def serve(settings, host, port, workers, threads):
         database.check_schema()  # fail here, not in every worker
     finally:
         database.dispose()
+    _registry(settings)  # likewise a workflow module that does not import; the workers inherit sys.path
     GunicornServer(settings, host=host, port=port, workers=workers, threads=threads).run()
 
 
@@ -265,8 +316,9 @@ def run_command(settings, workflow, data, version, business_key, timeout):
 @click.option("--version", type=int, default=None)
 @click.option("--wait", is_flag=True, help="Wait until the run ends (a worker must be running)")
 @click.option("--json", "as_json", is_flag=True)
+@click.option("--print-id", is_flag=True, help="Print only the run's id: RUN_ID=$(interlock start … --print-id)")
 @click.pass_obj
-def start(settings, workflow, data, business_key, idempotency_key, version, wait, as_json):
+def start(settings, workflow, data, business_key, idempotency_key, version, wait, as_json, print_id):
     """Start a run (executed by whichever worker is running)."""
     rt = _open(settings)
     run = rt.start(workflow, _json_arg(data), business_key=business_key,
@@ -275,6 +327,8 @@ def start(settings, workflow, data, business_key, idempotency_key, version, wait
         run = follow(rt, run.id, fallback_poll=0.1)
     if as_json:
         click.echo(json.dumps(run.to_dict(), indent=2))
+    elif print_id:
+        click.echo(run.id)
     else:
         click.echo(f"{run.id} {run.status} {run.state}")
     rt.close()
@@ -344,6 +398,8 @@ def runs(settings, workflow, version, status, state, business_key, created_after
         for r in page.runs:
             click.echo(f"{r.id}  {r.workflow:<12} v{r.version}  {r.status:<10} {r.state:<14} "
                        f"{r.business_key or '-':<16} {iso(r.created_at)}")
+        if not page.runs:
+            click.echo("no runs match", err=True)  # stderr: stdout stays one line per run
         if page.next:
             click.echo(f"more: --cursor {page.next}")
     rt.close()
@@ -370,11 +426,9 @@ def show(settings, run_id, as_json):
 @click.pass_obj
 def workflows(settings, as_json):
     """List the loaded workflows."""
-    from .registry import Registry
-
     from .describe import describe
 
-    registry = Registry().load_modules(settings.workflow_modules)
+    registry = _registry(settings)
     described = [describe(cls) for cls in registry.all()]
     if as_json:
         click.echo(json.dumps(described, indent=2))
@@ -393,9 +447,8 @@ def workflows(settings, as_json):
 def diagram(settings, workflow, version, fmt, run_id):
     """Print a workflow's state diagram (Mermaid, or Graphviz DOT)."""
     from .describe import diagram as render
-    from .registry import Registry
 
-    registry = Registry().load_modules(settings.workflow_modules)
+    registry = _registry(settings)
     active = None
     if run_id is not None:
         rt = _open(settings)

@@ -29,6 +29,8 @@ class Settings:
     # "token" (read-write) or "token:ro" / "token:rw", comma-separated; empty: the API is open.
     api_tokens: str = ""
     max_body_bytes: int = 1_048_576
+    # Where `interlock dev` and `interlock serve` listen (their --port); 0: any free port.
+    port: int = 8000
 
     @classmethod
     def from_env(cls, environ=None, **overrides) -> "Settings":

@@ -1,5 +1,6 @@
 """Database engines, transactions and the migration check."""
 
+import logging
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -11,6 +12,12 @@ from .errors import SchemaOutOfDate
 
 ROOT = Path(__file__).resolve().parent.parent
 WRITE = "interlock_write"
+
+# Importing alembic logs one INFO line per built-in plugin ("setup plugin ..."): noise at every
+# start of any program logging at INFO. Unless the application chose a level for that logger.
+_ALEMBIC_PLUGINS_LOG = logging.getLogger("alembic.runtime.plugins")
+if _ALEMBIC_PLUGINS_LOG.level == logging.NOTSET:
+    _ALEMBIC_PLUGINS_LOG.setLevel(logging.WARNING)
 
 
 def normalize_url(url: str) -> str:

@@ -3,9 +3,45 @@
 import importlib
 import inspect
 import pkgutil
+import sysconfig
+import traceback
+from pathlib import Path
 
 from .definitions import Workflow
-from .errors import DefinitionError, WorkflowNotFound
+from .errors import DefinitionError, InterlockError, WorkflowNotFound
+
+# Frames in these directories (the engine, the standard library, installed packages) are the
+# machinery a failure went through, not the line of the user's module that caused it.
+_NOT_THE_CAUSE = {Path(__file__).resolve().parent,
+                  *(Path(sysconfig.get_paths()[kind]).resolve() for kind in ("stdlib", "purelib", "platlib"))}
+
+
+class WorkflowModuleError(InterlockError):
+    """A module named in INTERLOCK_WORKFLOWS (or one of its submodules) failed to import."""
+
+    code = "workflow-module-error"
+
+    def __init__(self, module: str, error: BaseException):
+        self.module, self.error = module, error
+        where = _where_it_failed(error)
+        super().__init__(f"cannot import workflow module {module!r}: {type(error).__name__}: {error}"
+                         + (f" ({where})" if where else ""))
+
+
+def _where_it_failed(error: BaseException) -> str | None:
+    """The innermost line of the user's code in the traceback: not importlib's, not the engine's."""
+    for frame in reversed(traceback.extract_tb(error.__traceback__)):
+        if frame.filename.startswith("<") or _NOT_THE_CAUSE & set(Path(frame.filename).resolve().parents):
+            continue
+        return f"{frame.filename}, line {frame.lineno}"
+    return None
+
+
+def _import(name: str):
+    try:
+        return importlib.import_module(name)
+    except Exception as exc:  # any failure inside a user's module is reported the same way
+        raise WorkflowModuleError(name, exc) from exc
 
 
 class Registry:
@@ -23,13 +59,17 @@ class Registry:
         return cls
 
     def load_modules(self, names) -> "Registry":
-        """Import each module (and a package's submodules) and add the workflows it defines."""
+        """Import each module (and a package's submodules) and add the workflows it defines.
+
+        A module that fails to import raises ``WorkflowModuleError`` naming it (the original
+        error is its ``error`` and ``__cause__``).
+        """
         for name in names:
-            module = importlib.import_module(name)
+            module = _import(name)
             modules = [module]
             if hasattr(module, "__path__"):
                 for info in pkgutil.iter_modules(module.__path__, prefix=name + "."):
-                    modules.append(importlib.import_module(info.name))
+                    modules.append(_import(info.name))
             for mod in modules:
                 for _, obj in inspect.getmembers(mod, inspect.isclass):
                     if issubclass(obj, Workflow) and obj is not Workflow and obj.__module__ == mod.__name__:
