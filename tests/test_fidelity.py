@@ -252,3 +252,15 @@ def test_a_history_state_without_a_default_is_refused_at_import():
 
             resume = idle.to(work.h)
             pause = work.to(idle)
+
+
+def test_the_callbacks_registry_python_statemachine_keeps_is_read_as_pinned():
+    """machine.registered_callbacks reads a private registry (pyproject pins 3.2.x): if its shape
+    changes, every workflow would look callback-free and skip its callbacks on the shortcut path."""
+    from engine import machine as m
+
+    ctx = m.RunContext(id="r", workflow="w", version=1, data={})
+    machine = m.restore(f.HeartbeatWithCallback, ctx, ["alive"])
+    names = {callback.meta.func for callback in m.registered_callbacks(machine)}
+    assert "after_die" in names and {"on_enter_state", "prepare_event"} <= names
+    assert m.is_plain(f.Heartbeat) and not m.is_plain(f.HeartbeatWithCallback)
