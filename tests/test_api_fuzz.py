@@ -102,7 +102,8 @@ def schema(served):
 
 def test_every_route_is_in_the_document(schema, served):
     _, app, _ = served
-    routes = {(method, rule.rule) for rule in app.url_map.iter_rules() if rule.rule.startswith("/api/")
+    routes = {(method, rule.rule) for rule in app.url_map.iter_rules()
+              if rule.rule == "/api" or rule.rule.startswith("/api/")
               for method in rule.methods - {"HEAD", "OPTIONS"}}
     documented = {(method.upper(), path.replace("{", "<").replace("}", ">"))
                   for path, operations in schema.raw_schema["paths"].items() for method in operations}
