@@ -29,6 +29,9 @@ class Settings:
     # "token" (read-write) or "token:ro" / "token:rw", comma-separated; empty: the API is open.
     api_tokens: str = ""
     max_body_bytes: int = 1_048_576
+    # A process whose clock differs from the database server's by more than this many seconds
+    # says so in its log (durable times are corrected by the offset either way).
+    clock_skew_warn: float = 1.0
 
     @classmethod
     def from_env(cls, environ=None, **overrides) -> "Settings":
