@@ -55,7 +55,7 @@ class Interlock:
         self.clock = Clock(warn_over=self.settings.clock_skew_warn)
         self.keep_clock()
         self.registry = registry or Registry().load_modules(self.settings.workflow_modules)
-        self.broker = build_broker(self.settings.broker_url)
+        self.broker = build_broker(self.settings.broker_url, self.clock)
         self.executor = StepExecutor(self)
         self.dispatcher = Dispatcher(self.broker, self.settings.queue, self.executor.execute)
         self.notifier = Notifier(self.db, now=self.clock.now)
