@@ -5,7 +5,7 @@ import time
 
 # A run's id is made from its created_at (the database's clock, see engine/clock.py): a range of
 # creation times is also a range of ids (which the primary key serves), widened by this many
-# seconds for ids made without a time (by this host's clock).
+# seconds for ids made by their host's own clock (before that, or by ``new_id()`` without a time).
 ID_SLACK = 300.0
 _MAX_MS = 16**12 - 1
 
