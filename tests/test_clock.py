@@ -14,8 +14,9 @@ from engine.clock import Clock
 from engine.models import tasks, timers
 from engine.runtime import Interlock
 
-from .conftest import _delete_rabbit_queues, wait_until
+from .conftest import _delete_rabbit_queues, require_server, wait_until
 from .processes import Process, env_for
+from .test_migrations import MARIADB_ADMIN_URL
 
 SERVER_NOW = text("SELECT extract(epoch from clock_timestamp())")
 
@@ -27,15 +28,28 @@ def pg_engine(pg_database_url):
     engine.dispose()
 
 
+@pytest.fixture(params=["postgresql", "mariadb"])
+def server_engine(request):
+    """An engine on the server and the statement that reads its clock."""
+    if request.param == "postgresql":
+        yield request.getfixturevalue("pg_engine"), SERVER_NOW
+        return
+    require_server("MariaDB", "127.0.0.1", 3306)
+    engine = create_engine(MARIADB_ADMIN_URL)
+    yield engine, text("SELECT UNIX_TIMESTAMP(NOW(6))")
+    engine.dispose()
+
+
 @pytest.mark.parametrize("shift", [-8.0, 0.0, 100.0])
-def test_offset_to_postgresql_is_measured_within_a_few_milliseconds(pg_engine, shift):
+def test_offset_to_the_server_is_measured_within_a_few_milliseconds(server_engine, shift):
+    engine, server_now = server_engine
     clock = Clock(local=lambda: time.time() + shift)
-    offset = clock.measure(pg_engine)
+    offset = clock.measure(engine)
     assert offset == pytest.approx(-shift, abs=0.005)
     assert clock.error < 0.005
-    with pg_engine.connect() as conn:
+    with engine.connect() as conn:
         before = clock.now()
-        server = float(conn.execute(SERVER_NOW).scalar())
+        server = float(conn.execute(server_now).scalar())
         after = clock.now()
     assert before - 0.005 <= server <= after + 0.005
 
