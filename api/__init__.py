@@ -29,7 +29,10 @@ def create_app(config: dict | None = None, interlock: Interlock | None = None) -
         JSON_SORT_KEYS=False,
     )
     app.config.update({k: v for k, v in config.items() if not k.startswith("INTERLOCK_")})
-    app.extensions["interlock"] = interlock or Interlock(settings)
+    rt = app.extensions["interlock"] = interlock or Interlock(settings)
+    # A server runs no reconciler: its requests keep the clock's offset fresh (a check per
+    # request, a measurement every 30 s).
+    app.before_request(rt.keep_clock)
     problems.register(app)
 
     from . import activities, docs, runs, streams, workflows

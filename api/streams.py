@@ -162,7 +162,7 @@ def all_stream(query: AllStreamQuery):
 
 def _all_events(rt, workflow, since, keepalive):
     with open_streams.labels("all_stream").track_inprogress(), rt.notifier.watch() as watch:
-        cursor = time.time() if since is None else since
+        cursor = rt.clock.now() if since is None else since
         # What was sent lately (run id -> (last_seq, updated_at)): re-reads overlap, sends don't.
         sent = {}
         yield f"{RETRY[:-1]}id: {cursor:.6f}\n\n"  # a resume point even before the first change

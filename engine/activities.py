@@ -89,14 +89,14 @@ def receive(rt, name: str, max_messages: int = 1, wait_time_seconds: float = 0.0
                 return claimed
             pause = min(RECHECK_SECONDS, left)
             if next_at is not None:
-                pause = min(pause, max(0.0, next_at - time.time()))
+                pause = min(pause, max(0.0, next_at - rt.clock.now()))
             wakeup.wait(seen, pause)
 
 
 def _claim(rt, name, limit, visibility_timeout) -> tuple[list[ActivityTask], float | None]:
     """Claimed tasks, or ([], when the next queued one becomes available, if any)."""
     queued = (tasks.c.kind == "activity", tasks.c.name == name, tasks.c.status == "queued")
-    now = time.time()
+    now = rt.clock.now()
     # A read first: an empty queue costs no write transaction (SQLite's lock is the database's).
     with rt.db.read() as conn:
         next_at = conn.execute(select(func.min(tasks.c.available_at)).where(*queued)).scalar()
@@ -200,7 +200,7 @@ def heartbeat(rt, token: str, visibility_timeout: float | None = None) -> dict:
     (default: the attempt's current visibility timeout)."""
     visibility_timeout = _check_timeout(visibility_timeout)
     _check_token_shape(token)
-    now = time.time()
+    now = rt.clock.now()
     with rt.db.write(rt.db.lease_engine) as conn:
         query = select(tasks).where(tasks.c.token == token, tasks.c.kind == "activity")
         if rt.db.locks_rows:

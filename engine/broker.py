@@ -8,17 +8,44 @@ import logging
 
 import dramatiq
 from dramatiq.brokers.stub import StubBroker
-from dramatiq.middleware import ShutdownNotifications, TimeLimit
+from dramatiq.middleware import Middleware, ShutdownNotifications, TimeLimit
 
 from .errors import ConfigurationError
 
 log = logging.getLogger(__name__)
 
 ACTOR_NAME = "interlock_step"
+# A delayed message's due time in milliseconds on the database's clock (see DatabaseClockEta).
+DB_ETA = "interlock_db_eta"
 
 
-def build_broker(url: str) -> dramatiq.Broker:
+class DatabaseClockEta(Middleware):
+    """Delayed messages fall due by the database's clock, not by their hosts' clocks.
+
+    Dramatiq stamps a delayed message's ``eta`` with the sender's clock and holds it until the
+    receiver's clock reaches it: between two hosts whose clocks differ by S seconds, a step
+    retry would run S seconds early or late. The sender adds the due time on the database's
+    clock; the receiver turns it back into its own clock's before Dramatiq holds the message.
+    """
+
+    def __init__(self, clock):
+        self.clock = clock
+
+    def before_enqueue(self, broker, message, delay):
+        # Also called again when RabbitMQ's send is retried: stamped once.
+        if delay and "eta" in message.options and DB_ETA not in message.options:
+            message.options[DB_ETA] = message.options["eta"] + round(self.clock.offset * 1000)
+
+    def before_delay_message(self, broker, message):
+        due = message.options.pop(DB_ETA, None)
+        if due is not None:
+            message.options["eta"] = due - round(self.clock.offset * 1000)
+
+
+def build_broker(url: str, clock=None) -> dramatiq.Broker:
     middleware = [TimeLimit(), ShutdownNotifications()]
+    if clock is not None:
+        middleware.append(DatabaseClockEta(clock))
     if url in ("memory://", "memory", "stub://"):
         return StubBroker(middleware=middleware)
     if url.startswith(("redis://", "rediss://", "unix://")):

@@ -104,10 +104,14 @@ def _wait_for_signal():
               help="memory://, redis://… or amqp://… [env INTERLOCK_BROKER_URL; default memory://]")
 @click.option("--workflows", envvar="INTERLOCK_WORKFLOWS", default=None,
               help="Comma-separated modules that define workflows [env INTERLOCK_WORKFLOWS; default workflows]")
+@click.option("--clock-skew-warn", type=click.FloatRange(min=0), default=None,
+              help="Warn when this host's clock differs from the database's by more seconds "
+                   "[env INTERLOCK_CLOCK_SKEW_WARN; default 1]")
 @click.pass_context
-def cli(ctx, database_url, broker_url, workflows):
+def cli(ctx, database_url, broker_url, workflows, clock_skew_warn):
     """Interlock: durable state-machine workflows."""
-    ctx.obj = Settings.from_env(database_url=database_url, broker_url=broker_url, workflows=workflows)
+    ctx.obj = Settings.from_env(database_url=database_url, broker_url=broker_url, workflows=workflows,
+                                clock_skew_warn=clock_skew_warn)
 
 
 # -- database -------------------------------------------------------------------------

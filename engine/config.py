@@ -31,6 +31,9 @@ class Settings:
     max_body_bytes: int = 1_048_576
     # Where `interlock dev` and `interlock serve` listen (their --port); 0: any free port.
     port: int = 8000
+    # A process whose clock differs from the database server's by more than this many seconds
+    # says so in its log (durable times are corrected by the offset either way).
+    clock_skew_warn: float = 1.0
 
     @classmethod
     def from_env(cls, environ=None, **overrides) -> "Settings":

@@ -1,7 +1,5 @@
 """Why a run is where it is: what it accepts, what blocks, what it waits for."""
 
-import time
-
 from sqlalchemy import select
 
 from . import machine as m
@@ -24,7 +22,7 @@ def not_loaded(rt, workflow: str, version: int) -> str:
 
 
 def explain(rt, run_id: str) -> dict:
-    now = time.time()
+    now = rt.clock.now()
     with rt.db.read() as conn:
         run = get_run(conn, run_id)
         try:

@@ -3,15 +3,16 @@
 import os
 import time
 
-# A run's id and its created_at are taken at the same moment: a range of creation times is
-# also a range of ids (which the primary key serves), widened by this many seconds for safety.
+# A run's id is made from its created_at (the database's clock, see engine/clock.py): a range of
+# creation times is also a range of ids (which the primary key serves), widened by this many
+# seconds for ids made by their host's own clock (before that, or by ``new_id()`` without a time).
 ID_SLACK = 300.0
 _MAX_MS = 16**12 - 1
 
 
-def new_id() -> str:
-    """32 hex chars: 48-bit millisecond timestamp, then 80 random bits (like UUIDv7)."""
-    return f"{int(time.time() * 1000):012x}{os.urandom(10).hex()}"
+def new_id(at: float | None = None) -> str:
+    """32 hex chars: 48-bit millisecond timestamp (``at``, default now), then 80 random bits (like UUIDv7)."""
+    return f"{int((time.time() if at is None else at) * 1000):012x}{os.urandom(10).hex()}"
 
 
 def id_at(epoch: float, fill: str) -> str:

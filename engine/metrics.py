@@ -5,8 +5,6 @@ Counters live in the process that did the work: scrape every `interlock worker`
 read from the database, so any one scrape shows the whole cluster's runs.
 """
 
-import time
-
 from prometheus_client import Counter, Gauge, Histogram
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
@@ -57,9 +55,9 @@ def observe(outcome) -> None:
         runs_finished.labels(workflow, outcome.run["status"]).inc()
 
 
-def observe_claim(workflow: str, available_at: float, via: str) -> None:
+def observe_claim(workflow: str, available_at: float, via: str, now: float) -> None:
     steps_started.labels(workflow, via).inc()
-    queue_lag.labels(workflow).observe(max(0.0, time.time() - available_at))
+    queue_lag.labels(workflow).observe(max(0.0, now - available_at))
 
 
 class RunCounts(Collector):

@@ -73,7 +73,9 @@ class Watch:
 
 
 class Notifier:
-    def __init__(self, db=None, *, poll_interval: float = POLL_INTERVAL):
+    def __init__(self, db=None, *, poll_interval: float = POLL_INTERVAL, now=time.time):
+        # Cursors are compared with runs.updated_at: the runtime's clock (the database's).
+        self.now = now
         self._lock = threading.Lock()
         self._listeners: tuple = ()
         self._runs: dict[str, set[Watch]] = {}
@@ -230,13 +232,13 @@ class PgListener:
                     while not self._stop.is_set():
                         for item in conn.notifies(timeout=1.0):
                             self._deliver(item.payload)
-                        healthy_at = time.time()
+                        healthy_at = self.notifier.now()
             except Exception as exc:
                 self.backend_pid = None
                 if self._stop.is_set():
                     return
                 log.warning("LISTEN %s failed (%s); reconnecting in %.1fs", CHANNEL, exc, delay)
-                healthy_at = healthy_at or time.time()
+                healthy_at = healthy_at or self.notifier.now()
                 # Watchers stop waiting for us: the catch-up after reconnecting covers them.
                 self._ready.set()
                 self._stop.wait(delay)
@@ -288,14 +290,14 @@ class Poller:
     def _run(self) -> None:
         probe = _DataVersion(self.db) if self.db.dialect == "sqlite" else None
         interval = SQLITE_PROBE if probe is not None else self.interval
-        since = time.time() - OVERLAP
+        since = self.notifier.now() - OVERLAP
         try:
             while not self._stop.is_set():
                 with self._lock:
                     if self._users <= 0:
                         self._thread = None
                         return
-                started = time.time()
+                started = self.notifier.now()
                 try:
                     if probe is None or probe.changed():
                         catch_up(self.db, self.notifier, since)

@@ -27,7 +27,7 @@ class Start:
         return dict(row) if row else None
 
     def begin(self, rt, conn, now) -> Change:
-        row = {"id": new_id(), "workflow": self.cls.workflow_name, "version": self.cls.version,
+        row = {"id": new_id(now), "workflow": self.cls.workflow_name, "version": self.cls.version,
                "status": "running", "state": "", "configuration": [], "entries": {}, "history_values": None,
                "data": self.data, "business_key": self.business_key,
                "idempotency_key": self.idempotency_key, "last_seq": 0, "open_tasks": 0, "open_timers": 0,

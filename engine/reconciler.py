@@ -10,7 +10,6 @@ another one is left to a process that loads it, and reported once, as a warning.
 
 import logging
 import threading
-import time
 
 from sqlalchemy import and_, not_, or_, select, update
 
@@ -69,6 +68,7 @@ class Reconciler:
 
     def tick(self) -> bool:
         """One pass; True when it found a full batch of something (so go again at once)."""
+        self.rt.keep_clock()
         self.renew_leases()
         fired = self.fire_due_timers()
         sent = self.send_outbox()
@@ -91,7 +91,7 @@ class Reconciler:
             log.warning("a batch of due timers failed; firing them one by one", exc_info=True)
         with self.rt.db.read() as conn:
             due = conn.execute(select(timers.c.id, timers.c.run_id).join(runs, runs.c.id == timers.c.run_id).where(
-                timers.c.status == "armed", timers.c.due_at <= time.time(), of_loaded_workflows(self.rt.registry),
+                timers.c.status == "armed", timers.c.due_at <= self.rt.clock.now(), of_loaded_workflows(self.rt.registry),
             ).order_by(timers.c.due_at).limit(TIMER_BATCH)).all()
         for timer_id, run_id in due:
             try:
@@ -109,7 +109,7 @@ class Reconciler:
         """Send tasks never sent (committed by a process without a broker) or sent but unclaimed."""
         if not self.rt.dispatcher.delivers:
             return 0
-        now = time.time()
+        now = self.rt.clock.now()
         needs_send = self._needs_send(now)
         # Only tasks of workflows loaded here: their time limit is known, and a process that
         # lacks the workflow would only hand its task to the broker for any worker to fail it.
@@ -158,7 +158,7 @@ class Reconciler:
         with self.rt.db.read() as conn:
             lost = conn.execute(select(tasks.c.id, tasks.c.run_id, tasks.c.attempt, tasks.c.claimed_at,
                                        tasks.c.kind).join(runs, runs.c.id == tasks.c.run_id).where(
-                tasks.c.status == "running", tasks.c.lease_until < time.time(),
+                tasks.c.status == "running", tasks.c.lease_until < self.rt.clock.now(),
                 of_loaded_workflows(self.rt.registry)).limit(BATCH)).all()
         for task_id, run_id, attempt, claimed_at, kind in lost:
             log.warning("%s task %s of run %s lost its worker (lease expired); retrying", kind, task_id, run_id,
@@ -170,7 +170,7 @@ class Reconciler:
     def report_unloaded(self) -> int:
         """Warn once per run about runs with a due timer, a step to send or a lost task whose
         workflow (version) this process has not loaded, so no duty here takes them."""
-        now = time.time()
+        now = self.rt.clock.now()
         waiting = {
             "a due timer": select(timers.c.run_id).where(timers.c.status == "armed", timers.c.due_at <= now)
             .order_by(timers.c.due_at),

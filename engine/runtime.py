@@ -11,6 +11,7 @@ from . import metrics
 from . import operations as ops
 from . import queries
 from .batching import Batcher
+from .clock import Clock
 from .broker import Dispatcher, build_broker, is_in_memory, time_limit_monitor
 from .config import Settings
 from .db import Database
@@ -50,16 +51,31 @@ class Interlock:
         self.db = Database(self.settings.database_url)
         if check_schema:
             self.db.check_schema()
+        # Every durable time is the database server's: see engine/clock.py.
+        self.clock = Clock(warn_over=self.settings.clock_skew_warn)
+        self.keep_clock()
         self.registry = registry or Registry().load_modules(self.settings.workflow_modules)
-        self.broker = build_broker(self.settings.broker_url)
+        self.broker = build_broker(self.settings.broker_url, self.clock)
         self.executor = StepExecutor(self)
         self.dispatcher = Dispatcher(self.broker, self.settings.queue, self.executor.execute)
-        self.notifier = Notifier(self.db)
+        self.notifier = Notifier(self.db, now=self.clock.now)
         self._worker: "Worker | None" = None
         self._booted = False
         # Step results go through it while a worker runs in this process (group commit).
         self.batcher: Batcher | None = None
         self.eager: EagerSteps | None = None
+
+    def keep_clock(self) -> None:
+        """Measure the clock's offset to the database's if the last measurement is old (every
+        30 s: the reconciler and the API call this); a failure keeps the last offset."""
+        if not self.clock.is_stale():
+            return
+        try:
+            with self.db.read() as conn:
+                self.clock.measure(conn)
+        except Exception as exc:
+            log.warning("could not measure the clock offset to the database (%s); keeping %.3f s",
+                        exc, self.clock.offset)
 
     # -- after a commit ------------------------------------------------------------
 

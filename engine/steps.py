@@ -14,7 +14,6 @@ import copy
 import inspect
 import logging
 import threading
-import time
 import traceback
 from dataclasses import dataclass
 
@@ -93,7 +92,7 @@ class StepExecutor:
 
     def load(self, task_id: str):
         """The queued task and its run, or None (a duplicate, stale or early delivery)."""
-        now = time.time()
+        now = self.rt.clock.now()
         with self.rt.db.read() as conn:
             found = hotsql.fetch(conn, _RUNNABLE, {"b_task": task_id, "b_before": now + 1.0})
         if not found:
@@ -109,7 +108,7 @@ class StepExecutor:
         except WorkflowNotFound:
             self._hand_back(row)
             return None
-        metrics.observe_claim(row["workflow"], row["available_at"], via)
+        metrics.observe_claim(row["workflow"], row["available_at"], via, now)
         spec = cls.step_for(row["state"])
         with self._lock:
             self.running[row["id"]] = Attempt(row["attempt"], now, now + spec.time_limit + LEASE_GRACE)
@@ -139,7 +138,7 @@ class StepExecutor:
                "attempt": task["attempt"] + 1, "entry_seq": task["entry_seq"],
                "available_at": task["available_at"], "workflow": run["workflow"],
                "version": run["version"], "data": run["data"], "business_key": run["business_key"]}
-        self._once(task["id"], lambda: self._begin(row, time.time(), "eager"), limit)
+        self._once(task["id"], lambda: self._begin(row, self.rt.clock.now(), "eager"), limit)
 
     def run(self, loaded, limit=None) -> None:
         """Call the step and hand its result over; the task is released once it is applied."""
@@ -155,7 +154,7 @@ class StepExecutor:
         except (Exception, TimeLimitExceeded) as exc:
             self.fail(row, exc, traceback.format_exc(), started_at)
             return
-        duration = time.time() - started_at
+        duration = self.rt.clock.now() - started_at
         self._hand_over(row, StepDone(row["id"], row["attempt"], result, started_at, duration))
 
     def fail(self, row, exc, tb, started_at) -> None:
@@ -199,7 +198,7 @@ class StepExecutor:
 
     def keep_leases(self) -> None:
         """Claim the steps running longer than ``claim_after``; renew the claimed ones' leases."""
-        now, lease = time.time(), self.rt.settings.lease_seconds
+        now, lease = self.rt.clock.now(), self.rt.settings.lease_seconds
         with self._lock:
             current = [(tid, a) for tid, a in self.running.items() if a is not None]
         to_claim = [(tid, a) for tid, a in current

@@ -34,7 +34,7 @@ def fast_forward(rt: Interlock, run_id: str, timer: str | None = None) -> int:
     if timer is not None:
         conditions.append(timers.c.name == timer)
     with rt.db.write() as conn:
-        return conn.execute(update(timers).where(*conditions).values(due_at=time.time())).rowcount
+        return conn.execute(update(timers).where(*conditions).values(due_at=rt.clock.now())).rowcount
 
 
 class Harness:

@@ -12,7 +12,6 @@ turns at-least-once delivery into exactly-once transitions.
 
 import copy
 import json
-import time
 from dataclasses import dataclass, field
 
 from sqlalchemy import Double, and_, bindparam, func, insert, or_, select, update
@@ -407,7 +406,7 @@ class Change:
         return due
 
     def add_task(self, state, seq, spec):
-        row = {"id": new_id(), "run_id": self.row["id"], "state": state, "entry_seq": seq,
+        row = {"id": new_id(self.now), "run_id": self.row["id"], "state": state, "entry_seq": seq,
                "name": spec.name, "kind": spec.kind, "status": "queued", "attempt": 0,
                "max_attempts": spec.max_attempts, "available_at": self.now, "sent_at": None,
                "claimed_at": None, "lease_until": None, "token": None, "visibility_timeout": None,
@@ -430,7 +429,7 @@ class Change:
 
     def add_timer(self, state, seq, name, kind, event, due_at):
         self.open_timers += 1
-        self.new_timers.append({"id": new_id(), "run_id": self.row["id"], "state": state,
+        self.new_timers.append({"id": new_id(self.now), "run_id": self.row["id"], "state": state,
                                 "entry_seq": seq, "name": name, "kind": kind, "event": event,
                                 "due_at": due_at, "status": "armed", "created_at": self.now,
                                 "fired_at": None})
@@ -621,7 +620,7 @@ def apply(rt, run_id, op, *, session=None, after_commit=None) -> Outcome:
 
 
 def _perform(rt, conn, run_id, op) -> Outcome:
-    now = time.time()
+    now = rt.clock.now()
     if run_id is None:
         existing = op.existing(rt, conn)
         if existing is not None:
@@ -666,7 +665,7 @@ def apply_many(rt, items, after_commit=None) -> list:
 
 def perform_locked(rt, conn, locked) -> list:
     """Perform each (run row, task row or None, op) on runs this transaction has locked."""
-    now = time.time()
+    now = rt.clock.now()
     writes, outcomes = Writes(), []
     for row, task, op in locked:
         cls = rt.registry.get(row["workflow"], row["version"])
@@ -685,7 +684,7 @@ def fire_due_timers(rt, make_op, limit: int) -> int:
         return 0
 
     def work(conn):
-        found = hotsql.fetch(conn, _DUE_TIMERS, {"b_now": time.time(), "b_limit": limit, **loaded})
+        found = hotsql.fetch(conn, _DUE_TIMERS, {"b_now": rt.clock.now(), "b_limit": limit, **loaded})
         locked, seen = [], set()
         for mapping in found:
             row, timer = _split(mapping, "timer__")

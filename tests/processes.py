@@ -39,10 +39,11 @@ def interlock(*args, env, cwd=ROOT, timeout=60) -> subprocess.CompletedProcess:
 class Process:
     """A long-running `interlock` command (worker, dev) stopped at the end of the test."""
 
-    def __init__(self, *args, env, cwd=ROOT, log_path=None):
+    def __init__(self, *args, env, cwd=ROOT, log_path=None, module="engine.cli"):
+        """``module``: the entry module run with ``python -m`` (a test's variant of the CLI)."""
         self.log_path = log_path
         self._log = open(log_path, "wb") if log_path else subprocess.DEVNULL
-        self.proc = subprocess.Popen([sys.executable, "-m", "engine.cli", *args], env=env, cwd=cwd,
+        self.proc = subprocess.Popen([sys.executable, "-m", module, *args], env=env, cwd=cwd,
                                      stdout=self._log, stderr=subprocess.STDOUT)
 
     def kill(self):

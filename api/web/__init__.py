@@ -7,7 +7,6 @@ with a per-session CSRF token.
 """
 
 import math
-import time
 from datetime import datetime, timezone
 
 from flask import Blueprint, jsonify, redirect, render_template, request, url_for
@@ -15,6 +14,7 @@ from werkzeug.exceptions import HTTPException
 
 from engine.errors import InterlockError
 
+from ..context import engine
 from ..problems import Problem
 from . import security
 
@@ -51,7 +51,7 @@ def _headers(response):
 @blueprint.context_processor
 def _context():
     return {"may_write": security.may_write(), "signed_in": security.signed_in() is not None,
-            "tokens_required": security.tokens_required(), "now": time.time()}
+            "tokens_required": security.tokens_required(), "now": engine().clock.now()}
 
 
 def problem_of(exc: InterlockError) -> Problem:

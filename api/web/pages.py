@@ -1,7 +1,6 @@
 """The runs page, the run page, its actions (send, cancel, retry) and signing in."""
 
 import json
-import time
 
 from flask import abort, flash, jsonify, redirect, render_template, request, url_for
 
@@ -31,7 +30,7 @@ def runs_page():
     page = data.list_runs(rt, f)
     ctx = {"f": f, "page": page, "counts": data.status_counts(rt, f), "error": error,
            "workflows": rt.registry.names(), "states": _state_names(rt, f.workflow),
-           "statuses": data.STATUSES, "cursor": time.time() - 1.0}
+           "statuses": data.STATUSES, "cursor": rt.clock.now() - 1.0}
     if request.headers.get("X-Interlock-Fragment"):
         return jsonify(rows=render_template("_runs_rows.html", **ctx),
                        counts=render_template("_counts.html", **ctx),
@@ -79,7 +78,7 @@ def _run_context(rt, run, after):
         if cls is not None else None
     rows, _, cut = data.timeline(rt, run.id, after)
     accepted = sorted({a["event"] for a in why["accepted_events"]}) if why else []
-    now = time.time()
+    now = rt.clock.now()
     return {
         "run": run, "why": why, "problem": problem, "svg": svg, "rows": rows, "cut": cut and after == 0,
         "accepted": accepted, "active": run.status in ACTIVE, "now": now,
