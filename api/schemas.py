@@ -128,6 +128,8 @@ class RunOut(BaseModel):
     created_at: str
     updated_at: str
     finished_at: str | None
+    parent_id: str | None = Field(None, description="the parent run, for a run a parent's state started")
+    parent_state: str | None = Field(None, description="the parent's state that started this run")
 
 
 class RunPage(BaseModel):

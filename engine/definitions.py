@@ -1,187 +1,22 @@
-"""How users declare workflows: a strict state machine plus steps, timers and triggers.
+"""How users declare workflows: a strict state machine plus what ``engine.specs`` declares
+(steps, activities, child runs, timers, triggers).
 
 Everything here is checked when the workflow class is created, so a mistake in a
 definition fails at import with a :class:`DefinitionError`, not on the first run.
 """
 
 import inspect
-import re
-from dataclasses import dataclass, field
-from datetime import timedelta
-from typing import Any, Callable, ClassVar
 
-from statemachine import State, StateMachine
+from statemachine import StateMachine
 from statemachine.exceptions import InvalidDefinition
 from statemachine.factory import StateMachineMetaclass
 
 from .errors import DefinitionError
+from .specs import (ACTIVITY_NAME, MAX_VISIBILITY_TIMEOUT, PARENT_CLOSE, ActivitySpec, ChildSpec, Recheck,  # noqa: F401
+                    StepSpec, TimerSpec, TriggerSpec, activity, after, at, child, recheck, step, trigger)
 
 RUN_STATUSES = ("running", "waiting", "succeeded", "failed", "cancelled")
 FINAL_STATUSES = ("succeeded", "failed", "cancelled")
-
-
-def _seconds(value, what) -> float:
-    if isinstance(value, timedelta):
-        value = value.total_seconds()
-    if not isinstance(value, (int, float)) or value < 0:
-        raise DefinitionError(f"{what} must be a timedelta or a number of seconds >= 0, got {value!r}")
-    return float(value)
-
-
-def _state_ref(state) -> str | State:
-    if isinstance(state, (str, State)):
-        return state
-    raise DefinitionError(f"expected a State or a state id, got {state!r}")
-
-
-@dataclass
-class StepSpec:
-    """Background work run by a worker when its state is entered."""
-
-    kind: ClassVar[str] = "step"
-    func: Callable
-    state: Any
-    retries: int = 3
-    backoff: float = 1.0
-    max_backoff: float = 300.0
-    time_limit: float = 600.0
-    on_error: str | None = None
-    default: str | None = None
-    name: str = ""
-    state_id: str = ""
-
-    def delay_before(self, attempt: int) -> float:
-        """Backoff before attempt number ``attempt`` (the 2nd attempt waits ``backoff``)."""
-        return min(self.max_backoff, self.backoff * 2 ** max(0, attempt - 2))
-
-    @property
-    def max_attempts(self) -> int:
-        return self.retries + 1
-
-
-def step(state, *, retries=3, backoff=timedelta(seconds=1), max_backoff=timedelta(minutes=5),
-         time_limit=timedelta(minutes=10), on_error=None, default=None):
-    """Declare the decorated method as the step of ``state``.
-
-    The method runs in a worker, outside any transaction, as ``func(self, run)``.
-    It returns the next event's name, ``(event, data)``, a data dict (then
-    ``default`` is sent), ``recheck(...)``, or None (``default`` is sent).
-    After ``retries`` failed retries the run takes ``on_error`` or fails.
-    """
-    if not isinstance(retries, int) or retries < 0:
-        raise DefinitionError(f"retries must be an int >= 0, got {retries!r}")
-
-    def mark(func):
-        func._interlock_step = StepSpec(
-            func=func, state=_state_ref(state), retries=retries,
-            backoff=_seconds(backoff, "backoff"), max_backoff=_seconds(max_backoff, "max_backoff"),
-            time_limit=_seconds(time_limit, "time_limit"), on_error=on_error, default=default,
-            name=func.__name__,
-        )
-        return func
-
-    return mark
-
-
-ACTIVITY_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:-]{0,199}")
-MAX_VISIBILITY_TIMEOUT = 12 * 3600.0
-
-
-@dataclass
-class ActivitySpec:
-    """Work bound to a state that an external worker receives from the API, as from an SQS queue."""
-
-    kind: ClassVar[str] = "activity"
-    state: Any
-    name: str | None = None
-    retries: int = 3
-    visibility_timeout: float = 30.0
-    on_error: str | None = None
-    default: str | None = None
-    state_id: str = ""
-
-    def delay_before(self, attempt: int) -> float:
-        """An attempt lost to its visibility timeout can be received again at once."""
-        return 0.0
-
-    @property
-    def max_attempts(self) -> int:
-        return self.retries + 1
-
-
-def activity(state, *, name=None, retries=3, visibility_timeout=timedelta(seconds=30), on_error=None,
-             default=None) -> ActivitySpec:
-    """Declare an activity: entering ``state`` queues a task for external workers.
-
-    Workers receive tasks by ``name`` (default: the attribute's name), then complete them
-    with an event (``default`` when they name none) and data, or fail them. A task not
-    completed within ``visibility_timeout`` (workers may extend it by heartbeats) can be
-    received again; after ``retries`` failed retries the run takes ``on_error`` or fails.
-    """
-    if name is not None and (not isinstance(name, str) or not ACTIVITY_NAME.fullmatch(name)):
-        raise DefinitionError(f"activity name must be 1-200 letters, digits or _.:- (starting with a "
-                              f"letter or digit), got {name!r}")
-    if not isinstance(retries, int) or retries < 0:
-        raise DefinitionError(f"retries must be an int >= 0, got {retries!r}")
-    seconds = _seconds(visibility_timeout, "visibility_timeout")
-    if not 0 < seconds <= MAX_VISIBILITY_TIMEOUT:
-        raise DefinitionError(f"visibility_timeout must be more than 0 and at most 12 hours, got {seconds}s")
-    return ActivitySpec(state=_state_ref(state), name=name, retries=retries, visibility_timeout=seconds,
-                        on_error=on_error, default=default)
-
-
-@dataclass
-class TimerSpec:
-    """An event sent after a duration in a state, or at a time read from the run's data."""
-
-    state: Any
-    send: str
-    delay: float | None = None
-    at_field: str | None = None
-    name: str = ""
-    state_id: str = ""
-
-
-def after(duration, state, *, send) -> TimerSpec:
-    return TimerSpec(state=_state_ref(state), send=send, delay=_seconds(duration, "duration"))
-
-
-def at(data_field: str, state, *, send) -> TimerSpec:
-    """Send ``send`` at the time stored in ``run.data[data_field]`` (ISO 8601 or epoch seconds)."""
-    if not isinstance(data_field, str) or not data_field:
-        raise DefinitionError("at() needs the name of a data field holding a time")
-    return TimerSpec(state=_state_ref(state), send=send, at_field=data_field)
-
-
-@dataclass
-class TriggerSpec:
-    """Send ``send`` when ``data[field]`` changes and ``when(run, old, new)`` holds."""
-
-    field: str
-    send: str
-    when: Callable | None = None
-    states: tuple = ()
-    name: str = ""
-    state_ids: tuple = ()
-
-
-def trigger(data_field: str, *, send: str, when=None, states=()) -> TriggerSpec:
-    if when is not None and not callable(when):
-        raise DefinitionError("trigger(when=...) must be callable as when(run, old, new)")
-    return TriggerSpec(field=data_field, send=send, when=when,
-                       states=tuple(_state_ref(s) for s in states))
-
-
-@dataclass(frozen=True)
-class Recheck:
-    """A step's answer "not yet": run the step again after ``delay`` seconds."""
-
-    delay: float
-    data: dict = field(default_factory=dict)
-
-
-def recheck(after=timedelta(minutes=10), data=None) -> Recheck:
-    return Recheck(delay=_seconds(after, "recheck delay"), data=dict(data or {}))
 
 
 class WorkflowMeta(StateMachineMetaclass):
@@ -207,7 +42,7 @@ def _check_not_overwritten(cls, class_name, attrs):
     a step, activity, timer or trigger declared under such a name would silently vanish."""
     for attr, value in attrs.items():
         declared = (isinstance(getattr(value, "_interlock_step", None), StepSpec)
-                    or isinstance(value, (ActivitySpec, TimerSpec, TriggerSpec)))
+                    or isinstance(value, (ActivitySpec, ChildSpec, TimerSpec, TriggerSpec)))
         if declared and vars(cls).get(attr) is not value:
             raise DefinitionError(f"{class_name}: {attr!r} is a name python-statemachine uses "
                                   "itself; give the step, activity, timer or trigger another name")
@@ -318,7 +153,7 @@ def _check_and_collect(cls, class_name):
         if ev is not None and ev not in events:
             raise DefinitionError(f"{class_name}: {what} sends unknown event {ev!r}")
 
-    steps, activities, timers, triggers = {}, {}, [], []
+    steps, activities, children, timers, triggers = {}, {}, {}, [], []
     seen = {}
     for klass in reversed(cls.__mro__):
         seen.update(vars(klass))
@@ -339,6 +174,17 @@ def _check_and_collect(cls, class_name):
             steps[spec.state_id] = spec
         elif isinstance(value, ActivitySpec):
             _collect_activity(cls, class_name, attr, value, finals, activities, check_event)
+        elif isinstance(value, ChildSpec):
+            value.name = attr
+            value.state_id = _resolve(cls, value.state, f"child {attr}")
+            if value.state_id in finals:
+                raise DefinitionError(f"{class_name}: child {attr} is on final state {value.state_id!r}")
+            if value.state_id in children:
+                raise DefinitionError(f"{class_name}: state {value.state_id!r} has two children "
+                                      f"({children[value.state_id].name}, {attr})")
+            check_event(value.on_done, f"child {attr} on_done")
+            check_event(value.on_error, f"child {attr} on_error")
+            children[value.state_id] = value
         elif isinstance(value, TimerSpec):
             value.name = attr
             value.state_id = _resolve(cls, value.state, f"timer {attr}")
@@ -352,6 +198,11 @@ def _check_and_collect(cls, class_name):
             check_event(value.send, f"trigger {attr}")
             triggers.append(value)
 
+    for state_id, spec in children.items():
+        if state_id in steps or state_id in activities:
+            work = steps.get(state_id) or activities.get(state_id)
+            raise DefinitionError(f"{class_name}: state {state_id!r} has both a child ({spec.name}) and a "
+                                  f"{work.kind} ({work.name}); give it one or the other")
     both = sorted(set(steps) & set(activities))
     if both:
         raise DefinitionError(f"{class_name}: state {both[0]!r} has both a step ({steps[both[0]].name}) "
@@ -365,6 +216,7 @@ def _check_and_collect(cls, class_name):
             raise DefinitionError(f"{class_name}: final_status {status!r} is not one of {FINAL_STATUSES}")
     cls._steps = steps
     cls._activities = activities
+    cls._children = children
     cls._timers = tuple(timers)
     cls._triggers = tuple(triggers)
     cls._final_status = final_status
@@ -409,6 +261,10 @@ class Workflow(StateMachine, metaclass=WorkflowMeta):
     def step_for(cls, state_id) -> "StepSpec | ActivitySpec | None":
         """The work bound to the state: its step, or its activity (``spec.kind`` says which)."""
         return cls._steps.get(state_id) or cls._activities.get(state_id)
+
+    @classmethod
+    def child_for(cls, state_id) -> ChildSpec | None:
+        return cls._children.get(state_id)
 
     @classmethod
     def activity_for(cls, state_id) -> ActivitySpec | None:

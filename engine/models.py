@@ -44,6 +44,10 @@ runs = Table(
     Column("created_at", Double, nullable=False),
     Column("updated_at", Double, nullable=False),
     Column("finished_at", Double),
+    # A child run: its parent, and the parent's state entry that started it.
+    Column("parent_id", ID),
+    Column("parent_state", String(200)),
+    Column("parent_seq", Integer),
     UniqueConstraint("workflow", "idempotency_key"),
     Index(None, "business_key"),
     Index(None, "status", "id"),
@@ -54,6 +58,8 @@ runs = Table(
     Index("ix_runs_parallel", "id", sqlite_where=text(PARALLEL), postgresql_where=text(PARALLEL)),
     # created_after / created_before of GET /api/runs: a day's runs without walking newer ones.
     Index(None, "created_at"),
+    # A parent's children, newest first.
+    Index(None, "parent_id", "id"),
 )
 
 history = Table(
@@ -117,4 +123,25 @@ timers = Table(
     Column("fired_at", Double),
     Index(None, "status", "due_at"),
     Index(None, "run_id"),
+)
+
+# Cross-run effects (a child telling its parent it ended, a parent cancelling its child): written
+# in the sender's transaction, applied exactly once by the receiver's own transition.
+signals = Table(
+    "signals", metadata,
+    Column("id", ID, primary_key=True),
+    Column("run_id", ID, nullable=False),  # the receiver
+    # child_ended (payload: the child's status, state, data), parent_left (payload: why)
+    Column("kind", String(32), nullable=False),
+    Column("source_id", ID, nullable=False),  # the sending run
+    # The receiver's state entry it is for: applied to another entry, it is stale.
+    Column("state", String(200)),
+    Column("entry_seq", Integer),
+    Column("payload", JSON),
+    # pending, applied, stale
+    Column("status", String(16), nullable=False),
+    Column("created_at", Double, nullable=False),
+    Column("applied_at", Double),
+    Index(None, "status", "created_at"),
+    Index(None, "run_id", "status"),
 )

@@ -4,6 +4,7 @@ from dataclasses import dataclass, field
 
 from sqlalchemy import select, update
 
+from . import children
 from . import machine as m
 from .errors import CallbackError, InterlockError, InvalidTransition, RunNotActive
 from .ids import new_id
@@ -17,6 +18,7 @@ class Start:
     data: dict
     business_key: str | None = None
     idempotency_key: str | None = None
+    parent: tuple | None = None  # (parent run id, its state, its entry seq) for a child run
 
     def existing(self, rt, conn):
         if self.idempotency_key is None:
@@ -26,13 +28,16 @@ class Start:
             runs.c.idempotency_key == self.idempotency_key)).mappings().first()
         return dict(row) if row else None
 
-    def begin(self, rt, conn, now) -> Change:
+    def begin(self, rt, conn, now, writes=None) -> Change:
         row = {"id": new_id(now), "workflow": self.cls.workflow_name, "version": self.cls.version,
                "status": "running", "state": "", "configuration": [], "entries": {}, "history_values": None,
                "data": self.data, "business_key": self.business_key,
                "idempotency_key": self.idempotency_key, "last_seq": 0, "open_tasks": 0, "open_timers": 0,
-               "created_at": now, "updated_at": now, "finished_at": None}
-        return Change(rt, conn, row, self.cls, now, new=True)
+               "created_at": now, "updated_at": now, "finished_at": None,
+               "parent_id": None, "parent_state": None, "parent_seq": None}
+        if self.parent is not None:
+            row["parent_id"], row["parent_state"], row["parent_seq"] = self.parent
+        return Change(rt, conn, row, self.cls, now, new=True, writes=writes)
 
     def perform(self, change: Change):
         if m.is_plain(self.cls):  # no entry callback can run: the initial state is all there is
@@ -229,6 +234,8 @@ class Cancel:
 
     def perform(self, change: Change):
         require_active(change, "be cancelled")
+        if change.cls._children:
+            children.leaving(change, list(change.configuration), "was cancelled")
         change.cancel_everything("cancelled")
         change.status, change.finished_at = "cancelled", change.now
         change.record("cancelled", cause="cancel", source=change.leaves(),

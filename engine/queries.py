@@ -31,6 +31,8 @@ class Run:
     created_at: float
     updated_at: float
     finished_at: float | None
+    parent_id: str | None = None  # a child run's parent
+    parent_state: str | None = None  # the parent's state that started it
 
     @classmethod
     def from_row(cls, row) -> "Run":

@@ -1,4 +1,5 @@
-"""The loop every worker runs: fire due timers, send the outbox, recover lost tasks, renew leases.
+"""The loop every worker runs: fire due timers, send the outbox, recover lost tasks, renew leases,
+deliver signals between runs (a child telling its parent it ended).
 
 The broker only moves messages; this loop is what guarantees progress. It runs once at
 start-up and then every ``poll_interval`` seconds. Several of them may run at once (one
@@ -13,6 +14,7 @@ import threading
 
 from sqlalchemy import and_, not_, or_, select, update
 
+from . import children
 from .errors import InterlockError
 from .explain import not_loaded
 from .models import runs, tasks, timers
@@ -73,7 +75,8 @@ class Reconciler:
         fired = self.fire_due_timers()
         sent = self.send_outbox()
         recovered = self.recover_lost_tasks()
-        busy = fired >= TIMER_BATCH or max(sent, recovered) >= BATCH
+        delivered = children.deliver_pending(self.rt)
+        busy = fired >= TIMER_BATCH or max(sent, recovered) >= BATCH or delivered >= children.BATCH
         with self._reporting:
             look, self._passes = self._passes % UNLOADED_EVERY == 0, self._passes + 1
         if look and not busy:  # through a backlog, the runs this process can move come first

@@ -7,7 +7,7 @@ from sqlalchemy import event
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from . import metrics
+from . import children, metrics
 from . import operations as ops
 from . import queries
 from .batching import Batcher
@@ -86,6 +86,10 @@ class Interlock:
             run = outcome.run
             self.notifier.publish(run["id"], run["last_seq"], run["status"])
             metrics.observe(outcome)
+        for related in outcome.related:  # child runs started in the same transaction
+            self.after_commit(related)
+        if outcome.signals:
+            children.deliver(self, outcome.signals)
 
     def after_session_commit(self, session, outcome) -> None:
         """Dispatch only once the caller's transaction commits; forget it if it rolls back."""

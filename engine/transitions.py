@@ -17,12 +17,12 @@ from dataclasses import dataclass, field
 from sqlalchemy import Double, and_, bindparam, func, insert, or_, select, update
 from statemachine.exceptions import TransitionNotAllowed
 
-from . import hotsql
+from . import children, hotsql
 from . import machine as m
 from .errors import (CallbackError, InterlockError, InvalidData, InvalidTransition, RunNotActive,
                      RunNotFound)
 from .ids import new_id
-from .models import history, runs, tasks, timers
+from .models import history, runs, signals, tasks, timers
 from .timeparse import parse_time
 
 ACTIVE = ("running", "waiting")
@@ -93,6 +93,8 @@ class Outcome:
     dispatch: list = field(default_factory=list)
     created: bool = False
     finished: bool = False  # the run ended (or failed) in this change
+    related: list = field(default_factory=list)  # outcomes of runs this change started (children)
+    signals: list = field(default_factory=list)  # (signal id, receiving run) written by this change
 
 
 # Statements of the hot path, built once: building one costs more than running it.
@@ -139,6 +141,7 @@ def _fixed(statement, arrays: hotsql.Arrays):
 
 _HOT_INSERT_RUN, _HOT_INSERT_HISTORY = _inserting(runs), _inserting(history)
 _HOT_INSERT_TASKS, _HOT_INSERT_TIMERS = _inserting(tasks), _inserting(timers)
+_HOT_INSERT_SIGNALS = _inserting(signals)
 # The same three UPDATEs for a whole batch on PostgreSQL: one statement over arrays.
 _HOT_UPDATE_RUN = _fixed(_UPDATE_RUN, hotsql.Arrays.update(
     runs, {"b_" + name: runs.c[name] for name in _RUN_WRITES}, key=("b_id", runs.c.id)))
@@ -161,14 +164,15 @@ class Writes:
 
     def __init__(self):
         self.run_inserts, self.run_updates, self.task_updates, self.timer_updates = [], [], [], []
-        self.history, self.tasks, self.timers = [], [], []
+        self.history, self.tasks, self.timers, self.signals = [], [], [], []
 
     def flush(self, conn):
         with hotsql.pipelined(conn):
             for statement, rows in ((_HOT_INSERT_RUN, self.run_inserts), (_HOT_UPDATE_RUN, self.run_updates),
                                     (_HOT_FINISH_TASK, self.task_updates), (_HOT_FIRE_TIMER, self.timer_updates),
                                     (_HOT_INSERT_HISTORY, self.history),
-                                    (_HOT_INSERT_TASKS, self.tasks), (_HOT_INSERT_TIMERS, self.timers)):
+                                    (_HOT_INSERT_TASKS, self.tasks), (_HOT_INSERT_TIMERS, self.timers),
+                                    (_HOT_INSERT_SIGNALS, self.signals)):
                 if rows:
                     hotsql.execute_many(conn, statement, rows)
                     rows.clear()
@@ -210,6 +214,8 @@ class Change:
         self.new_tasks: list[dict] = []
         self.new_timers: list[dict] = []
         self.dispatch: list[Dispatch] = []
+        self.related: list[Outcome] = []  # runs started by this change (children), already finished
+        self.signals: list[tuple] = []  # (signal id, receiving run) for after the commit
 
     # -- history ---------------------------------------------------------------
 
@@ -394,6 +400,10 @@ class Change:
             for timer in self.cls._timers:
                 if timer.state_id == state:
                     self.add_timer(state, seq, timer.name, "timer", timer.send, self.due_at(timer))
+            if self.cls._children:
+                spec = self.cls.child_for(state)
+                if spec is not None:
+                    children.entered(self, spec, seq)
 
     def due_at(self, timer) -> float:
         if timer.delay is not None:
@@ -437,6 +447,8 @@ class Change:
     def exit_states(self, states):
         if not states:
             return
+        if self.cls._children:
+            children.leaving(self, states, f"left state(s) {', '.join(states)}")
         for state in states:
             self.entries.pop(state, None)
         gone = set(states)
@@ -489,6 +501,12 @@ class Change:
             self.writes.flush_pending(self.conn)
             self.open_timers -= self.conn.execute(_CANCEL_ALL_TIMERS, {"b_run": self.row["id"]}).rowcount
 
+    def signal(self, run_id, kind, payload, *, state=None, entry_seq=None) -> None:
+        """Tell run ``run_id`` something in this transaction; it applies it with its own transition."""
+        row = children.new_signal(self, run_id, kind, payload, state, entry_seq)
+        self.writes.signals.append(row)
+        self.signals.append((row["id"], run_id))
+
     # -- commit ------------------------------------------------------------------
 
     def finish(self) -> Outcome:
@@ -501,6 +519,9 @@ class Change:
                 self.cancel_everything("superseded")
             else:
                 self.status = "running" if self.open_tasks > 0 else "waiting"
+        finished = self.row["status"] in ACTIVE and self.status not in ACTIVE
+        if finished:
+            children.finishing(self)
         values = {"status": self.status, "state": self.leaves(),
                   "configuration": self.configuration, "entries": self.entries,
                   "history_values": self.remembered or None,
@@ -514,8 +535,8 @@ class Change:
         self.writes.tasks.extend(self.new_tasks)
         self.writes.timers.extend(self.new_timers)
         return Outcome(run={**self.row, **values}, history=self.history_rows,
-                       dispatch=self.dispatch, created=self.new,
-                       finished=self.row["status"] in ACTIVE and self.status not in ACTIVE)
+                       dispatch=self.dispatch, created=self.new, finished=finished,
+                       related=self.related, signals=self.signals)
 
 
 _TASK_COLUMNS = [c.label("task__" + c.name) for c in tasks.c]

@@ -1,0 +1,160 @@
+"""Child runs: a state that starts a run of another workflow and waits for it to end.
+
+Entering the state starts the child in the parent's own transaction (so both exist or
+neither). The child's end reaches the parent as a signal row written in the child's final
+transaction; the parent applies it with its own transition, under its own lock, exactly once:
+a signal for a state entry the parent has left, or for a parent that ended, is recorded as
+``ignored`` and changes nothing else. A parent that leaves the state (or is cancelled) tells
+its child the same way, unless the child's ``parent_close`` policy is ``abandon``.
+
+``transitions.Change`` calls ``entered``, ``leaving`` and ``finishing``; signals are delivered
+right after the commit that wrote them (``deliver``) and by every reconciler (``deliver_pending``),
+so a crash between the two loses nothing.
+"""
+
+import logging
+from dataclasses import dataclass
+
+from sqlalchemy import select, update
+
+from .errors import InterlockError, InvalidTransition
+from .ids import new_id
+from .models import runs, signals
+from .queries import of_loaded_workflows
+
+log = logging.getLogger(__name__)
+ACTIVE = ("running", "waiting")
+BATCH = 200
+# The after-commit delivery usually applies a signal at once; the reconciler takes those left.
+RECONCILE_AFTER = 1.0
+
+
+# -- hooks of the transition function ------------------------------------------------------
+
+def entered(change, spec, seq) -> None:
+    """Start the child run of ``spec`` for the parent's state entry ``seq``, in its transaction."""
+    from .operations import Start
+    from .transitions import check_data
+
+    cls = change.rt.registry.get(spec.workflow, spec.version)
+    data = check_data(spec.data_for(change.ctx), f"child {spec.name} data")
+    key = spec.business_key(change.ctx) if spec.business_key is not None else None
+    op = Start(cls, data, None if key is None else str(key), parent=(change.row["id"], spec.state_id, seq))
+    child = op.begin(change.rt, change.conn, change.now, writes=change.writes)
+    op.perform(child)
+    outcome = child.finish()
+    change.related.append(outcome)
+    change.record("child_started", cause="child", target=spec.state_id,
+                  detail={"child": child.row["id"], "name": spec.name, "workflow": cls.workflow_name,
+                          "version": cls.version, "business_key": child.row["business_key"]})
+
+
+def leaving(change, states, reason: str) -> None:
+    """Tell the children bound to ``states`` that their parent left them (policy ``cancel``)."""
+    specs = {state: change.cls.child_for(state) for state in states}
+    bound = [state for state, spec in specs.items() if spec is not None and spec.parent_close == "cancel"]
+    if not bound:
+        return
+    targets = [o.run["id"] for o in change.related
+               if o.run.get("parent_state") in bound and o.run["status"] in ACTIVE]
+    stored = change.conn.execute(select(runs.c.id).where(
+        runs.c.parent_id == change.row["id"], runs.c.parent_state.in_(bound),
+        runs.c.status.in_(ACTIVE))).scalars().all()
+    for child_id in dict.fromkeys([*stored, *targets]):
+        change.signal(child_id, "parent_left", {"reason": reason})
+
+
+def finishing(change) -> None:
+    """A child that ends (or fails) tells its parent, in its own final transaction."""
+    if change.row.get("parent_id") is None:
+        return
+    change.signal(change.row["parent_id"], "child_ended",
+                  {"status": change.status, "state": change.leaves(), "data": change.ctx.data},
+                  state=change.row["parent_state"], entry_seq=change.row["parent_seq"])
+
+
+# -- the receiver's operation --------------------------------------------------------------
+
+@dataclass
+class ApplySignal:
+    signal_id: str
+
+    def perform(self, change) -> None:
+        # The receiver's lock is held: no other transaction applies this signal meanwhile.
+        found = change.conn.execute(select(signals).where(signals.c.id == self.signal_id)).mappings().first()
+        if found is None or found["status"] != "pending" or found["run_id"] != change.row["id"]:
+            return
+        if found["kind"] == "child_ended":
+            applied = _child_ended(change, found)
+        else:
+            applied = _parent_left(change, found)
+        change.conn.execute(update(signals).where(signals.c.id == self.signal_id).values(
+            status="applied" if applied else "stale", applied_at=change.now))
+
+
+def _child_ended(change, signal) -> bool:
+    payload, child_id = signal["payload"], signal["source_id"]
+    detail = {"child": child_id, "status": payload["status"], "state": payload["state"]}
+    if change.status not in ACTIVE or change.entries.get(signal["state"]) != signal["entry_seq"]:
+        reason = (f"run is {change.status}" if change.status not in ACTIVE
+                  else f"run left state {signal['state']!r} before the child ended")
+        change.record("ignored", cause="child", detail={**detail, "reason": reason})
+        return False
+    spec = change.cls.child_for(signal["state"])
+    change.record("child_ended", cause="child", source=signal["state"], detail=detail)
+    if spec is None:
+        return True
+    if spec.result is not None:
+        change.update_data({spec.result: payload["data"]}, "child", record=False)
+    event = spec.on_done if payload["status"] == "succeeded" else spec.on_error
+    if event is not None:
+        try:
+            change.send(event, payload["data"], "child", detail={"child": child_id})
+        except InvalidTransition as exc:
+            change.record("event_rejected", cause="child", event=event, detail={"child": child_id, "error": str(exc)})
+    return True
+
+
+def _parent_left(change, signal) -> bool:
+    from .operations import Cancel
+
+    if change.status not in ACTIVE:
+        change.record("ignored", cause="parent", detail={"parent": signal["source_id"],
+                                                         "reason": f"run is {change.status}"})
+        return False
+    Cancel(f"parent run {signal['source_id']} {signal['payload']['reason']}").perform(change)
+    return True
+
+
+# -- delivery --------------------------------------------------------------------------------
+
+def deliver(rt, pending: list) -> None:
+    """Apply signals just committed ((signal id, receiver) pairs); one that fails waits for the
+    reconciler (its receiver's workflow not loaded here, a lock timeout...)."""
+    from .transitions import apply
+
+    for signal_id, run_id in pending:
+        try:
+            apply(rt, run_id, ApplySignal(signal_id))
+        except InterlockError as exc:
+            log.info("signal %s to run %s left for the reconciler: %s", signal_id, run_id, exc,
+                     extra={"run_id": run_id})
+
+
+def deliver_pending(rt) -> int:
+    """The reconciler's duty: apply the signals still pending (receivers of workflows loaded here)."""
+    now = rt.clock.now()
+    with rt.db.read() as conn:
+        pending = conn.execute(
+            select(signals.c.id, signals.c.run_id).join(runs, runs.c.id == signals.c.run_id)
+            .where(signals.c.status == "pending", signals.c.created_at <= now - RECONCILE_AFTER,
+                   of_loaded_workflows(rt.registry))
+            .order_by(signals.c.created_at).limit(BATCH)).all()
+    deliver(rt, [tuple(row) for row in pending])
+    return len(pending)
+
+
+def new_signal(change, run_id, kind, payload, state=None, entry_seq=None) -> dict:
+    return {"id": new_id(change.now), "run_id": run_id, "kind": kind, "source_id": change.row["id"],
+            "state": state, "entry_seq": entry_seq, "payload": payload, "status": "pending",
+            "created_at": change.now, "applied_at": None}
