@@ -21,6 +21,7 @@ from .reconciler import Reconciler
 from .registry import Registry
 from .steps import StepExecutor
 from .transitions import apply, check_data
+from .workers import Presence, unsent
 
 log = logging.getLogger(__name__)
 _PENDING = "interlock_pending"
@@ -60,12 +61,16 @@ class Interlock:
         # Step results go through it while a worker runs in this process (group commit).
         self.batcher: Batcher | None = None
         self.eager: EagerSteps | None = None
+        # The id of this process's row in ``workers`` while a worker runs here: the sender of
+        # the tasks it commits (None: tasks are re-sent only by the long safety interval).
+        self.worker_id: str | None = None
 
     # -- after a commit ------------------------------------------------------------
 
     def after_commit(self, outcome) -> None:
         for item in outcome.dispatch:
-            self.dispatcher.send(item.task_id, item.delay, item.time_limit)
+            if not self.dispatcher.send(item.task_id, item.delay, item.time_limit):
+                unsent(self, item.task_id)
         if outcome.history:
             run = outcome.run
             self.notifier.publish(run["id"], run["last_seq"], run["status"])
@@ -183,6 +188,9 @@ class Worker:
         if self._dramatiq is not None:
             return self
         broker = self.rt.broker
+        self.presence = Presence(self.rt)
+        self.presence.register()
+        self.rt.worker_id = self.presence.id
         if is_in_memory(broker):
             # Sends from this process now reach a worker.
             self.rt.dispatcher.delivers = True
@@ -197,7 +205,7 @@ class Worker:
             self.rt.eager = EagerSteps(self.rt.executor, self.rt.settings.eager_threads,
                                        time_limit_monitor(broker)).start()
         self._dramatiq.start()
-        self.reconciler = Reconciler(self.rt)
+        self.reconciler = Reconciler(self.rt, self.presence)
         self.reconciler.tick()  # recovery at start-up, before new work piles on
         self.reconciler.start()
         return self
@@ -207,12 +215,19 @@ class Worker:
             return
         self.reconciler.stop()
         self._dramatiq.stop(timeout=10_000)
+        clean = True
         if self.rt.eager is not None:
             for dispatch in self.rt.eager.stop():
-                self.rt.dispatcher.send(dispatch.task_id, 0.0, dispatch.time_limit)
+                clean &= self.rt.dispatcher.send(dispatch.task_id, 0.0, dispatch.time_limit)
+            clean &= not self.rt.eager.busy()
             self.rt.eager = None
         self.rt.batcher.stop()
         self.rt.batcher = None
+        self.rt.worker_id = None
+        try:
+            self.presence.stopped(clean)
+        except Exception:  # noqa: BLE001 - then it looks dead, and its tasks are sent again
+            log.warning("could not mark worker %s stopped", self.presence.id, exc_info=True)
         # Dramatiq leaves the stopped worker's hook on the broker; a later worker adds its own.
         broker = self.rt.broker
         broker.middleware = [m for m in broker.middleware if getattr(m, "worker", None) is not self._dramatiq]
