@@ -50,7 +50,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench import duplicates
 from bench import measure as m
-from bench.chaos_checks import Invariant, check
+from bench.chaos_checks import check
 from engine.client import ActivityPoller, ApiError, Client, ClientError
 from engine.registry import Registry
 
@@ -571,13 +571,14 @@ class Scenario:
                     child.stop()
         report = check(m.pg_url(self.dbname, "postgresql+psycopg"), self.registry)
         executions = duplicates.count(m.pg_url(self.dbname, "postgresql+psycopg"))
-        report.invariants.append(attribute(executions, self.faults, cfg))
+        report.invariants.append(duplicates.attribute(executions, self.faults, cfg.resend_after))
         result.update(
             runs=report.runs, transitions=report.transitions, violations=report.violations,
             invariants=[{"name": i.name, "checked": i.checked, "what": i.checked_what, "violations": i.violations,
                          "problems": dict(i.problems), "notes": i.notes} for i in report.invariants],
             duplicates={"steps": executions.steps, "extra_executions": executions.extra,
-                        "by_fault": dict(report.invariants[-1].attributed), "lost_attempts": len(executions.lost)},
+                        "by_fault": dict(report.invariants[-1].attributed), "lost_attempts": len(executions.lost),
+                        "lost_by_fault": dict(report.invariants[-1].lost_to)},
             outcomes=dict(sorted(report.outcomes.items())), faults=[f[:4] for f in self.faults],
             fault_counts=dict(Counter(f[1] for f in self.faults)),
             last_fault=last_fault[1] if last_fault else None,
@@ -586,40 +587,6 @@ class Scenario:
             quiet=quiet_at is not None, stats=dict(self.stats), elapsed=time.monotonic() - began)
         self.out(render(result, report))
         return result
-
-
-# After a fault ends, how long a second copy of a step may take to start because of it: the
-# killed worker's heartbeat going stale (lease) or Redis giving its messages back (15 s), the
-# broker restart being noticed, a lease lost with a dropped connection, a publish lost with
-# the API (the safety interval).
-RECOVERY = {"kill_worker": 30.0, "restart_broker": 15.0, "drop_db": 15.0, "kill_api": None}
-
-
-def attribute(executions, faults, cfg) -> Invariant:
-    """Each step function executed twice, put down to the injected fault it overlapped: its
-    first copy started before the fault ended and the second within the fault's recovery
-    time. One with no such fault is a violation: nothing but a fault may run a step twice."""
-    invariant = Invariant("no step run twice without a fault", checked=executions.steps,
-                          checked_what="step attempts")
-    invariant.attributed = Counter()
-    for dup in executions.duplicates:
-        first, last = dup.starts[0], dup.starts[-1]
-        cause = None
-        for _at, kind, _what, _took, began_at, ended_at in faults:
-            recovery = RECOVERY[kind] if RECOVERY[kind] is not None else 2 * cfg.resend_after + 10.0
-            if first <= ended_at + 1.0 and began_at - 1.0 <= last <= ended_at + recovery:
-                cause = kind
-                break
-        if cause is None:
-            invariant.fail("step executed twice with no fault near it", dup.run_id,
-                           f"task {dup.task} attempt {dup.attempt} started at {', '.join(f'{t:.2f}' for t in dup.starts)}"
-                           f" ({'; '.join(r or '?' for r in dup.reasons)})")
-        else:
-            invariant.attributed[cause] += len(dup.starts) - 1
-    invariant.notes.append(f"{executions.extra} duplicate executions ("
-                           + (", ".join(f"{n} {k}" for k, n in sorted(invariant.attributed.items())) or "none")
-                           + f"), {len(executions.lost)} attempts lost with their worker")
-    return invariant
 
 
 def restart_broker(broker: str, down_for: float) -> str:
@@ -667,7 +634,8 @@ def render(result, report) -> str:
     dups = result["duplicates"]
     lines.append(f"   duplicate executions: {dups['extra_executions']} in {dups['steps']} step attempts ("
                  + (", ".join(f"{n} after {k}" for k, n in sorted(dups["by_fault"].items())) or "none")
-                 + f"); {dups['lost_attempts']} attempts lost with their worker")
+                 + f"); {dups['lost_attempts']} attempts lost with their worker ("
+                 + (", ".join(f"{n} after {k}" for k, n in sorted(dups["lost_by_fault"].items())) or "none") + ")")
     lines.append("   driver: " + ", ".join(f"{k} {v}" for k, v in sorted(result["stats"].items())))
     verdict = "OK" if not result["violations"] else f"VIOLATIONS: {result['violations']}"
     lines.append(f"   {verdict} "

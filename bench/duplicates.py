@@ -1,18 +1,22 @@
 """Step functions executed more than once, counted from the history table alone.
 
-Every execution of a step function that reports back leaves one history row with its task,
+Every execution of a step function that reports back leaves a history row with its task,
 attempt number and start time: ``step_started`` when its result was applied, ``ignored``
-(cause ``step``) when the fence refused it. Two rows for one (task, attempt) are one
-function run twice for the same attempt: a duplicate execution. An attempt whose worker
-was lost (``step_failed`` with ``lost``) was cut short and runs again as the next attempt:
-counted apart, since the first may have done part of its work.
+(cause ``step``) when the fence refused it. Two start times for one (task, attempt) are one
+function run twice for the same attempt: a duplicate execution. (The same start time twice
+is one execution reported twice, say a result applied again after its commit's answer was
+lost: the fence ignored the second.) An attempt whose worker was lost (``step_failed`` with
+``lost``, ``WorkerLost``) was cut short and runs again as the next attempt: counted apart,
+since the first may have done part of its work. (An activity task whose external worker let
+its visibility timeout pass is not a step function of ours: not counted.)
 """
 
-from collections import defaultdict
+from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 
 from sqlalchemy import create_engine, select
 
+from bench.chaos_checks import Invariant
 from engine.models import history
 
 
@@ -61,8 +65,58 @@ def count(url: str) -> Executions:
         elif kind == "ignored" and cause == "step":
             executions[key].append(at)
             reasons[key].append(detail.get("reason"))
-        elif kind == "step_failed" and detail.get("lost"):
+        elif kind == "step_failed" and detail.get("lost") and str(detail.get("error")).startswith("WorkerLost"):
             lost.append((*key, at))
-    duplicates = [Duplicate(*key, sorted(starts), reasons[key]) for key, starts in executions.items()
-                  if len(starts) > 1]
+    duplicates = [Duplicate(*key, sorted(set(starts)), reasons[key]) for key, starts in executions.items()
+                  if len(set(starts)) > 1]
     return Executions(steps, sorted(duplicates, key=lambda d: d.starts[-1]), lost)
+
+
+# After a fault ends, how long a second copy of a step may take to start because of it: the
+# killed worker's heartbeat going stale (lease) or Redis giving its messages back (15 s), the
+# broker restart being noticed, a lease lost with a dropped connection, a publish lost with
+# the API (the safety interval).
+RECOVERY = {"kill_worker": 30.0, "restart_broker": 15.0, "drop_db": 15.0, "kill_api": None}
+# The longest a chaos workflow's step runs before a fault can cut it short (with margin).
+LONGEST_STEP = 10.0
+
+
+def attribute(executions, faults, resend_after: float) -> Invariant:
+    """Each step function executed twice, put down to the injected fault it overlapped: its
+    first copy started before the fault ended and the second within the fault's recovery
+    time. One with no such fault is a violation: nothing but a fault may run a step twice.
+
+    ``faults``: (seconds into the run, kind, what, seconds taken, epoch began, epoch ended)."""
+    invariant = Invariant("no step run twice without a fault", checked=executions.steps,
+                          checked_what="step attempts")
+    invariant.attributed, invariant.lost_to = Counter(), Counter()
+
+    def cause(first, last):
+        for _at, kind, _what, _took, began_at, ended_at in faults:
+            recovery = RECOVERY[kind] if RECOVERY[kind] is not None else 2 * resend_after + 10.0
+            if first <= ended_at + 1.0 and began_at - 1.0 <= last <= ended_at + recovery:
+                return kind
+        return None
+
+    for dup in executions.duplicates:
+        found = cause(dup.starts[0], dup.starts[-1])
+        if found is None:
+            invariant.fail("step executed twice with no fault near it", dup.run_id,
+                           f"task {dup.task} attempt {dup.attempt} started at {', '.join(f'{t:.2f}' for t in dup.starts)}"
+                           f" ({'; '.join(r or '?' for r in dup.reasons)})")
+        else:
+            invariant.attributed[found] += len(dup.starts) - 1
+    for run_id, task, attempt, started_at in executions.lost:
+        # Lost while it ran: started before the fault ended (at most a step's run before it began).
+        found = next((kind for _at, kind, _what, _took, began_at, ended_at in faults
+                      if began_at - LONGEST_STEP <= started_at <= ended_at + 1.0), None)
+        if found is None:
+            invariant.fail("attempt lost with its worker with no fault near it", run_id,
+                           f"task {task} attempt {attempt} started at {started_at:.2f}")
+        else:
+            invariant.lost_to[found] += 1
+    invariant.notes.append(f"{executions.extra} duplicate executions ("
+                           + (", ".join(f"{n} {k}" for k, n in sorted(invariant.attributed.items())) or "none")
+                           + f"), {len(executions.lost)} attempts lost with their worker ("
+                           + (", ".join(f"{n} {k}" for k, n in sorted(invariant.lost_to.items())) or "none") + ")")
+    return invariant
