@@ -79,6 +79,9 @@ def count(url: str) -> Executions:
 RECOVERY = {"kill_worker": 30.0, "restart_broker": 15.0, "drop_db": 15.0, "kill_api": None}
 # The longest a chaos workflow's step runs before a fault can cut it short (with margin).
 LONGEST_STEP = 10.0
+# Faults that can stop a worker renewing its leases (the API runs no step): a killed worker, a
+# dropped database connection, a broker outage stalling the reconciler loop on its sends.
+CUT_STEPS = {"kill_worker", "drop_db", "restart_broker"}
 
 
 def attribute(executions, faults, resend_after: float) -> Invariant:
@@ -92,7 +95,8 @@ def attribute(executions, faults, resend_after: float) -> Invariant:
     invariant.attributed, invariant.lost_to = Counter(), Counter()
 
     def cause(first, last):
-        for _at, kind, _what, _took, began_at, ended_at in faults:
+        """The latest fault that began before the second copy started and could explain it."""
+        for _at, kind, _what, _took, began_at, ended_at in sorted(faults, key=lambda f: -f[4]):
             recovery = RECOVERY[kind] if RECOVERY[kind] is not None else 2 * resend_after + 10.0
             if first <= ended_at + 1.0 and began_at - 1.0 <= last <= ended_at + recovery:
                 return kind
@@ -107,9 +111,11 @@ def attribute(executions, faults, resend_after: float) -> Invariant:
         else:
             invariant.attributed[found] += len(dup.starts) - 1
     for run_id, task, attempt, started_at in executions.lost:
-        # Lost while it ran: started before the fault ended (at most a step's run before it began).
-        found = next((kind for _at, kind, _what, _took, began_at, ended_at in faults
-                      if began_at - LONGEST_STEP <= started_at <= ended_at + 1.0), None)
+        # Lost while it ran: started before the fault ended, at most a step's run before it began;
+        # of several, the first to begin after the step started (the one that cut it short).
+        near = sorted((f for f in faults if f[1] in CUT_STEPS and f[4] - LONGEST_STEP <= started_at <= f[5] + 1.0),
+                      key=lambda f: (f[4] < started_at - 1.0, abs(f[4] - started_at)))
+        found = near[0][1] if near else None
         if found is None:
             invariant.fail("attempt lost with its worker with no fault near it", run_id,
                            f"task {task} attempt {attempt} started at {started_at:.2f}")
