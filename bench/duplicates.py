@@ -73,7 +73,7 @@ def count(url: str) -> Executions:
 
 
 # After a fault ends, how long a second copy of a step may take to start because of it: the
-# killed worker's heartbeat going stale (lease) or Redis giving its messages back (15 s), the
+# killed worker's heartbeat going stale (two leases) or Redis giving its messages back (15 s), the
 # broker restart being noticed, a lease lost with a dropped connection, a publish lost with
 # the API (the safety interval).
 RECOVERY = {"kill_worker": 30.0, "restart_broker": 15.0, "drop_db": 15.0, "kill_api": None}

@@ -23,6 +23,7 @@ log = logging.getLogger(__name__)
 # Rows of workers dead this long are deleted: their tasks (if any still wait) count as sent
 # by no live worker, which is what they are.
 FORGET_AFTER = 86_400.0
+PRUNE_EVERY = 3_600.0
 # On Redis, a consumer that stops beating this long is dead to Dramatiq, which then puts its
 # unacknowledged messages back on the queue (Dramatiq's default is 60 s). Each worker process
 # also beats through the broker with its own heartbeat, so an idle one never looks dead.
@@ -36,10 +37,12 @@ def beat_interval(settings) -> float:
 
 
 def sender_gone(now: float, lease_seconds: float, me: str | None):
-    """The task's sender is a worker process that is gone: no row, or a stale heartbeat and
-    not stopped cleanly (this process is never gone to itself)."""
+    """The task's sender is a worker process that is gone: no row, or no heartbeat for two
+    leases and not stopped cleanly (this process is never gone to itself). Two leases: a
+    loop held up for one lease (a slow pass, a broker outage) is not taken for a death, whose
+    re-send could run a second copy beside one still running unclaimed."""
     alive = exists().where(workers.c.id == tasks.c.sent_by, or_(
-        workers.c.heartbeat_at >= now - lease_seconds, workers.c.stopped_at.is_not(None)))
+        workers.c.heartbeat_at >= now - 2 * lease_seconds, workers.c.stopped_at.is_not(None)))
     gone = and_(tasks.c.sent_by.is_not(None), ~alive)
     return and_(gone, tasks.c.sent_by != me) if me is not None else gone
 
@@ -52,6 +55,7 @@ class Presence:
         self.rt = rt
         self.id = new_id()
         self.beaten_at = 0.0
+        self._pruned_at = 0.0
         self._server_id = None  # the broker server id this process last checked
 
     def register(self) -> None:
@@ -69,8 +73,9 @@ class Presence:
             return
         with self.rt.db.write(self.rt.db.lease_engine) as conn:
             conn.execute(update(workers).where(workers.c.id == self.id).values(heartbeat_at=now))
-            if now - self.beaten_at > FORGET_AFTER / 100:
+            if now - self._pruned_at > PRUNE_EVERY:
                 conn.execute(workers.delete().where(workers.c.heartbeat_at < now - FORGET_AFTER))
+                self._pruned_at = now
         self.beaten_at = now
         self.rt.dispatcher.touch()
         self.check_broker()

@@ -154,7 +154,7 @@ def test_a_task_whose_sender_died_is_sent_again(sqlite_interlock):
     _set_task(rt, task_id, sent_at=now - 1.0, available_at=now - 1.0, sent_by=presence.id, sends=1)
     assert reconciler.send_outbox() == 0  # its sender beats
     with rt.db.write() as conn:
-        conn.execute(update(workers).values(heartbeat_at=now - rt.settings.lease_seconds - 1))
+        conn.execute(update(workers).values(heartbeat_at=now - 2 * rt.settings.lease_seconds - 1))
     assert reconciler.send_outbox() == 1 and queue.qsize() == 1
     task = _task(rt, run.id)
     assert task["sends"] == 2 and task["sent_by"] is None
@@ -216,3 +216,21 @@ def _delayed(rt):
 
     queue = rt.broker.queues[f"{rt.settings.queue}.DQ"]
     return [Message.decode(queue.get_nowait()) for _ in range(queue.qsize())]
+
+
+def test_a_worker_beats_while_it_runs_and_is_marked_stopped_when_it_stops(sqlite_interlock):
+    rt = sqlite_interlock
+
+    def row():
+        with rt.db.read() as conn:
+            return conn.execute(select(workers)).mappings().one()
+
+    with rt.worker(2):
+        registered = row()
+        assert registered["stopped_at"] is None and registered["workflows"]["test_pipeline"] == [1]
+        wait_until(lambda: row()["heartbeat_at"] > registered["heartbeat_at"], timeout=5, message="a heartbeat")
+        run = rt.start("test_pipeline")
+        with rt.db.read() as conn:  # committed as sent by this worker
+            senders = set(conn.execute(select(tasks.c.sent_by).where(tasks.c.run_id == run.id)).scalars())
+        assert senders == {registered["id"]}
+    assert row()["stopped_at"] is not None
