@@ -20,8 +20,10 @@ on disk here: queued messages are really lost; RabbitMQ: stop_app/start_app), an
 the engine's PostgreSQL backends (pg_terminate_backend; this script's own connection is
 spared). Then it waits until every run has ended and checks (bench/chaos_checks.py):
 final states allowed by the definitions and the plans, contiguous history, one transition
-per state entry, each step result applied once, timers only in their state entry. One line
-per invariant, a summary, and exit status 1 when any invariant is violated.
+per state entry, each step result applied once, timers only in their state entry, and no
+step function executed twice except after an injected fault (bench/duplicates.py counts
+them; each is put down to the fault it overlapped). One line per invariant, a summary, and
+exit status 1 when any invariant is violated.
 
 Only 127.0.0.1 is contacted. Restarting the broker restarts the shared local server.
 """
@@ -46,6 +48,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from bench import duplicates
 from bench import measure as m
 from bench.chaos_checks import check
 from engine.client import ActivityPoller, ApiError, Client, ClientError
@@ -75,7 +78,9 @@ class Config:
     keep_db: bool = False
     worker_module: str = "engine.cli"  # tests swap in a deliberately broken worker
     lease_seconds: float = 3.0
-    resend_after: float = 2.0
+    # The safety re-send interval: long enough that the runs' re-sends come from the faults
+    # (a dead sender, a restarted broker), short enough to recover within the settle timeout.
+    resend_after: float = 10.0
     poll_interval: float = 0.2
 
 
@@ -328,14 +333,14 @@ class Scenario:
             while self.t() < at:
                 if self.stop.wait(0.05):
                     return
-            began = time.monotonic()
+            began, began_at = time.monotonic(), time.time()
             try:
                 what = self.inject(kind)
             except Exception as exc:  # noqa: BLE001 - reported, and the run goes on
                 what = f"FAILED to inject: {type(exc).__name__}: {exc}"
                 self.stats["fault errors"] += 1
             took = time.monotonic() - began
-            self.faults.append((self.t(), kind, what, took, time.time()))
+            self.faults.append((self.t(), kind, what, took, began_at, time.time()))
             self.say(f"fault {len(self.faults)}/{len(self.cfg.faults)} {kind}: {what} ({took:.1f}s)")
 
     # -- the outside world ----------------------------------------------------------------------
@@ -565,10 +570,15 @@ class Scenario:
                 if child is not None:
                     child.stop()
         report = check(m.pg_url(self.dbname, "postgresql+psycopg"), self.registry)
+        executions = duplicates.count(m.pg_url(self.dbname, "postgresql+psycopg"))
+        report.invariants.append(duplicates.attribute(executions, self.faults, cfg.resend_after))
         result.update(
             runs=report.runs, transitions=report.transitions, violations=report.violations,
             invariants=[{"name": i.name, "checked": i.checked, "what": i.checked_what, "violations": i.violations,
                          "problems": dict(i.problems), "notes": i.notes} for i in report.invariants],
+            duplicates={"steps": executions.steps, "extra_executions": executions.extra,
+                        "by_fault": dict(report.invariants[-1].attributed), "lost_attempts": len(executions.lost),
+                        "lost_by_fault": dict(report.invariants[-1].lost_to)},
             outcomes=dict(sorted(report.outcomes.items())), faults=[f[:4] for f in self.faults],
             fault_counts=dict(Counter(f[1] for f in self.faults)),
             last_fault=last_fault[1] if last_fault else None,
@@ -621,6 +631,11 @@ def render(result, report) -> str:
         lines.append(f"   recovery after the last fault ({result['last_fault']}, injected and undone in "
                      f"{result['last_fault_restored_in']:.1f}s): every run ended "
                      f"{f'{quiet:.1f}s' if quiet is not None else 'NOT within the settle timeout'} after it")
+    dups = result["duplicates"]
+    lines.append(f"   duplicate executions: {dups['extra_executions']} in {dups['steps']} step attempts ("
+                 + (", ".join(f"{n} after {k}" for k, n in sorted(dups["by_fault"].items())) or "none")
+                 + f"); {dups['lost_attempts']} attempts lost with their worker ("
+                 + (", ".join(f"{n} after {k}" for k, n in sorted(dups["lost_by_fault"].items())) or "none") + ")")
     lines.append("   driver: " + ", ".join(f"{k} {v}" for k, v in sorted(result["stats"].items())))
     verdict = "OK" if not result["violations"] else f"VIOLATIONS: {result['violations']}"
     lines.append(f"   {verdict} "

@@ -7,6 +7,8 @@ moves the run to the next state, so a run makes five step transitions.
 step replaces it with a new 1 KB string, so every transition writes the payload again.
 """
 
+import time
+
 from engine import State, Workflow, step
 
 PAYLOAD_BYTES = 1024
@@ -89,3 +91,34 @@ class Payload5(Workflow):
     @step(s5)
     def step5(self, run):
         return "e5", {"payload": payload("s5")}
+
+
+class Slow3(Workflow):
+    """Three steps of half a second: a few hundred runs keep every worker thread busy and the
+    queue full for longer than the re-send interval (the duplicate-execution check)."""
+
+    name, version = "bench_slow3", 1
+
+    s1 = State(initial=True)
+    s2 = State()
+    s3 = State()
+    done = State(final=True)
+
+    e1 = s1.to(s2)
+    e2 = s2.to(s3)
+    e3 = s3.to(done)
+
+    @step(s1)
+    def step1(self, run):
+        time.sleep(0.5)
+        return "e1"
+
+    @step(s2)
+    def step2(self, run):
+        time.sleep(0.5)
+        return "e2"
+
+    @step(s3)
+    def step3(self, run):
+        time.sleep(0.5)
+        return "e3"

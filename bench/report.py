@@ -9,6 +9,7 @@ from pathlib import Path
 
 from sqlalchemy import create_engine, func, select
 
+from bench import duplicates
 from bench import measure as m
 
 ACTIVE = ("running", "waiting")
@@ -86,6 +87,8 @@ def analyze(url, single_ids):
     row = {"transitions": transitions, "window": window, "runs": n, "statuses": counts, "hops": hops,
            "single": single, "single_hops": single_hops, "tps": transitions / window if window else None,
            "runs_per_s": counts.get("succeeded", 0) / window if window else None}
+    executions = duplicates.count(url)
+    row.update(steps=executions.steps, duplicates=executions.extra, lost_attempts=len(executions.lost))
     if counts.get("succeeded", 0) != n:
         row["warning"] = "not every run succeeded: " + ", ".join(f"{k} {v}" for k, v in sorted(counts.items()))
     return row
@@ -115,6 +118,7 @@ def figures(row):
         if "inserted" in counters and transitions else None,
         "worker_cpu": row.get("worker_cpu"), "db_cpu": row.get("db_cpu"),
         "cpu_ms": 1000.0 * sum(cpu) / transitions if cpu and transitions else None,
+        "duplicates_per_1000": 1000.0 * row["duplicates"] / row["steps"] if row.get("steps") else None,
     }
 
 
@@ -127,7 +131,8 @@ def _fmt(value, digits=1):
 
 
 def _label(row):
-    variant = {"noop": "no-op", "payload": "1 KB payload"}.get(row.get("variant"), "no-op")
+    variant = {"noop": "no-op", "payload": "1 KB payload", "backlog": "3 × 0.5 s steps, backlog"}.get(
+        row.get("variant"), "no-op")
     return f"{row['name']} | {variant}"
 
 
@@ -141,6 +146,9 @@ def summary(row):
     parts += [f"{label} {_fmt(f[key], 2)} ms" for key, label in (
         ("load_hop_p50", "hop p50 loaded"), ("hop_p50", "hop p50 alone"), ("single_p50", "single p50"))
         if f[key] is not None]
+    if row.get("steps"):
+        parts.append(f"{row['duplicates']} duplicate executions in {row['steps']} steps "
+                     f"({_fmt(f['duplicates_per_1000'], 2)} per 1,000)")
     return ", ".join(parts) + (f"  [{row['warning']}]" if row.get("warning") else "")
 
 
@@ -208,7 +216,7 @@ def render(bench, elapsed):
             f"{datetime.now(UTC).strftime('%Y-%m-%d %H:%M UTC')}", "",
             f"command: `{' '.join([_shown(sys.executable)] + sys.argv)}`  ",
             "machine: " + "; ".join(f"{k} {v}" for k, v in facts.items()) + "  ",
-            f"setup: {args.runs} runs started at once (5 steps each) then drained by {args.workers} worker "
+            f"setup: {args.runs} runs started at once (5 steps each; backlog: 3 steps of 0.5 s) then drained by {args.workers} worker "
             f"processes × {args.threads} threads; {args.single} single runs one after another; "
             f"INTERLOCK_RESEND_AFTER={args.resend_after:g}; whole invocation {elapsed:.0f} s; load average "
             f"{bench.load_before[0]:.1f} before, {os.getloadavg()[0]:.1f} after (2 CPUs: above 2, other work "
@@ -249,6 +257,15 @@ def render(bench, elapsed):
         out.append(f"| {_label(row)} | {measured} | {_fmt(f['commits'], 2)} | {_fmt(f['statements'], 2)} | "
                    f"{_fmt(f['rollbacks'], 2)} | {_fmt(f['rows'], 2)} | {_fmt(f['worker_cpu'])} | {_fmt(f['db_cpu'])} | {_fmt(f['cpu_ms'], 2)} | "
                    f"{row.get('counter_source', 'pg_stat_database' if row.get('counters') else '-')} | {notes} |")
+    counted = [r for r in bench.rows if r.get("steps")]
+    if counted:
+        out += ["", "Step functions executed more than once (from the history: two results for one task "
+                "attempt), with no fault injected; attempts lost with their worker would be counted apart.", "",
+                "| system | variant | step attempts | duplicate executions | per 1,000 steps | attempts lost |",
+                "| --- | --- | ---: | ---: | ---: | ---: |"]
+        for row in counted:
+            out.append(f"| {_label(row)} | {row['steps']:,} | {row['duplicates']} | "
+                       f"{_fmt(figures(row)['duplicates_per_1000'], 2)} | {row['lost_attempts']} |")
     baselines = [r for r in bench.rows if r["kind"] != "interlock" and "tps" in r]
     if baselines:
         out += ["", "Interlock's figure ÷ the baseline's (rates: above 1 is Interlock ahead; "

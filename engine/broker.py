@@ -5,6 +5,7 @@ no actor ever binds to Dramatiq's implicit global broker.
 """
 
 import logging
+import time
 
 import dramatiq
 from dramatiq.brokers.stub import StubBroker
@@ -51,7 +52,11 @@ def build_broker(url: str, clock=None) -> dramatiq.Broker:
     if url.startswith(("redis://", "rediss://", "unix://")):
         from dramatiq.brokers.redis import RedisBroker
 
-        return RedisBroker(url=url, middleware=middleware)
+        from .workers import REDIS_HEARTBEAT_TIMEOUT_MS, REDIS_MAINTENANCE_CHANCE
+
+        # A killed consumer's unacknowledged messages come back in seconds, not a minute.
+        return RedisBroker(url=url, middleware=middleware, heartbeat_timeout=REDIS_HEARTBEAT_TIMEOUT_MS,
+                           maintenance_chance=REDIS_MAINTENANCE_CHANCE)
     if url.startswith(("amqp://", "amqps://")):
         from dramatiq.brokers.rabbitmq import RabbitmqBroker
 
@@ -83,6 +88,31 @@ class Dispatcher:
         self.actor = dramatiq.Actor(execute, broker=broker, actor_name=ACTOR_NAME, queue_name=queue,
                                     priority=0, options={"max_retries": 0})
         self.delivers = not is_in_memory(broker)
+
+    def is_redis(self) -> bool:
+        return type(self.broker).__name__ == "RedisBroker"
+
+    def server(self) -> tuple[str, float] | None:
+        """(the broker server's id, seconds since it started) where a restart loses its messages: Redis
+        here keeps nothing on disk. None for RabbitMQ (durable queues, persistent messages
+        survive a restart), the in-memory broker, or when the server cannot be asked."""
+        if not self.is_redis():
+            return None
+        try:
+            info = self.broker.client.info("server")
+        except Exception:  # noqa: BLE001 - the next heartbeat asks again
+            return None
+        return str(info["run_id"]), float(info["uptime_in_seconds"])
+
+    def touch(self) -> None:
+        """A Redis command through Dramatiq's script, which renews this process's heartbeat
+        there: a worker busy with long steps and no message traffic does not look dead."""
+        if not self.is_redis():
+            return
+        try:
+            self.broker.do_qsize(self.actor.queue_name)
+        except Exception:  # noqa: BLE001 - the next heartbeat tries again
+            log.debug("could not reach the broker", exc_info=True)
 
     def send(self, task_id: str, delay: float = 0.0, time_limit: float | None = None) -> bool:
         options = {}

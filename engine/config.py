@@ -15,8 +15,10 @@ class Settings:
     database_url: str = "sqlite:///interlock.db"
     broker_url: str = "memory://"
     workflows: str = "workflows"
-    # A task sent to the broker but not claimed within this many seconds is sent again.
-    resend_after: float = 5.0
+    # The safety interval: a task sent to the broker but not claimed within this many seconds
+    # is sent again even though nothing says its message was lost (a dead sender, a failed
+    # send or a restarted broker re-send it at once). Longer than any backlog should last.
+    resend_after: float = 300.0
     # A claimed task whose worker stops renewing its lease is retried after this.
     lease_seconds: float = 15.0
     # How often timers, the outbox and leases are looked at when nothing wakes the loop.

@@ -58,6 +58,10 @@ class EagerSteps:
             thread.join(max(0.0, deadline - time.monotonic()))
         return left
 
+    def busy(self) -> bool:
+        """A step still running after ``stop`` gave up waiting."""
+        return any(thread.is_alive() for thread in self._workers)
+
     def offer(self, dispatch, run: dict) -> bool:
         """Take ``dispatch`` (a step due now, of the committed ``run``) if a thread is free."""
         expected = self._durations.get((run["workflow"], dispatch.task["name"]))

@@ -92,6 +92,10 @@ tasks = Table(
     Column("max_attempts", Integer, nullable=False),
     Column("available_at", Double, nullable=False),
     Column("sent_at", Double),
+    # The worker process that committed the task as sent (None: a process running no worker),
+    # and how many times the current attempt was sent: a task is re-sent when its sender died.
+    Column("sent_by", ID),
+    Column("sends", Integer, nullable=False, server_default="0"),
     Column("claimed_at", Double),
     Column("lease_until", Double),
     # Activities: the receipt of the current attempt, and its visibility timeout in seconds.
@@ -144,4 +148,25 @@ signals = Table(
     Column("applied_at", Double),
     Index(None, "status", "created_at"),
     Index(None, "run_id", "status"),
+)
+
+# One row per worker process, with a heartbeat: the tasks a dead worker sent (or ran eagerly)
+# are sent again; a stopped one's are not (it sent or finished them before stopping).
+workers = Table(
+    "workers", metadata,
+    Column("id", ID, primary_key=True),
+    Column("host", String(255), nullable=False),
+    Column("pid", Integer, nullable=False),
+    Column("started_at", Double, nullable=False),
+    Column("heartbeat_at", Double, nullable=False),
+    Column("stopped_at", Double),
+    Column("workflows", JSON),  # {name: [versions]} loaded by the process
+)
+
+# The broker server seen last (Redis's run id): a new one lost every message sent before it started.
+brokers = Table(
+    "brokers", metadata,
+    Column("name", String(255), primary_key=True),
+    Column("server_id", String(64), nullable=False),
+    Column("started_at", Double, nullable=False),
 )

@@ -88,11 +88,18 @@ class StepResult:
     recheck: float | None = None
 
 
+# Why a result is ignored when another delivery of the same attempt claimed the task.
+LEASE_HELD_ELSEWHERE = "another worker holds the lease"
+
+
 def _load_task(change: Change, task_id, attempt, started_at) -> dict | None:
     """The task if this attempt's result still counts; else records why it is ignored.
 
-    An attempt counts while the task is ``running`` under that attempt number (claimed),
-    or still ``queued`` just before it (a short step finishes before it is ever claimed).
+    An attempt counts while the task is ``running`` under that attempt number and claimed by
+    this attempt, or still ``queued`` just before it (a short step finishes before it is ever
+    claimed). Two deliveries of one task take the same attempt number; a claim records its
+    holder's start time (``claimed_at``), so while one holds the lease the other's result is
+    ignored, whichever finishes first.
     """
     row = change.task
     if row is None or row["id"] != task_id:
@@ -104,6 +111,8 @@ def _load_task(change: Change, task_id, attempt, started_at) -> dict | None:
     elif not ((row["status"] == "running" and row["attempt"] == attempt)
               or (row["status"] == "queued" and row["attempt"] == attempt - 1)):
         reason = f"task is {row['status']} (attempt {row['attempt']}), result was for attempt {attempt}"
+    elif row["status"] == "running" and row["claimed_at"] != started_at:
+        reason = LEASE_HELD_ELSEWHERE
     elif change.status not in ACTIVE or change.entries.get(row["state"]) != row["entry_seq"]:
         reason = (f"run is {change.status}" if change.status not in ACTIVE
                   else f"run left state {row['state']!r} before the step finished")
@@ -176,7 +185,8 @@ class StepFailed:
             change.record("step_failed", cause="step", detail={**detail, "retry_in": delay})
             change.schedule(task, delay, spec)
             change.finish_task(task, "queued", self.started_at, last_error=self.error,
-                         available_at=task["available_at"], sent_at=task["sent_at"])
+                               available_at=task["available_at"], sent_at=task["sent_at"],
+                               sent_by=task["sent_by"], sends=task["sends"])
             return
         change.record("step_failed", cause="step", detail={**detail, "final": True})
         change.finish_task(task, "failed", self.started_at, last_error=self.error)

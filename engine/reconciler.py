@@ -21,6 +21,7 @@ from .models import runs, tasks, timers
 from .operations import StepFailed, TimerFired
 from .queries import of_loaded_workflows
 from .transitions import apply, fire_due_timers
+from .workers import sender_gone, unsent
 
 log = logging.getLogger(__name__)
 BATCH = 500
@@ -40,8 +41,9 @@ LOST_ERROR = {
 
 
 class Reconciler:
-    def __init__(self, rt):
+    def __init__(self, rt, presence=None):
         self.rt = rt
+        self.presence = presence  # this process's row in ``workers``, beaten here
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._reported: dict[str, None] = {}  # runs already reported as not loaded here, oldest first
@@ -72,6 +74,8 @@ class Reconciler:
         """One pass; True when it found a full batch of something (so go again at once)."""
         self.rt.keep_clock()
         self.renew_leases()
+        if self.presence is not None:
+            self.presence.beat()
         fired = self.fire_due_timers()
         sent = self.send_outbox()
         recovered = self.recover_lost_tasks()
@@ -109,7 +113,7 @@ class Reconciler:
         return len(due)
 
     def send_outbox(self) -> int:
-        """Send tasks never sent (committed by a process without a broker) or sent but unclaimed."""
+        """Send the tasks whose message may be lost (see ``_needs_send``)."""
         if not self.rt.dispatcher.delivers:
             return 0
         now = self.rt.clock.now()
@@ -129,30 +133,40 @@ class Reconciler:
             if task_id not in taken:
                 continue  # another reconciler took it
             spec = self.rt.registry.get(workflow, version).step_for(state)
-            self.rt.dispatcher.send(task_id, 0.0, spec.time_limit if spec else None)
-            sent += 1
+            if self.rt.dispatcher.send(task_id, 0.0, spec.time_limit if spec else None):
+                sent += 1
+            else:
+                unsent(self.rt, task_id)
         if sent:
             log.info("sent %d task(s) from the outbox", sent)
         return len(pending)
 
     def _needs_send(self, now):
-        stale = now - self.rt.settings.resend_after
-        # Each re-send waits at least as long as the task had already waited when it was last
-        # sent (R, 2R, 4R, …): behind a long queue, copies do not pile up faster than it drains.
+        """A queued step task, due, whose message may be lost: never sent (or its send failed,
+        or the broker restarted since: both mark it unsent), or sent by a worker process that
+        died (before publishing it, or while running it eagerly), or unclaimed for the long
+        safety interval ``resend_after``. Waiting behind a backlog is none of these."""
+        settings = self.rt.settings
+        stale = now - settings.resend_after
+        # Each safety re-send waits at least as long as the task had already waited when it was
+        # last sent (R, 2R, 4R, …): behind a long queue, copies do not pile up faster than it drains.
         return and_(tasks.c.status == "queued", tasks.c.kind == "step", tasks.c.available_at <= now,
                     or_(tasks.c.sent_at.is_(None),
+                        sender_gone(now, settings.lease_seconds, self.rt.worker_id),
                         and_(tasks.c.sent_at < stale, tasks.c.available_at < stale,
                              now - tasks.c.sent_at > tasks.c.sent_at - tasks.c.available_at)))
 
     def _take(self, needs_send, task_ids, now) -> set:
         """Mark the tasks still needing a send as sent, in one transaction; the ids this one took."""
         with self.rt.db.write(self.rt.db.lease_engine) as conn:
+            # A task sent more than once claims before it runs (steps.py): two copies never both run.
+            sent = {"sent_at": now, "sent_by": self.rt.worker_id, "sends": tasks.c.sends + 1}
             if conn.dialect.update_returning:
                 return set(conn.execute(update(tasks).where(tasks.c.id.in_(task_ids), needs_send)
-                                        .values(sent_at=now).returning(tasks.c.id)).scalars())
+                                        .values(sent).returning(tasks.c.id)).scalars())
             return {task_id for task_id in task_ids
                     if conn.execute(update(tasks).where(tasks.c.id == task_id, needs_send)
-                                    .values(sent_at=now)).rowcount == 1}
+                                    .values(sent)).rowcount == 1}
 
     def recover_lost_tasks(self) -> int:
         """Running tasks whose lease expired: their worker died (a step's) or let the visibility

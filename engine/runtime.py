@@ -22,6 +22,7 @@ from .reconciler import Reconciler
 from .registry import Registry
 from .steps import StepExecutor
 from .transitions import apply, check_data
+from .workers import Presence, unsent
 
 log = logging.getLogger(__name__)
 _PENDING = "interlock_pending"
@@ -64,6 +65,9 @@ class Interlock:
         # Step results go through it while a worker runs in this process (group commit).
         self.batcher: Batcher | None = None
         self.eager: EagerSteps | None = None
+        # The id of this process's row in ``workers`` while a worker runs here: the sender of
+        # the tasks it commits (None: tasks are re-sent only by the long safety interval).
+        self.worker_id: str | None = None
 
     def keep_clock(self) -> None:
         """Measure the clock's offset to the database's if the last measurement is old (every
@@ -81,7 +85,8 @@ class Interlock:
 
     def after_commit(self, outcome) -> None:
         for item in outcome.dispatch:
-            self.dispatcher.send(item.task_id, item.delay, item.time_limit)
+            if not self.dispatcher.send(item.task_id, item.delay, item.time_limit):
+                unsent(self, item.task_id)
         if outcome.history:
             run = outcome.run
             self.notifier.publish(run["id"], run["last_seq"], run["status"])
@@ -203,6 +208,9 @@ class Worker:
         if self._dramatiq is not None:
             return self
         broker = self.rt.broker
+        self.presence = Presence(self.rt)
+        self.presence.register()
+        self.rt.worker_id = self.presence.id
         if is_in_memory(broker):
             # Sends from this process now reach a worker.
             self.rt.dispatcher.delivers = True
@@ -217,7 +225,7 @@ class Worker:
             self.rt.eager = EagerSteps(self.rt.executor, self.rt.settings.eager_threads,
                                        time_limit_monitor(broker)).start()
         self._dramatiq.start()
-        self.reconciler = Reconciler(self.rt)
+        self.reconciler = Reconciler(self.rt, self.presence)
         self.reconciler.tick()  # recovery at start-up, before new work piles on
         self.reconciler.start()
         return self
@@ -227,12 +235,19 @@ class Worker:
             return
         self.reconciler.stop()
         self._dramatiq.stop(timeout=10_000)
+        clean = True
         if self.rt.eager is not None:
             for dispatch in self.rt.eager.stop():
-                self.rt.dispatcher.send(dispatch.task_id, 0.0, dispatch.time_limit)
+                clean &= self.rt.dispatcher.send(dispatch.task_id, 0.0, dispatch.time_limit)
+            clean &= not self.rt.eager.busy()
             self.rt.eager = None
         self.rt.batcher.stop()
         self.rt.batcher = None
+        self.rt.worker_id = None
+        try:
+            self.presence.stopped(clean)
+        except Exception:  # noqa: BLE001 - then it looks dead, and its tasks are sent again
+            log.warning("could not mark worker %s stopped", self.presence.id, exc_info=True)
         # Dramatiq leaves the stopped worker's hook on the broker; a later worker adds its own.
         broker = self.rt.broker
         broker.middleware = [m for m in broker.middleware if getattr(m, "worker", None) is not self._dramatiq]

@@ -2,11 +2,15 @@
 
 A step that finishes quickly costs one write transaction: its result. The task is
 claimed (queued -> running under a lease) only when the step is still running after
-``CLAIM_AFTER`` seconds, which is well before the reconciler would send it again; a
-claimed task whose worker dies is found by its expired lease. A duplicate delivery of a
-task that is already claimed or done reads nothing and is dropped; two deliveries that
-race before either claims both run the function (at-least-once), but only the first
-result is applied: the attempt number is the fencing token checked under the run's lock.
+``claim_after`` seconds; a claimed task whose worker dies is found by its expired lease.
+
+A delivery that may race another copy of its message claims before it runs the function:
+one of a task sent more than once, or one that waited since it was sent longer than half
+the safety re-send interval (the reconciler re-sends a live sender's task only after that
+whole interval, by when a lazily run first copy has long claimed it). Of two copies that
+claim, one wins and the other is dropped unrun; a delivery that finds the task claimed or
+done is dropped. The attempt number and the claim's start time are the fencing token
+checked under the run's lock: a late or twin result is recorded as ``ignored``.
 """
 
 import asyncio
@@ -19,6 +23,7 @@ from dataclasses import dataclass
 
 from dramatiq.middleware.time_limit import TimeLimitExceeded
 from sqlalchemy import bindparam, select, update
+from sqlalchemy.exc import DBAPIError
 
 from . import hotsql
 from . import machine as m
@@ -28,23 +33,35 @@ from .errors import InterlockError, WorkflowNotFound
 from .explain import not_loaded
 from .models import runs, tasks
 from .operations import StepDone, StepFailed, StepResult
-from .transitions import apply, check_data
+from .transitions import MAX_BROKER_DELAY, apply, check_data
+from .workers import unsent
 
 log = logging.getLogger(__name__)
 # A claimed task's lease is renewed only this long past its time limit, so a hung thread
 # cannot hold a task forever.
 LEASE_GRACE = 5.0
+# A delayed message may arrive this much before its time and still run.
+EARLY_SLACK = 1.0
+# Seconds before a delivery whose database read or claim failed is delivered again.
+RETRY_DELIVERY = 1.0
+# A result the database refused to commit (connection lost, server down) is applied again,
+# this many times, 1 s, 2 s, ... apart, instead of running the step again.
+RESULT_TRIES = 10
 
 
-# The task a delivery names, if it may run now: queued, a step, and due (a second early is
-# fine: a delayed message may arrive slightly before its time).
+# The task a delivery names, if queued and a step (one not yet due is sent again with its delay).
 _RUNNABLE = hotsql.Statement(lambda _dialect, _keys: (
     select(tasks.c.id, tasks.c.run_id, tasks.c.state, tasks.c.name, tasks.c.attempt,
-           tasks.c.entry_seq, tasks.c.available_at, runs.c.workflow, runs.c.version,
-           runs.c.data, runs.c.business_key)
+           tasks.c.entry_seq, tasks.c.available_at, tasks.c.sent_at, tasks.c.sends, runs.c.workflow,
+           runs.c.version, runs.c.data, runs.c.business_key)
     .join(runs, runs.c.id == tasks.c.run_id)
-    .where(tasks.c.id == bindparam("b_task"), tasks.c.status == "queued", tasks.c.kind == "step",
-           tasks.c.available_at <= bindparam("b_before"))))
+    .where(tasks.c.id == bindparam("b_task"), tasks.c.status == "queued", tasks.c.kind == "step")))
+# queued -> running under a lease, for the attempt after the stored one; claimed_at is the
+# attempt's start time, which tells its result from a twin delivery's.
+_CLAIM = update(tasks).where(
+    tasks.c.id == bindparam("b_task"), tasks.c.status == "queued", tasks.c.attempt == bindparam("b_previous"),
+).values(status="running", attempt=bindparam("b_attempt"), claimed_at=bindparam("b_started"),
+         lease_until=bindparam("b_lease_until"), updated_at=bindparam("b_now"))
 
 
 @dataclass
@@ -52,7 +69,7 @@ class Attempt:
     attempt: int
     started_at: float
     renew_until: float
-    claimed: bool = False
+    claimed: bool = False  # a claim was tried (it may have found the task taken)
     renewed_at: float = 0.0
     returned: bool = False  # the function returned; its result waits to be applied
 
@@ -91,28 +108,85 @@ class StepExecutor:
             self.running.pop(task_id, None)
 
     def load(self, task_id: str):
-        """The queued task and its run, or None (a duplicate, stale or early delivery)."""
+        """The queued task and its run, or None (a duplicate or stale delivery, or an early
+        one, sent again with its delay)."""
         now = self.rt.clock.now()
-        with self.rt.db.read() as conn:
-            found = hotsql.fetch(conn, _RUNNABLE, {"b_task": task_id, "b_before": now + 1.0})
+        try:
+            found = self.rt.db.query(lambda conn: hotsql.fetch(conn, _RUNNABLE, {"b_task": task_id}))
+        except DBAPIError:
+            self._deliver_later(task_id, None)
+            return None
         if not found:
             log.debug("task %s not runnable now (duplicate or stale delivery)", task_id)
             return None
         row = found[0]
+        if row["available_at"] > now + EARLY_SLACK:
+            self._send_early_again(row, now)
+            return None
         row["attempt"] += 1
-        return self._begin(row, now, "broker")
+        waited = now - max(row["sent_at"] or now, row["available_at"])
+        claim = row["sends"] > 1 or waited > self.rt.settings.resend_after / 2
+        return self._begin(row, now, "broker", claim)
 
-    def _begin(self, row: dict, now: float, via: str):
+    def _begin(self, row: dict, now: float, via: str, claim: bool = False):
         try:
             cls = self.rt.registry.get(row["workflow"], row["version"])
         except WorkflowNotFound:
             self._hand_back(row)
             return None
-        metrics.observe_claim(row["workflow"], row["available_at"], via, now)
         spec = cls.step_for(row["state"])
+        attempt = Attempt(row["attempt"], now, now + spec.time_limit + LEASE_GRACE)
+        if claim:
+            try:
+                with self.rt.db.write(self.rt.db.lease_engine) as conn:
+                    won = self._claim(conn, row["id"], attempt, now)
+            except DBAPIError:
+                self._deliver_later(row["id"], spec.time_limit)
+                return None
+            if not won:
+                log.debug("task %s claimed by another delivery: dropped unrun", row["id"])
+                return None
+        metrics.observe_claim(row["workflow"], row["available_at"], via, now)
         with self._lock:
-            self.running[row["id"]] = Attempt(row["attempt"], now, now + spec.time_limit + LEASE_GRACE)
+            self.running[row["id"]] = attempt
         return row, cls, spec, now
+
+    def _claim(self, conn, task_id: str, attempt: Attempt, now: float) -> bool:
+        """Claim the task for ``attempt`` (True) unless done, superseded or taken by a twin."""
+        won = conn.execute(_CLAIM, {"b_task": task_id, "b_previous": attempt.attempt - 1,
+                                    "b_attempt": attempt.attempt, "b_started": attempt.started_at,
+                                    "b_lease_until": now + self.rt.settings.lease_seconds,
+                                    "b_now": now}).rowcount == 1
+        attempt.claimed, attempt.renewed_at = True, now
+        if not won:
+            attempt.renew_until = 0.0  # nothing of ours to keep alive
+        return won
+
+    def _deliver_later(self, task_id: str, time_limit) -> None:
+        """The database could not be read or written: this message comes back in a moment
+        (the same single copy; no database write needed)."""
+        log.warning("task %s could not be read or claimed (database unreachable); delivering it again in %g s",
+                    task_id, RETRY_DELIVERY, extra={"task_id": task_id})
+        self.rt.dispatcher.send(task_id, RETRY_DELIVERY, time_limit)
+
+    def _send_early_again(self, row: dict, now: float) -> None:
+        """A delivery before the task is due (a twin of an earlier attempt's message, or a
+        clock ahead): sent again with the time left, and counted as a send, so that each copy
+        claims before it runs. Longer waits are left to the reconciler, as any long retry is."""
+        try:
+            spec = self.rt.registry.get(row["workflow"], row["version"]).step_for(row["state"])
+        except WorkflowNotFound:
+            self._hand_back({**row, "attempt": row["attempt"] + 1})
+            return
+        delay = row["available_at"] - now
+        later = delay <= MAX_BROKER_DELAY and self.rt.dispatcher.delivers
+        with self.rt.db.write(self.rt.db.lease_engine) as conn:
+            conn.execute(update(tasks).where(
+                tasks.c.id == row["id"], tasks.c.status == "queued", tasks.c.attempt == row["attempt"],
+            ).values({"sent_at": now, "sent_by": self.rt.worker_id, "sends": tasks.c.sends + 1} if later
+                     else {"sent_at": None}))
+        if later and not self.rt.dispatcher.send(row["id"], delay, spec.time_limit):
+            unsent(self.rt, row["id"])
 
     def _hand_back(self, row: dict) -> None:
         """A task of a workflow this process has not loaded (workers with different
@@ -163,7 +237,7 @@ class StepExecutor:
                  row["attempt"], error, extra={"run_id": row["run_id"], "task_id": row["id"]})
         self._hand_over(row, StepFailed(row["id"], row["attempt"], error, tb, started_at))
 
-    def _hand_over(self, row, op) -> None:
+    def _hand_over(self, row, op, tries: int = 1) -> None:
         """Apply ``op`` through the group commit when a worker runs here, else right now."""
         with self._lock:
             attempt = self.running.get(row["id"])
@@ -175,10 +249,18 @@ class StepExecutor:
                 # The result was refused (event not allowed now, a callback raised): a failed attempt.
                 self.fail(row, error, None, op.started_at)
                 return
+            if error is not None and not isinstance(error, InterlockError) and tries < RESULT_TRIES:
+                # Not applied (say the database is down): the function ran, so its result is
+                # applied again later, rather than the step run again (the fence still decides).
+                log.warning("result of step %s of run %s not applied (%s); trying again in %d s", row["name"],
+                            row["run_id"], error, tries, extra={"run_id": row["run_id"], "task_id": row["id"]})
+                timer = threading.Timer(tries, self._hand_over, (row, op, tries + 1))
+                timer.daemon = True
+                timer.start()
+                return
             self._release(row["id"])
             if error is not None:
-                # Not applied (say the database is down): the task is still queued, and the
-                # reconciler sends it again.
+                # Given up: the task is still queued, and the reconciler sends it again.
                 log.warning("result of step %s of run %s not applied: %s", row["name"], row["run_id"],
                             error, extra={"run_id": row["run_id"], "task_id": row["id"]})
 
@@ -188,7 +270,7 @@ class StepExecutor:
             return
         try:
             outcome = apply(self.rt, row["run_id"], op)
-        except InterlockError as exc:
+        except (InterlockError, DBAPIError) as exc:
             done(None, exc)
             return
         except BaseException:
@@ -209,15 +291,7 @@ class StepExecutor:
             return
         with self.rt.db.write(self.rt.db.lease_engine) as conn:
             for task_id, attempt in to_claim:
-                claimed = conn.execute(update(tasks).where(
-                    tasks.c.id == task_id, tasks.c.status == "queued",
-                    tasks.c.attempt == attempt.attempt - 1,
-                ).values(status="running", attempt=attempt.attempt, claimed_at=attempt.started_at,
-                         lease_until=now + lease, updated_at=now)).rowcount
-                attempt.claimed, attempt.renewed_at = True, now
-                if claimed != 1:
-                    # Done, superseded or taken by a twin delivery: nothing of ours to keep alive.
-                    attempt.renew_until = 0.0
+                self._claim(conn, task_id, attempt, now)
             if to_renew:
                 conn.execute(update(tasks).where(tasks.c.id.in_(to_renew), tasks.c.status == "running")
                              .values(lease_until=now + lease))

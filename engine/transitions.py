@@ -127,7 +127,8 @@ _FINISH_TASK = update(tasks).where(tasks.c.id == _b("b_task")).values(
     lease_until=None, updated_at=_b("b_now"),
     last_error=func.coalesce(_b("b_last_error", type_=tasks.c.last_error.type), tasks.c.last_error),
     available_at=func.coalesce(_b("b_available_at", type_=Double()), tasks.c.available_at),
-    sent_at=_b("b_sent_at", type_=Double()))
+    sent_at=_b("b_sent_at", type_=Double()), sent_by=_b("b_sent_by", type_=tasks.c.sent_by.type),
+    sends=_b("b_sends", type_=tasks.c.sends.type))
 
 
 def _inserting(table):
@@ -148,11 +149,12 @@ _HOT_UPDATE_RUN = _fixed(_UPDATE_RUN, hotsql.Arrays.update(
 _HOT_FINISH_TASK = _fixed(_FINISH_TASK, hotsql.Arrays(
     "UPDATE tasks SET status = u.b_status, attempt = u.b_attempt, claimed_at = u.b_started, "
     "lease_until = NULL, updated_at = u.b_now, last_error = coalesce(u.b_last_error, tasks.last_error), "
-    "available_at = coalesce(u.b_available_at, tasks.available_at), sent_at = u.b_sent_at "
-    "FROM :rows WHERE tasks.id = u.b_task",
+    "available_at = coalesce(u.b_available_at, tasks.available_at), sent_at = u.b_sent_at, "
+    "sent_by = u.b_sent_by, sends = u.b_sends FROM :rows WHERE tasks.id = u.b_task",
     {"b_task": tasks.c.id, "b_status": tasks.c.status, "b_attempt": tasks.c.attempt,
      "b_started": tasks.c.claimed_at, "b_now": tasks.c.updated_at, "b_last_error": tasks.c.last_error,
-     "b_available_at": tasks.c.available_at, "b_sent_at": tasks.c.sent_at}))
+     "b_available_at": tasks.c.available_at, "b_sent_at": tasks.c.sent_at, "b_sent_by": tasks.c.sent_by,
+     "b_sends": tasks.c.sends}))
 _HOT_FIRE_TIMER = _fixed(_FIRE_TIMER, hotsql.Arrays(
     "UPDATE timers SET status = 'fired', fired_at = u.b_now FROM :rows WHERE timers.id = u.b_timer",
     {"b_timer": timers.c.id, "b_now": timers.c.fired_at}))
@@ -419,7 +421,7 @@ class Change:
         row = {"id": new_id(self.now), "run_id": self.row["id"], "state": state, "entry_seq": seq,
                "name": spec.name, "kind": spec.kind, "status": "queued", "attempt": 0,
                "max_attempts": spec.max_attempts, "available_at": self.now, "sent_at": None,
-               "claimed_at": None, "lease_until": None, "token": None, "visibility_timeout": None,
+               "sent_by": None, "sends": 0, "claimed_at": None, "lease_until": None, "token": None, "visibility_timeout": None,
                "last_error": None,
                "created_at": self.now, "updated_at": self.now}
         self.schedule(row, 0.0, spec)
@@ -432,10 +434,10 @@ class Change:
         Activity tasks are never sent: external workers receive them from the tasks table."""
         task["available_at"] = self.now + delay
         if spec.kind == "step" and self.rt.dispatcher.delivers and delay <= MAX_BROKER_DELAY:
-            task["sent_at"] = self.now
+            task["sent_at"], task["sent_by"], task["sends"] = self.now, self.rt.worker_id, 1
             self.dispatch.append(Dispatch(task["id"], delay, spec.time_limit, task))
         else:
-            task["sent_at"] = None
+            task["sent_at"], task["sent_by"], task["sends"] = None, None, 0
 
     def add_timer(self, state, seq, name, kind, event, due_at):
         self.open_timers += 1
@@ -469,12 +471,14 @@ class Change:
                 _CANCEL_TIMERS, {"b_run": self.row["id"], "b_states": list(states)}).rowcount
 
     def finish_task(self, task: dict, status: str, started_at: float, *, last_error=None,
-                    available_at=None, sent_at=None):
+                    available_at=None, sent_at=None, sent_by=None, sends=None):
         """Close (or re-queue) an attempt's task: status, the attempt number, when it started."""
         self.writes.task_updates.append({
             "b_task": task["id"], "b_status": status, "b_attempt": task["attempt"], "b_started": started_at,
             "b_now": self.now, "b_last_error": last_error, "b_available_at": available_at,
-            "b_sent_at": sent_at if status == "queued" else task["sent_at"]})
+            "b_sent_at": sent_at if status == "queued" else task["sent_at"],
+            "b_sent_by": sent_by if status == "queued" else task["sent_by"],
+            "b_sends": sends if status == "queued" else task["sends"]})
         if status not in OPEN_TASK:
             self.open_tasks -= 1
 

@@ -39,3 +39,37 @@ class Quick(Workflow):
     @step(queued)
     def work(self, run):
         return "done"
+
+
+class Slow3(Workflow):
+    """Three steps that each take ``seconds`` and leave one file per execution in ``marker_dir``
+    (named by task id and attempt), written by the step itself: what the outside world saw."""
+
+    name, version = "slow3", 1
+
+    first = State(initial=True)
+    second = State()
+    third = State()
+    finished = State(final=True)
+
+    go2 = first.to(second)
+    go3 = second.to(third)
+    done = third.to(finished)
+
+    def _execute(self, run, event):
+        marker = Path(run.data["marker_dir"]) / f"{run.task_id}-{run.attempt}-{os.getpid()}-{time.time_ns()}"
+        marker.touch()
+        time.sleep(run.data["seconds"])
+        return event
+
+    @step(first)
+    def one(self, run):
+        return self._execute(run, "go2")
+
+    @step(second)
+    def two(self, run):
+        return self._execute(run, "go3")
+
+    @step(third)
+    def three(self, run):
+        return self._execute(run, "done")

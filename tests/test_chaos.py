@@ -20,7 +20,7 @@ from .processes import ROOT, clean_env
 pytestmark = pytest.mark.slow
 CHAOS = [sys.executable, str(ROOT / "bench" / "chaos.py")]
 INVARIANTS = ["final states", "history contiguous", "transitions once per state entry",
-              "step results applied once", "timers only in their state entry"]
+              "step results applied once", "timers only in their state entry", "no step run twice without a fault"]
 
 
 def chaos(tmp_path, *args, timeout=300):
@@ -51,6 +51,11 @@ def test_quick_chaos_run_keeps_every_invariant(broker, tmp_path):
     assert not any("FAILED" in what for _, _, what, _ in result["faults"]), result["faults"]
     for name in INVARIANTS:
         assert f"ok   {name}" in done.stdout
+    # Duplicate executions are printed, each put down to an injected fault.
+    duplicates = result["duplicates"]
+    assert sum(duplicates["by_fault"].values()) == duplicates["extra_executions"]
+    assert set(duplicates["by_fault"]) <= set(result["fault_counts"])
+    assert "duplicate executions:" in done.stdout
 
 
 def test_the_chaos_run_catches_a_broken_reconciler(tmp_path):
@@ -66,7 +71,7 @@ def test_the_chaos_run_catches_a_broken_reconciler(tmp_path):
     assert finals["name"] == "final states"
     assert finals["problems"].get("stuck (nothing pending)", 0) > 0, finals
     # Only the runs that needed a lost task recovered are stuck: nothing else is reported.
-    assert [i["violations"] for i in result["invariants"][1:]] == [0, 0, 0, 0]
+    assert [i["violations"] for i in result["invariants"][1:]] == [0, 0, 0, 0, 0]
     assert "FAIL final states" in done.stdout
     assert "stuck (nothing pending)" in done.stdout
 
