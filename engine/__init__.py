@@ -6,14 +6,14 @@ Workflows are written with the names below; everything else is imported by modul
 
 from statemachine import State
 
-from .definitions import Workflow, activity, after, at, child, recheck, step, trigger
+from .definitions import Workflow, activity, after, at, child, map_, recheck, step, trigger
 from .errors import (CallbackError, DefinitionError, InterlockError, InvalidData, InvalidTransition,
                      RunNotActive, RunNotFound, SchemaOutOfDate, StaleTaskToken, WorkflowNotFound)
 from .runtime import Interlock
 
 __all__ = [
     # defining workflows
-    "Workflow", "State", "step", "activity", "child", "after", "at", "trigger", "recheck",
+    "Workflow", "State", "step", "activity", "child", "map_", "after", "at", "trigger", "recheck",
     # running them
     "Interlock",
     # errors

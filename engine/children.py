@@ -17,6 +17,7 @@ from dataclasses import dataclass
 
 from sqlalchemy import select, update
 
+from . import maps
 from .errors import InterlockError, InvalidTransition
 from .ids import new_id
 from .models import runs, signals
@@ -32,34 +33,55 @@ RECONCILE_AFTER = 1.0
 # -- hooks of the transition function ------------------------------------------------------
 
 def entered(change, spec, seq) -> None:
-    """Start the child run of ``spec`` for the parent's state entry ``seq``, in its transaction."""
+    """Start the child run (or, for a map, the runs per item) of ``spec`` for the parent's
+    state entry ``seq``, in the parent's transaction."""
+    if spec.kind == "map":
+        maps.entered(change, spec, seq)
+        return
+    key = spec.business_key(change.ctx) if spec.business_key is not None else None
+    start_run(change, spec, seq, spec.data_for(change.ctx), key)
+
+
+def start_run(change, spec, seq, data, business_key, detail=None) -> str:
+    """Start a run of ``spec.workflow`` as a child of the parent's state entry ``seq``; its id."""
     from .operations import Start
     from .transitions import check_data
 
     cls = change.rt.registry.get(spec.workflow, spec.version)
-    data = check_data(spec.data_for(change.ctx), f"child {spec.name} data")
-    key = spec.business_key(change.ctx) if spec.business_key is not None else None
-    op = Start(cls, data, None if key is None else str(key), parent=(change.row["id"], spec.state_id, seq))
+    data = check_data(data, f"{spec.kind} {spec.name} data")
+    op = Start(cls, data, None if business_key is None else str(business_key),
+               parent=(change.row["id"], spec.state_id, seq))
     child = op.begin(change.rt, change.conn, change.now, writes=change.writes)
     op.perform(child)
-    outcome = child.finish()
-    change.related.append(outcome)
+    change.related.append(child.finish())
     change.record("child_started", cause="child", target=spec.state_id,
                   detail={"child": child.row["id"], "name": spec.name, "workflow": cls.workflow_name,
-                          "version": cls.version, "business_key": child.row["business_key"]})
+                          "version": cls.version, "business_key": child.row["business_key"], **(detail or {})})
+    return child.row["id"]
 
 
 def leaving(change, states, reason: str) -> None:
-    """Tell the children bound to ``states`` that their parent left them (policy ``cancel``)."""
+    """The parent leaves ``states``: their maps stop, their children (policy ``cancel``) are told."""
     specs = {state: change.cls.child_for(state) for state in states}
-    bound = [state for state, spec in specs.items() if spec is not None and spec.parent_close == "cancel"]
-    if not bound:
+    for state, spec in specs.items():
+        if spec is not None and spec.kind == "map" and state in change.entries:
+            maps.leaving(change, spec, change.entries[state])
+    cancel_children(change, [s for s, spec in specs.items() if spec is not None and spec.parent_close == "cancel"],
+                    reason)
+
+
+def cancel_children(change, states, reason: str, seq=None) -> None:
+    """Signal ``parent_left`` to the active children started by ``states`` (of entry ``seq``)."""
+    if not states:
         return
-    targets = [o.run["id"] for o in change.related
-               if o.run.get("parent_state") in bound and o.run["status"] in ACTIVE]
-    stored = change.conn.execute(select(runs.c.id).where(
-        runs.c.parent_id == change.row["id"], runs.c.parent_state.in_(bound),
-        runs.c.status.in_(ACTIVE))).scalars().all()
+    targets = [o.run["id"] for o in change.related if o.run.get("parent_state") in states
+               and o.run["status"] in ACTIVE and (seq is None or o.run.get("parent_seq") == seq)]
+    query = select(runs.c.id).where(runs.c.parent_id == change.row["id"], runs.c.parent_state.in_(states),
+                                    runs.c.status.in_(ACTIVE))
+    if seq is not None:
+        query = query.where(runs.c.parent_seq == seq)
+    change.writes.flush_pending(change.conn)
+    stored = change.conn.execute(query).scalars().all()
     for child_id in dict.fromkeys([*stored, *targets]):
         change.signal(child_id, "parent_left", {"reason": reason})
 
@@ -84,23 +106,37 @@ class ApplySignal:
         found = change.conn.execute(select(signals).where(signals.c.id == self.signal_id)).mappings().first()
         if found is None or found["status"] != "pending" or found["run_id"] != change.row["id"]:
             return
-        if found["kind"] == "child_ended":
-            applied = _child_ended(change, found)
-        else:
+        if found["kind"] == "parent_left":
             applied = _parent_left(change, found)
+        else:
+            applied = _for_state_entry(change, found)
         change.conn.execute(update(signals).where(signals.c.id == self.signal_id).values(
             status="applied" if applied else "stale", applied_at=change.now))
 
 
-def _child_ended(change, signal) -> bool:
-    payload, child_id = signal["payload"], signal["source_id"]
-    detail = {"child": child_id, "status": payload["status"], "state": payload["state"]}
-    if change.status not in ACTIVE or change.entries.get(signal["state"]) != signal["entry_seq"]:
-        reason = (f"run is {change.status}" if change.status not in ACTIVE
+def _for_state_entry(change, signal) -> bool:
+    """A signal for one of the run's state entries: a child's end, an empty map's."""
+    payload = signal["payload"] or {}
+    detail = {"child": signal["source_id"], "status": payload.get("status"), "state": payload.get("state")}
+    if signal["kind"] == "map_done":
+        detail = {"map": signal["state"]}
+    spec = change.cls.child_for(signal["state"])
+    is_map = spec is not None and spec.kind == "map"
+    # A failed map still records its items' ends: retry re-runs only what did not succeed.
+    listening = change.status in ACTIVE or (is_map and change.status == "failed")
+    if not listening or change.entries.get(signal["state"]) != signal["entry_seq"]:
+        reason = (f"run is {change.status}" if not listening
                   else f"run left state {signal['state']!r} before the child ended")
         change.record("ignored", cause="child", detail={**detail, "reason": reason})
         return False
-    spec = change.cls.child_for(signal["state"])
+    if is_map:
+        (maps.done_empty if signal["kind"] == "map_done" else maps.child_ended)(change, spec, signal)
+        return True
+    return _child_ended(change, signal, spec, detail)
+
+
+def _child_ended(change, signal, spec, detail) -> bool:
+    payload, child_id = signal["payload"], signal["source_id"]
     change.record("child_ended", cause="child", source=signal["state"], detail=detail)
     if spec is None:
         return True

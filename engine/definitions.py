@@ -12,8 +12,9 @@ from statemachine.exceptions import InvalidDefinition
 from statemachine.factory import StateMachineMetaclass
 
 from .errors import DefinitionError
-from .specs import (ACTIVITY_NAME, MAX_VISIBILITY_TIMEOUT, PARENT_CLOSE, ActivitySpec, ChildSpec, Recheck,  # noqa: F401
-                    StepSpec, TimerSpec, TriggerSpec, activity, after, at, child, recheck, step, trigger)
+from .specs import (ACTIVITY_NAME, MAX_VISIBILITY_TIMEOUT, PARENT_CLOSE, ActivitySpec, ChildSpec,  # noqa: F401
+                    MapSpec, Recheck, StepSpec, TimerSpec, TriggerSpec, activity, after, at, child, map_,
+                    recheck, step, trigger)
 
 RUN_STATUSES = ("running", "waiting", "succeeded", "failed", "cancelled")
 FINAL_STATUSES = ("succeeded", "failed", "cancelled")
@@ -42,7 +43,7 @@ def _check_not_overwritten(cls, class_name, attrs):
     a step, activity, timer or trigger declared under such a name would silently vanish."""
     for attr, value in attrs.items():
         declared = (isinstance(getattr(value, "_interlock_step", None), StepSpec)
-                    or isinstance(value, (ActivitySpec, ChildSpec, TimerSpec, TriggerSpec)))
+                    or isinstance(value, (ActivitySpec, ChildSpec, MapSpec, TimerSpec, TriggerSpec)))
         if declared and vars(cls).get(attr) is not value:
             raise DefinitionError(f"{class_name}: {attr!r} is a name python-statemachine uses "
                                   "itself; give the step, activity, timer or trigger another name")
@@ -174,13 +175,13 @@ def _check_and_collect(cls, class_name):
             steps[spec.state_id] = spec
         elif isinstance(value, ActivitySpec):
             _collect_activity(cls, class_name, attr, value, finals, activities, check_event)
-        elif isinstance(value, ChildSpec):
+        elif isinstance(value, (ChildSpec, MapSpec)):
             value.name = attr
-            value.state_id = _resolve(cls, value.state, f"child {attr}")
+            value.state_id = _resolve(cls, value.state, f"{value.kind} {attr}")
             if value.state_id in finals:
-                raise DefinitionError(f"{class_name}: child {attr} is on final state {value.state_id!r}")
+                raise DefinitionError(f"{class_name}: {value.kind} {attr} is on final state {value.state_id!r}")
             if value.state_id in children:
-                raise DefinitionError(f"{class_name}: state {value.state_id!r} has two children "
+                raise DefinitionError(f"{class_name}: state {value.state_id!r} has two children or maps "
                                       f"({children[value.state_id].name}, {attr})")
             check_event(value.on_done, f"child {attr} on_done")
             check_event(value.on_error, f"child {attr} on_error")
@@ -201,7 +202,7 @@ def _check_and_collect(cls, class_name):
     for state_id, spec in children.items():
         if state_id in steps or state_id in activities:
             work = steps.get(state_id) or activities.get(state_id)
-            raise DefinitionError(f"{class_name}: state {state_id!r} has both a child ({spec.name}) and a "
+            raise DefinitionError(f"{class_name}: state {state_id!r} has both a {spec.kind} ({spec.name}) and a "
                                   f"{work.kind} ({work.name}); give it one or the other")
     both = sorted(set(steps) & set(activities))
     if both:
@@ -263,7 +264,8 @@ class Workflow(StateMachine, metaclass=WorkflowMeta):
         return cls._steps.get(state_id) or cls._activities.get(state_id)
 
     @classmethod
-    def child_for(cls, state_id) -> ChildSpec | None:
+    def child_for(cls, state_id) -> "ChildSpec | MapSpec | None":
+        """The child run (``ChildSpec``) or the runs per item (``MapSpec``) the state starts."""
         return cls._children.get(state_id)
 
     @classmethod

@@ -170,3 +170,35 @@ brokers = Table(
     Column("server_id", String(64), nullable=False),
     Column("started_at", Double, nullable=False),
 )
+
+# A Map: one row per parent state entry that fans out over items, and one per item.
+maps = Table(
+    "maps", metadata,
+    Column("parent_id", ID, primary_key=True),
+    Column("entry_seq", Integer, primary_key=True, autoincrement=False),
+    Column("state", String(200), nullable=False),
+    Column("name", String(200), nullable=False),
+    Column("total", Integer, nullable=False),
+    Column("running", Integer, nullable=False),
+    Column("succeeded", Integer, nullable=False),
+    Column("failed", Integer, nullable=False),
+    # running, succeeded, failed (over the tolerated failures), cancelled (the parent left)
+    Column("status", String(16), nullable=False),
+    Column("created_at", Double, nullable=False),
+    Column("updated_at", Double, nullable=False),
+)
+
+map_items = Table(
+    "map_items", metadata,
+    Column("parent_id", ID, primary_key=True),
+    Column("entry_seq", Integer, primary_key=True, autoincrement=False),
+    Column("idx", Integer, primary_key=True, autoincrement=False),
+    Column("item", JSON),
+    Column("child_id", ID),
+    # pending, running, succeeded, failed, cancelled
+    Column("status", String(16), nullable=False),
+    Column("result", JSON),
+    Column("updated_at", Double, nullable=False),
+    Index(None, "child_id"),
+    Index(None, "parent_id", "entry_seq", "status", "idx"),
+)

@@ -4,7 +4,7 @@ from dataclasses import dataclass, field
 
 from sqlalchemy import select, update
 
-from . import children
+from . import children, maps
 from . import machine as m
 from .errors import CallbackError, InterlockError, InvalidTransition, RunNotActive
 from .ids import new_id
@@ -257,6 +257,8 @@ class Retry:
     def perform(self, change: Change):
         if change.status != "failed":
             raise RunNotActive(change.row["id"], change.status, "be retried (only failed runs can)")
+        if change.cls._children and maps.retry_failed(change):
+            return
         failed = change.conn.execute(select(tasks).where(
             tasks.c.run_id == change.row["id"], tasks.c.status == "failed",
         ).order_by(tasks.c.updated_at.desc())).mappings().all()

@@ -222,3 +222,68 @@ class Recheck:
 
 def recheck(after=timedelta(minutes=10), data=None) -> Recheck:
     return Recheck(delay=_seconds(after, "recheck delay"), data=dict(data or {}))
+
+
+@dataclass
+class MapSpec:
+    """A child run per item of a list, started when its state is entered; the parent waits for all."""
+
+    kind: ClassVar[str] = "map"
+    state: Any
+    items: Any  # a data key holding the list, or items(run) -> list
+    workflow: str
+    version: int | None = None
+    data: Callable | None = None  # data(run, item) -> dict; default: the item if a dict, else {"item": item}
+    business_key: Callable | None = None  # business_key(run, item) -> str
+    max_concurrency: int | None = None
+    tolerated_failures: float = 0  # a fraction (< 1) of the items, or a count (an int >= 1)
+    on_done: str | None = None
+    on_error: str | None = None
+    results: str | None = None  # the parent's data key that receives the results, in item order
+    parent_close: str = "cancel"
+    name: str = ""
+    state_id: str = ""
+
+    def items_of(self, run) -> list:
+        return self.items(run) if callable(self.items) else run.data.get(self.items)
+
+    def data_for(self, run, item) -> dict:
+        if self.data is not None:
+            return dict(self.data(run, item))
+        return dict(item) if isinstance(item, dict) else {"item": item}
+
+    def too_many_failures(self, failed: int, total: int) -> bool:
+        if isinstance(self.tolerated_failures, int):
+            return failed > self.tolerated_failures
+        return failed > self.tolerated_failures * total
+
+
+def map_(state, *, items, workflow: str, data=None, version=None, business_key=None, max_concurrency=None,
+         tolerated_failures=0, on_done=None, on_error=None, results=None, parent_close="cancel") -> MapSpec:
+    """Entering ``state`` starts a run of ``workflow`` for each of ``items`` (a data key, or
+    ``items(run)``), at most ``max_concurrency`` at a time; the parent waits in ``state``. When every
+    item has ended it takes ``on_done``, with the results in item order under ``results`` in its
+    data; as soon as more than ``tolerated_failures`` (a fraction of the items, or a count) have
+    failed it takes ``on_error`` instead, cancelling the rest. ``retry`` of the parent re-runs only
+    the failed items."""
+    if not isinstance(workflow, str) or not workflow:
+        raise DefinitionError("map_() needs workflow=\"name\" of the workflow to run per item")
+    if not (callable(items) or (isinstance(items, str) and items)):
+        raise DefinitionError("map_(items=...) must name a data key holding a list, or be a function of the run")
+    if max_concurrency is not None and (not isinstance(max_concurrency, int) or max_concurrency < 1):
+        raise DefinitionError(f"map_(max_concurrency=...) must be an int >= 1, got {max_concurrency!r}")
+    if isinstance(tolerated_failures, bool) or not isinstance(tolerated_failures, (int, float)) \
+            or tolerated_failures < 0 or (isinstance(tolerated_failures, float) and tolerated_failures >= 1):
+        raise DefinitionError("map_(tolerated_failures=...) must be a fraction in [0, 1) or a count (an int >= 0), "
+                              f"got {tolerated_failures!r}")
+    for name, value in (("data", data), ("business_key", business_key)):
+        if value is not None and not callable(value):
+            raise DefinitionError(f"map_({name}=...) must be a function of (run, item)")
+    if parent_close not in PARENT_CLOSE:
+        raise DefinitionError(f"map_(parent_close=...) must be one of {PARENT_CLOSE}, got {parent_close!r}")
+    if version is not None and (not isinstance(version, int) or version < 1):
+        raise DefinitionError(f"map_() version must be an int >= 1, got {version!r}")
+    return MapSpec(state=_state_ref(state), items=items, workflow=workflow, version=version, data=data,
+                   business_key=business_key, max_concurrency=max_concurrency,
+                   tolerated_failures=tolerated_failures, on_done=on_done, on_error=on_error, results=results,
+                   parent_close=parent_close)

@@ -2,7 +2,7 @@
 
 from datetime import timedelta
 
-from engine import State, Workflow, after, child, step
+from engine import State, Workflow, after, child, map_, step
 
 
 class Invoice(Workflow):
@@ -77,3 +77,54 @@ class Detached(Impatient):
     name, version = "test_detached", 1
 
     papers = child(Impatient.waiting, workflow="test_paperwork", on_done="done", parent_close="abandon")
+
+
+class Parcel(Workflow):
+    """A map's item: delivered, unless the file its item names exists (then lost: failed)."""
+
+    name, version = "test_parcel", 1
+
+    moving = State(initial=True)
+    delivered = State(final=True)
+    arrive = moving.to(delivered)
+
+    @step(moving, retries=0)
+    def carry(self, run):
+        import os
+        import time
+        time.sleep(run.data.get("seconds", 0.05))
+        if run.data.get("flag") and os.path.exists(run.data["flag"]):
+            raise RuntimeError(f"parcel {run.data['id']} lost")
+        return {"delivered": run.data["id"]}
+
+
+class Consignment(Workflow):
+    """A parent shipping each of its parcels as a child run, two at a time, one loss tolerated."""
+
+    name, version = "test_consignment", 1
+
+    shipping = State(initial=True)
+    done = State(final=True)
+    partly_lost = State(final=True)
+
+    all_delivered = shipping.to(done)
+    some_lost = shipping.to(partly_lost)
+    final_status = {"partly_lost": "failed"}
+
+    parcels = map_(shipping, items="parcels", workflow="test_parcel", max_concurrency=2, tolerated_failures=1,
+                   business_key=lambda run, item: item["id"], on_done="all_delivered", on_error="some_lost",
+                   results="deliveries")
+
+
+class StrictConsignment(Workflow):
+    """No loss tolerated and no on_error: a failed map fails the run, and retry re-runs the lost."""
+
+    name, version = "test_strict_consignment", 1
+
+    shipping = State(initial=True)
+    done = State(final=True)
+    all_delivered = shipping.to(done)
+
+    parcels = map_(shipping, items="parcels", workflow="test_parcel", max_concurrency=3,
+                   data=lambda run, item: {**item, "seconds": 0}, business_key=lambda run, item: item["id"],
+                   on_done="all_delivered", results="deliveries")
