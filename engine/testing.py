@@ -60,9 +60,11 @@ class Harness:
         self.rt.worker(threads).start()
 
     def run(self, workflow: str, data=None, *, events=None, timeout: float = 10.0, **start_kwargs):
-        """Start a run and wait until it ends, sending ``events`` ({state: event}) when it waits."""
+        """Start a run and wait until it ends, sending ``events`` ({state: event}) when it waits
+        (and the ``demo_events`` of their workflows to the runs it starts)."""
         run = self.rt.start(workflow, data, **start_kwargs)
-        return follow(self.rt, run.id, events=events, timeout=timeout, fallback_poll=0.05, event_delay=0)
+        return follow(self.rt, run.id, events=events, timeout=timeout, fallback_poll=0.05, event_delay=0,
+                      children=True)
 
     def wait(self, run_id: str, *, state: str | None = None, timeout: float = 10.0):
         """Wait until the run ends, or (with ``state``) until it waits or runs in that state."""

@@ -101,3 +101,19 @@ def test_the_harness_drives_a_workflow_in_a_unit_test():
         assert h.wait(waiting.id, state="review").status == "waiting"
         h.rt.send(waiting.id, "reject")
         assert h.wait(waiting.id).status == "cancelled"
+
+
+def test_order_demo_invoices_then_ships_every_parcel_as_a_cargo_run(interlock):
+    from workflows.order import Order
+
+    with interlock.worker(8):
+        run = interlock.start("order", Order.demo_data)
+        final = follow(interlock, run.id, timeout=40, fallback_poll=0.05, event_delay=0, children=True)
+    assert (final.status, final.state) == ("succeeded", "done")
+    assert [t[0] for t in transitions(interlock, final.id)] == ["packed", "all_delivered"]
+    assert final.data["invoice"]["invoice_no"].startswith("INV-")
+    containers = [p["container"] for p in Order.demo_data["parcels"]]
+    assert [d["container"] for d in final.data["deliveries"]] == containers
+    assert all(d["delivered"] is True for d in final.data["deliveries"])
+    tree = interlock.children(final.id, limit=50).runs
+    assert sorted((r.workflow, r.status) for r in tree) == [("cargo", "succeeded")] * 3 + [("invoicing", "succeeded")]

@@ -37,3 +37,7 @@ def charge(data: dict, attempt: int) -> str:
 def reference(prefix: str, *parts) -> str:
     digest = hashlib.sha1("/".join(map(str, parts)).encode()).hexdigest()[:8].upper()
     return f"{prefix}-{digest}"
+
+
+class BillingRefused(Exception):
+    """The billing service refused to invoice the order."""
