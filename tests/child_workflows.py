@@ -128,3 +128,15 @@ class StrictConsignment(Workflow):
     parcels = map_(shipping, items="parcels", workflow="test_parcel", max_concurrency=3,
                    data=lambda run, item: {**item, "seconds": 0}, business_key=lambda run, item: item["id"],
                    on_done="all_delivered", results="deliveries")
+
+
+class Patient(Workflow):
+    """A parent with no on_error: a failed child leaves it waiting until the child is retried."""
+
+    name, version = "test_patient", 1
+
+    waiting = State(initial=True)
+    arrived = State(final=True)
+    arrive = waiting.to(arrived)
+
+    parcel = child(waiting, workflow="test_parcel", data=lambda run: run.data["parcel"], on_done="arrive")

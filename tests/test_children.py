@@ -142,3 +142,19 @@ def test_a_child_on_a_state_with_a_step_is_refused_at_import():
             @step(a)
             def work(self, run):
                 return "go"
+
+
+def test_a_failed_child_retried_by_hand_sends_its_late_result_to_the_waiting_parent(rt, tmp_path):
+    flag = tmp_path / "lost"
+    flag.write_text("lost")
+    with rt.worker(4):
+        parent = rt.start("test_patient", {"parcel": {"id": "P", "flag": str(flag), "seconds": 0}})
+        kid = only_child(rt, parent.id)
+        assert ended(rt, kid.id).status == "failed"
+        wait_until(lambda: "child_ended" in kinds(rt, parent.id), message="the failure to reach the parent")
+        assert rt.get(parent.id).status == "waiting"  # no on_error: it waits for a retry
+        flag.unlink()
+        rt.retry(kid.id)
+        done = ended(rt, parent.id)
+    assert (done.status, done.state) == ("succeeded", "arrived")
+    assert [e.detail["status"] for e in rt.history(parent.id) if e.kind == "child_ended"] == ["failed", "succeeded"]
