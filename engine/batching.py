@@ -17,6 +17,7 @@ import logging
 import threading
 from collections import deque
 
+from . import children
 from .transitions import apply, apply_many
 
 log = logging.getLogger(__name__)
@@ -159,8 +160,14 @@ class _AfterCommit:
                     return
                 outcomes = list(self._queue)
                 self._queue.clear()
+            signals: list = []  # delivered together: a parent whose children ended together locks once
             for outcome in outcomes:
                 try:
-                    self.rt.after_commit(outcome)
+                    self.rt.after_commit(outcome, signals)
                 except Exception:  # committed: the reconciler re-sends what was not sent
                     log.exception("after-commit work failed for run %s", outcome.run.get("id"))
+            if signals:
+                try:
+                    children.deliver(self.rt, signals)
+                except Exception:  # committed: the reconciler delivers what is left
+                    log.exception("delivering %d signal(s) failed", len(signals))

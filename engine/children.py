@@ -98,20 +98,28 @@ def finishing(change) -> None:
 # -- the receiver's operation --------------------------------------------------------------
 
 @dataclass
-class ApplySignal:
-    signal_id: str
+class ApplySignals:
+    """Apply signals to one run, in the order they were written: many children ending together
+    cost their parent one lock and one transaction."""
+
+    signal_ids: list
 
     def perform(self, change) -> None:
-        # The receiver's lock is held: no other transaction applies this signal meanwhile.
-        found = change.conn.execute(select(signals).where(signals.c.id == self.signal_id)).mappings().first()
-        if found is None or found["status"] != "pending" or found["run_id"] != change.row["id"]:
-            return
-        if found["kind"] == "parent_left":
-            applied = _parent_left(change, found)
-        else:
-            applied = _for_state_entry(change, found)
-        change.conn.execute(update(signals).where(signals.c.id == self.signal_id).values(
-            status="applied" if applied else "stale", applied_at=change.now))
+        # The receiver's lock is held: no other transaction applies these signals meanwhile.
+        found = change.conn.execute(select(signals).where(
+            signals.c.id.in_(self.signal_ids), signals.c.run_id == change.row["id"],
+            signals.c.status == "pending").order_by(signals.c.created_at, signals.c.id)).mappings().all()
+        done = {"applied": [], "stale": []}
+        for signal in found:
+            if signal["kind"] == "parent_left":
+                applied = _parent_left(change, signal)
+            else:
+                applied = _for_state_entry(change, signal)
+            done["applied" if applied else "stale"].append(signal["id"])
+        for status, ids in done.items():
+            if ids:
+                change.conn.execute(update(signals).where(signals.c.id.in_(ids)).values(
+                    status=status, applied_at=change.now))
 
 
 def _for_state_entry(change, signal) -> bool:
@@ -169,12 +177,16 @@ def deliver(rt, pending: list) -> None:
     reconciler (its receiver's workflow not loaded here, a lock timeout...)."""
     from .transitions import apply
 
+    by_receiver: dict = {}
     for signal_id, run_id in pending:
-        try:
-            apply(rt, run_id, ApplySignal(signal_id))
-        except InterlockError as exc:
-            log.info("signal %s to run %s left for the reconciler: %s", signal_id, run_id, exc,
-                     extra={"run_id": run_id})
+        by_receiver.setdefault(run_id, []).append(signal_id)
+    for run_id, signal_ids in by_receiver.items():
+        for chunk in range(0, len(signal_ids), BATCH):
+            try:
+                apply(rt, run_id, ApplySignals(signal_ids[chunk:chunk + BATCH]))
+            except InterlockError as exc:
+                log.info("%d signal(s) to run %s left for the reconciler: %s", len(signal_ids), run_id, exc,
+                         extra={"run_id": run_id})
 
 
 def deliver_pending(rt) -> int:
