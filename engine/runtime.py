@@ -83,7 +83,9 @@ class Interlock:
 
     # -- after a commit ------------------------------------------------------------
 
-    def after_commit(self, outcome) -> None:
+    def after_commit(self, outcome, signals: list | None = None) -> None:
+        """Send the committed tasks, wake watchers, deliver the signals written (or, given
+        ``signals``, add them to it: the caller delivers a batch's together)."""
         for item in outcome.dispatch:
             if not self.dispatcher.send(item.task_id, item.delay, item.time_limit):
                 unsent(self, item.task_id)
@@ -92,9 +94,12 @@ class Interlock:
             self.notifier.publish(run["id"], run["last_seq"], run["status"])
             metrics.observe(outcome)
         for related in outcome.related:  # child runs started in the same transaction
-            self.after_commit(related)
+            self.after_commit(related, signals)
         if outcome.signals:
-            children.deliver(self, outcome.signals)
+            if signals is None:
+                children.deliver(self, outcome.signals)
+            else:
+                signals.extend(outcome.signals)
 
     def after_session_commit(self, session, outcome) -> None:
         """Dispatch only once the caller's transaction commits; forget it if it rolls back."""
@@ -179,6 +184,12 @@ class Interlock:
     def list_runs(self, **filters) -> queries.Page:
         with self.db.read() as conn:
             return queries.list_runs(conn, **filters)
+
+    def children(self, run_id: str, **filters) -> queries.Page:
+        """The run's child runs, newest first; filters: status, workflow, state (the parent's
+        state that started them), cursor (the previous page's ``next``), limit."""
+        with self.db.read() as conn:
+            return queries.list_children(conn, run_id, **filters)
 
     # -- working ---------------------------------------------------------------------
 
