@@ -1,4 +1,4 @@
-"""Runs: list, inspect, send events, cancel, retry, explain."""
+"""Runs: list, inspect, list a run's children, send events, cancel, retry, explain."""
 
 from flask import Blueprint
 
@@ -25,6 +25,15 @@ def list_runs(query: s.RunsQuery):
 @API.route(blueprint, "/<run_id>", "GET", summary="Get a run", responses={200: s.RunOut})
 def get_run(run_id):
     return engine().get(run_id).to_dict()
+
+
+@API.route(blueprint, "/<run_id>/children", "GET",
+           summary="List a run's child runs, newest first (keyset pagination)",
+           query=s.ChildrenQuery, responses={200: s.ChildPage})
+def list_children(run_id, query: s.ChildrenQuery):
+    page = engine().children(run_id, status=query.status, workflow=query.workflow, state=query.state,
+                             cursor=query.cursor, limit=query.limit)
+    return {"runs": [r.to_dict() for r in page.runs], "next": page.next}
 
 
 @API.route(blueprint, "/<run_id>/events", "POST", summary="Send an event to a run",

@@ -106,6 +106,15 @@ class RunsQuery(BaseModel):
     limit: int = Field(default=50, ge=1, le=500)
 
 
+class ChildrenQuery(BaseModel):
+    status: Status | None = None
+    workflow: str | None = Field(default=None, min_length=1, max_length=200)
+    state: str | None = Field(default=None, min_length=1, max_length=200,
+                              description="the parent's state that started them")
+    cursor: str | None = Field(default=None, pattern=r"^[0-9a-f]{32}$", description="`next` of the previous page")
+    limit: int = Field(default=50, ge=1, le=500)
+
+
 class WorkflowQuery(BaseModel):
     version: int | None = Field(default=None, ge=1, le=2**31 - 1)
 
@@ -137,6 +146,13 @@ class RunPage(BaseModel):
 
     runs: list[RunOut]
     next: str | None
+
+
+class ChildPage(BaseModel):
+    """A page of the run's child runs, newest first."""
+
+    runs: list[RunOut]
+    next: str | None = Field(description="the cursor of the next page; null on the last one")
 
 
 class HistoryEntryOut(BaseModel):
@@ -185,6 +201,17 @@ class TaskOut(BaseModel):
     lease_until: str | None
 
 
+class ChildOut(BaseModel):
+    """A child run the parent waits for."""
+
+    id: str
+    workflow: str
+    version: int
+    status: Status
+    state: str = Field(description="the child's state")
+    parent_state: str = Field(description="the parent's state that started it")
+
+
 class Explanation(BaseModel):
     """What the run is waiting for."""
 
@@ -197,6 +224,9 @@ class Explanation(BaseModel):
     blocked_events: list[EventOption]
     timers: list[TimerOut]
     tasks: list[TaskOut]
+    children: list[ChildOut] = Field(description="the child runs of the current states that may still end "
+                                                 "(running, waiting, or failed: a failed run can be retried), "
+                                                 "newest first, at most 100")
     waiting_for: str
     workflow_not_loaded: str | None = Field(
         None, description="set when this process has not loaded the run's workflow (version): why "

@@ -1,43 +1,22 @@
-"""The ``interlock`` command: database, workers, and runs from the shell."""
+"""The ``interlock`` command: database, workers and servers; the run commands are in ``cli_runs``."""
 
 import json
 import logging
 import multiprocessing
-import os
 import signal
 import sys
 import threading
 from dataclasses import asdict
-from datetime import datetime
 
 import click
 
+from . import cli_runs
+from .cli_common import load_registry, open_runtime
 from .config import Settings
 from .db import Database
 from .errors import InterlockError
-from .registry import Registry, WorkflowModuleError
-from .runner import follow
-from .timeparse import iso, parse_time
 
 log = logging.getLogger("interlock")
-
-
-def _json_arg(value, what="--data"):
-    if value is None:
-        return None
-    try:
-        return json.loads(value)
-    except json.JSONDecodeError as exc:
-        raise click.BadParameter(f"not valid JSON: {exc}", param_hint=what) from None
-
-
-def _time_arg(value, what):
-    if value is None:
-        return None
-    parsed = parse_time(value)
-    if parsed is None:
-        raise click.BadParameter("expected an ISO 8601 time", param_hint=what)
-    return parsed
 
 
 def _configure_logging(level=logging.INFO):
@@ -45,48 +24,6 @@ def _configure_logging(level=logging.INFO):
     logging.getLogger("pika").setLevel(logging.WARNING)
     # Alembic's INFO lines ("Context impl SQLiteImpl.") open every start; _upgrade_sqlite says what changed.
     logging.getLogger("alembic").setLevel(logging.WARNING)
-
-
-class WorkflowModulesFailed(click.ClickException):
-    exit_code = 2
-
-
-def _current_directory_first():
-    """Workflow modules are looked up in the current directory first, for every command."""
-    cwd = os.getcwd()
-    sys.path[:] = [cwd] + [p for p in sys.path if p not in ("", cwd)]
-
-
-def _loading_workflows(load):
-    _current_directory_first()
-    try:
-        return load()
-    except WorkflowModuleError as exc:
-        raise WorkflowModulesFailed(str(exc)) from None
-
-
-def _registry(settings: Settings) -> Registry:
-    return _loading_workflows(lambda: Registry().load_modules(settings.workflow_modules))
-
-
-def _upgrade_sqlite(settings: Settings):
-    db = Database(settings.database_url)
-    try:
-        before = db.current_revision()
-        db.upgrade()
-        after = db.current_revision()
-    finally:
-        db.dispose()
-    if after != before:
-        log.info("database %s migrated from %s to %s", settings.database_url, before or "empty", after)
-
-
-def _open(settings: Settings, *, upgrade_sqlite=False):
-    from .runtime import Interlock
-
-    if upgrade_sqlite and settings.is_sqlite:
-        _upgrade_sqlite(settings)
-    return _loading_workflows(lambda: Interlock(settings))
 
 
 def _wait_for_signal():
@@ -149,7 +86,7 @@ def _worker_main(settings_dict, threads, metrics_port=None, metrics_host="127.0.
         from prometheus_client import start_http_server
 
         start_http_server(metrics_port, addr=metrics_host)
-    rt = _open(Settings(**settings_dict))
+    rt = open_runtime(Settings(**settings_dict))
     with rt.worker(threads):
         log.info("worker ready: %d threads on %s", threads, rt.settings.broker_url)
         _wait_for_signal()
@@ -207,7 +144,7 @@ def dev(settings, threads, host, port):
 
     port = settings.port if port is None else port
     _configure_logging()
-    rt = _open(settings, upgrade_sqlite=True)
+    rt = open_runtime(settings, upgrade_sqlite=True)
     try:
         server = ThreadedServer(create_app(interlock=rt), host, port)
     except OSError as exc:
@@ -249,181 +186,8 @@ def serve(settings, host, port, workers, threads):
         database.check_schema()  # fail here, not in every worker
     finally:
         database.dispose()
-    _registry(settings)  # likewise a workflow module that does not import; the workers inherit sys.path
+    load_registry(settings)  # likewise a workflow module that does not import; the workers inherit sys.path
     GunicornServer(settings, host=host, port=port, workers=workers, threads=threads).run()
-
-
-# -- runs -----------------------------------------------------------------------------
-
-def format_entry(entry) -> str:
-    at = datetime.fromtimestamp(entry.at).strftime("%H:%M:%S.%f")[:-3]
-    detail = entry.detail or {}
-    if entry.kind in ("transition", "started"):
-        move = f"{entry.source or '∅'} → {entry.target}" if entry.kind == "transition" else f"→ {entry.target}"
-        text = f"{entry.event or ''} {move}".strip()
-    elif entry.kind.startswith("step_"):
-        text = f"{detail.get('step')} attempt {detail.get('attempt')}"
-        if entry.kind == "step_failed":
-            text += f": {detail.get('error')}"
-            text += " (final)" if detail.get("final") else f" (retry in {detail.get('retry_in')}s)"
-        elif entry.kind == "step_rechecked":
-            text += f": not yet, again in {detail.get('recheck_in')}s"
-        elif entry.kind == "step_succeeded":
-            text += f" → {entry.event}"
-    elif entry.kind == "timer_fired":
-        text = f"{detail.get('timer')} ({detail.get('kind')})"
-    else:
-        text = ", ".join(f"{k}={v}" for k, v in detail.items() if v is not None and k != "traceback")
-        if entry.event:
-            text = f"{entry.event} {text}"
-    cause = f"  [{entry.cause}]" if entry.cause else ""
-    return f"#{entry.seq:<4} {at}  {entry.kind:<15} {text}{cause}"
-
-
-def _print_run(run, history=None):
-    click.echo(f"run {run.id}  {run.workflow} v{run.version}  {run.status}  state={run.state}"
-               f"  key={run.business_key or '-'}")
-    click.echo(f"created {iso(run.created_at)}  updated {iso(run.updated_at)}"
-               f"  finished {iso(run.finished_at) or '-'}")
-    click.echo(f"data {json.dumps(run.data, sort_keys=True)}")
-    for entry in history or []:
-        click.echo(format_entry(entry))
-
-
-@cli.command("run")
-@click.argument("workflow")
-@click.option("--data", help="Run data as a JSON object (default: the workflow's demo data)")
-@click.option("--version", type=int, default=None)
-@click.option("--key", "business_key", default=None, help="Business key")
-@click.option("--timeout", type=float, default=None, help="Give up after this many seconds")
-@click.pass_obj
-def run_command(settings, workflow, data, version, business_key, timeout):
-    """Start a run and drive it to its end in this process, printing each transition."""
-    rt = _open(settings, upgrade_sqlite=True)
-    cls = rt.registry.get(workflow, version)
-    data = _json_arg(data) if data is not None else dict(cls.demo_data)
-    with rt.worker():
-        run = rt.start(workflow, data, version=version, business_key=business_key)
-        click.echo(f"run {run.id} ({cls.workflow_name} v{cls.version})")
-        final = follow(rt, run.id, on_entry=lambda e: click.echo(format_entry(e)),
-                       events=cls.demo_events, timeout=timeout)
-    click.echo(f"run {final.id} {final.status} in state {final.state}")
-    rt.close()
-    sys.exit(0 if final.status == "succeeded" else 1)
-
-
-@cli.command()
-@click.argument("workflow")
-@click.option("--data", help="Run data as a JSON object")
-@click.option("--key", "business_key", default=None, help="Business key (a container number, an order id)")
-@click.option("--idempotency-key", default=None, help="A repeat with this key returns the first run")
-@click.option("--version", type=int, default=None)
-@click.option("--wait", is_flag=True, help="Wait until the run ends (a worker must be running)")
-@click.option("--json", "as_json", is_flag=True)
-@click.option("--print-id", is_flag=True, help="Print only the run's id: RUN_ID=$(interlock start … --print-id)")
-@click.pass_obj
-def start(settings, workflow, data, business_key, idempotency_key, version, wait, as_json, print_id):
-    """Start a run (executed by whichever worker is running)."""
-    rt = _open(settings)
-    run = rt.start(workflow, _json_arg(data), business_key=business_key,
-                   idempotency_key=idempotency_key, version=version)
-    if wait:
-        run = follow(rt, run.id, fallback_poll=0.1)
-    if as_json:
-        click.echo(json.dumps(run.to_dict(), indent=2))
-    elif print_id:
-        click.echo(run.id)
-    else:
-        click.echo(f"{run.id} {run.status} {run.state}")
-    rt.close()
-    if wait and run.status != "succeeded":
-        sys.exit(1)
-
-
-@cli.command()
-@click.argument("run_id")
-@click.argument("event")
-@click.option("--data", help="Event data as a JSON object")
-@click.pass_obj
-def send(settings, run_id, event, data):
-    """Send EVENT to run RUN_ID."""
-    rt = _open(settings)
-    run = rt.send(run_id, event, _json_arg(data), cause="cli")
-    click.echo(f"{run.id} {run.status} {run.state}")
-    rt.close()
-
-
-@cli.command()
-@click.argument("run_id")
-@click.option("--reason", default=None)
-@click.pass_obj
-def cancel(settings, run_id, reason):
-    """Cancel a run: its tasks and timers stop."""
-    rt = _open(settings)
-    run = rt.cancel(run_id, reason)
-    click.echo(f"{run.id} {run.status} {run.state}")
-    rt.close()
-
-
-@cli.command()
-@click.argument("run_id")
-@click.pass_obj
-def retry(settings, run_id):
-    """Run a failed run's failed step again (earlier steps are not repeated)."""
-    rt = _open(settings)
-    run = rt.retry(run_id)
-    click.echo(f"{run.id} {run.status} {run.state}")
-    rt.close()
-
-
-@cli.command()
-@click.option("--workflow", default=None)
-@click.option("--version", type=int, default=None)
-@click.option("--status", type=click.Choice(["running", "waiting", "succeeded", "failed", "cancelled"]))
-@click.option("--state", default=None)
-@click.option("--key", "business_key", default=None)
-@click.option("--created-after", default=None, help="ISO 8601 time")
-@click.option("--created-before", default=None, help="ISO 8601 time")
-@click.option("--limit", type=click.IntRange(1, 500), default=50, show_default=True)
-@click.option("--cursor", default=None, help="`next` of the previous page")
-@click.option("--json", "as_json", is_flag=True)
-@click.pass_obj
-def runs(settings, workflow, version, status, state, business_key, created_after, created_before,
-         limit, cursor, as_json):
-    """List runs, newest first."""
-    rt = _open(settings)
-    page = rt.list_runs(workflow=workflow, version=version, status=status, state=state,
-                        business_key=business_key, limit=limit, cursor=cursor,
-                        created_after=_time_arg(created_after, "--created-after"),
-                        created_before=_time_arg(created_before, "--created-before"))
-    if as_json:
-        click.echo(json.dumps({"runs": [r.to_dict() for r in page.runs], "next": page.next}, indent=2))
-    else:
-        for r in page.runs:
-            click.echo(f"{r.id}  {r.workflow:<12} v{r.version}  {r.status:<10} {r.state:<14} "
-                       f"{r.business_key or '-':<16} {iso(r.created_at)}")
-        if not page.runs:
-            click.echo("no runs match", err=True)  # stderr: stdout stays one line per run
-        if page.next:
-            click.echo(f"more: --cursor {page.next}")
-    rt.close()
-
-
-@cli.command()
-@click.argument("run_id")
-@click.option("--json", "as_json", is_flag=True)
-@click.pass_obj
-def show(settings, run_id, as_json):
-    """Show a run and its whole history."""
-    rt = _open(settings)
-    run = rt.get(run_id)
-    history = rt.history(run_id)
-    if as_json:
-        click.echo(json.dumps({"run": run.to_dict(), "history": [h.to_dict() for h in history]}, indent=2))
-    else:
-        _print_run(run, history)
-    rt.close()
-
 
 @cli.command()
 @click.option("--json", "as_json", is_flag=True)
@@ -432,7 +196,7 @@ def workflows(settings, as_json):
     """List the loaded workflows."""
     from .describe import describe
 
-    registry = _registry(settings)
+    registry = load_registry(settings)
     described = [describe(cls) for cls in registry.all()]
     if as_json:
         click.echo(json.dumps(described, indent=2))
@@ -452,14 +216,18 @@ def diagram(settings, workflow, version, fmt, run_id):
     """Print a workflow's state diagram (Mermaid, or Graphviz DOT)."""
     from .describe import diagram as render
 
-    registry = _registry(settings)
+    registry = load_registry(settings)
     active = None
     if run_id is not None:
-        rt = _open(settings)
+        rt = open_runtime(settings)
         run = rt.get(run_id)
         rt.close()
         workflow, version, active = run.workflow, run.version, run.configuration
     click.echo(render(registry.get(workflow, version), fmt, active))
+
+
+for command in cli_runs.COMMANDS:
+    cli.add_command(command)
 
 
 def main():

@@ -1,13 +1,21 @@
 """Why a run is where it is: what it accepts, what blocks, what it waits for."""
 
-from sqlalchemy import select
+from sqlalchemy import and_, false, or_, select
 
 from . import machine as m
 from .errors import WorkflowNotFound
-from .models import history, runs, tasks, timers
+from .models import history, runs, signals, tasks, timers
 from .queries import get_run
 from .timeparse import iso
 from .transitions import ACTIVE, OPEN_TASK
+
+
+# A state that fans out over items may start many children: the newest this many are listed.
+CHILDREN_SHOWN = 100
+# More children than this are summed up in ``waiting_for`` rather than named one by one.
+CHILDREN_NAMED = 3
+# A child the parent still waits for: one that may still end (a failed run can be retried).
+WAITED_ON = ("running", "waiting", "failed")
 
 
 def not_loaded(rt, workflow: str, version: int) -> str:
@@ -29,8 +37,8 @@ def explain(rt, run_id: str) -> dict:
             cls = rt.registry.get(run.workflow, run.version)
         except WorkflowNotFound:
             cls = None
-        last_entry = max(conn.execute(select(runs.c.entries).where(runs.c.id == run_id)).scalar().values(),
-                         default=0)
+        entries = conn.execute(select(runs.c.entries).where(runs.c.id == run_id)).scalar()
+        last_entry = max(entries.values(), default=0)
         entered = conn.execute(select(history.c.at).where(
             history.c.run_id == run_id, history.c.seq == last_entry)).scalar()
         armed = conn.execute(select(timers).where(
@@ -39,6 +47,7 @@ def explain(rt, run_id: str) -> dict:
         open_tasks = conn.execute(select(tasks).where(
             tasks.c.run_id == run_id, tasks.c.status.in_((*OPEN_TASK, "failed")))
             .order_by(tasks.c.created_at.desc())).mappings().all()
+        kids = _children(conn, run, entries) if run.status in ACTIVE else []
         accepted, blocked = [], []
         if cls is not None:
             ctx = m.RunContext(id=run.id, workflow=run.workflow, version=run.version,
@@ -47,7 +56,7 @@ def explain(rt, run_id: str) -> dict:
             accepted, blocked = _events(machine, ctx, conn, run.status)
     outstanding = [_task(t, now) for t in open_tasks if _is_current(t, run)]
     unloaded = None if cls is not None else not_loaded(rt, run.workflow, run.version)
-    waiting_for = _summary(run, accepted, armed, outstanding)
+    waiting_for = _summary(run, accepted, armed, outstanding, _waiting_for_children(cls, kids))
     if unloaded is not None and (run.status in ACTIVE or run.status == "failed"):
         # Without the class the events it accepts are unknown: an event is always possible.
         pending = waiting_for if armed or outstanding else "an event"
@@ -61,9 +70,51 @@ def explain(rt, run_id: str) -> dict:
                     "status": t.status, "due_at": iso(t.due_at),
                     "fires_in_seconds": round(t.due_at - now, 3)} for t in armed],
         "tasks": outstanding,
+        "children": [{key: child[key] for key in ("id", "workflow", "version", "status", "state", "parent_state")}
+                     for child in kids],
         "waiting_for": waiting_for,
         "workflow_not_loaded": unloaded,
     }
+
+
+def _children(conn, run, entries) -> list[dict]:
+    """The children of the run's current state entries that may still end, newest first (an earlier
+    entry's children are not waited for), each with ``delivering``: its end is on its way here."""
+    current = or_(false(), *(and_(runs.c.parent_state == state, runs.c.parent_seq == seq)
+                             for state, seq in entries.items()))
+    found = conn.execute(
+        select(runs.c.id, runs.c.workflow, runs.c.version, runs.c.status, runs.c.state, runs.c.parent_state)
+        .where(runs.c.parent_id == run.id, current, runs.c.status.in_(WAITED_ON))
+        .order_by(runs.c.id.desc()).limit(CHILDREN_SHOWN)).mappings().all()
+    ended = [row["id"] for row in found if row["status"] not in ACTIVE]
+    delivering = set(conn.execute(select(signals.c.source_id).where(
+        signals.c.run_id == run.id, signals.c.kind == "child_ended", signals.c.status == "pending",
+        signals.c.source_id.in_(ended))).scalars()) if ended else set()
+    return [{**row, "delivering": row["id"] in delivering} for row in found]
+
+
+def _waiting_for_children(cls, kids) -> list[str]:
+    if len(kids) > CHILDREN_NAMED:
+        counts = {}
+        for kid in kids:
+            counts[kid["status"]] = counts.get(kid["status"], 0) + 1
+        more = "+" if len(kids) == CHILDREN_SHOWN else ""
+        return [f"{len(kids)}{more} child runs to end ("
+                + ", ".join(f"{n} {status}" for status, n in sorted(counts.items())) + ")"]
+    parts = []
+    for kid in kids:
+        name = f"child run {kid['id']}"
+        if kid["status"] in ACTIVE:
+            parts.append(f"{name} ({kid['workflow']} v{kid['version']}, {kid['status']} in {kid['state']})")
+        elif kid["delivering"]:
+            parts.append(f"{name} failed: its end is being delivered to this run")
+        else:
+            spec = cls.child_for(kid["parent_state"]) if cls is not None else None
+            handled = getattr(spec, "on_error", None)
+            # With an on_error the parent would have left, unless the event was refused.
+            why = f" (its on_error event {handled} was not taken)" if handled else ""
+            parts.append(f"{name} failed{why}; retry it, or send the parent an event")
+    return parts
 
 
 def _is_current(task, run) -> bool:
@@ -100,7 +151,7 @@ def _task(task, now) -> dict:
     }
 
 
-def _summary(run, accepted, armed, outstanding) -> str:
+def _summary(run, accepted, armed, outstanding, children=()) -> str:
     if run.status not in ACTIVE and run.status != "failed":
         return f"nothing: the run is {run.status}"
     parts = []
@@ -117,6 +168,7 @@ def _summary(run, accepted, armed, outstanding) -> str:
     for t in armed:
         if t.status == "armed":
             parts.append(f"timer {t.name} ({'step recheck' if t.kind == 'recheck' else t.event}) at {iso(t.due_at)}")
+    parts += children
     if accepted:
         parts.append("an event: " + ", ".join(sorted({a["event"] for a in accepted})))
     return "; or ".join(parts) if parts else "nothing it can take now"

@@ -91,18 +91,11 @@ def get_history(conn, run_id, after: int = 0, limit: int | None = None) -> list[
 def list_runs(conn, *, workflow=None, version=None, status=None, state=None, business_key=None,
               created_after=None, created_before=None, cursor=None, limit=50) -> Page:
     """Newest first; ``cursor`` is the ``next`` of the previous page (a run id: ids sort by time)."""
-    if not isinstance(limit, int) or not 1 <= limit <= MAX_PAGE:
-        raise InvalidData(f"limit must be between 1 and {MAX_PAGE}", field="limit")
-    conditions = []
-    for column, value in ((runs.c.workflow, workflow), (runs.c.version, version),
-                          (runs.c.status, status), (runs.c.business_key, business_key)):
-        if value is not None:
-            conditions.append(column == value)
+    _check_limit(limit)
+    conditions = _equal((runs.c.workflow, workflow), (runs.c.version, version),
+                        (runs.c.status, status), (runs.c.business_key, business_key))
     conditions += created_between(created_after, created_before)
-    if cursor is not None:
-        if not isinstance(cursor, str) or len(cursor) != 32 or not _is_hex(cursor):
-            raise InvalidData("cursor is not a value returned as `next`", field="cursor")
-        conditions.append(runs.c.id < cursor)
+    conditions += _after_cursor(cursor)
     if state is None:
         rows = _newest(conn, conditions, limit + 1)
     else:
@@ -114,6 +107,37 @@ def list_runs(conn, *, workflow=None, version=None, status=None, state=None, bus
     more = len(rows) > limit
     rows = rows[:limit]
     return Page(runs=rows, next=rows[-1].id if more else None)
+
+
+def list_children(conn, parent_id, *, status=None, workflow=None, state=None, cursor=None,
+                  limit=50) -> Page:
+    """The child runs of ``parent_id``, newest first, paged like ``list_runs``; ``state`` is the
+    parent's state that started them. Walks ix_runs_parent_id_id; RunNotFound for no such parent."""
+    _check_limit(limit)
+    get_run(conn, parent_id)
+    conditions = [runs.c.parent_id == parent_id, *_after_cursor(cursor)]
+    conditions += _equal((runs.c.status, status), (runs.c.workflow, workflow), (runs.c.parent_state, state))
+    rows = _newest(conn, conditions, limit + 1)
+    more = len(rows) > limit
+    rows = rows[:limit]
+    return Page(runs=rows, next=rows[-1].id if more else None)
+
+
+def _check_limit(limit) -> None:
+    if not isinstance(limit, int) or not 1 <= limit <= MAX_PAGE:
+        raise InvalidData(f"limit must be between 1 and {MAX_PAGE}", field="limit")
+
+
+def _equal(*pairs) -> list:
+    return [column == value for column, value in pairs if value is not None]
+
+
+def _after_cursor(cursor) -> list:
+    if cursor is None:
+        return []
+    if not isinstance(cursor, str) or len(cursor) != 32 or not _is_hex(cursor):
+        raise InvalidData("cursor is not a value returned as `next`", field="cursor")
+    return [runs.c.id < cursor]
 
 
 def _newest(conn, conditions, limit) -> list[Run]:

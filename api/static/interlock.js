@@ -175,12 +175,17 @@
     const fragmentUrl = body.dataset.fragmentUrl;
 
     const refresh = coalesce(async () => {
-      const d = await getJson(`${fragmentUrl}?after=${lastSeq}`, FRAGMENT);
+      const url = new URL(fragmentUrl, location.href);
+      url.searchParams.set("after", String(lastSeq));
+      const childrenPage = new URLSearchParams(location.search).get("children");
+      if (childrenPage) url.searchParams.set("children", childrenPage);  // the page of children shown
+      const d = await getJson(url.toString(), FRAGMENT);
       if (d.last_seq > lastSeq) {
         document.getElementById("timeline").insertAdjacentHTML("beforeend", d.rows);
         lastSeq = d.last_seq;
       }
-      for (const [id, key] of [["run-head", "head"], ["diagram", "diagram"], ["waiting", "waiting"], ["data", "data"]]) {
+      for (const [id, key] of [["run-head", "head"], ["diagram", "diagram"], ["waiting", "waiting"], ["data", "data"],
+                               ["children", "children"]]) {
         const el = document.getElementById(id);
         if (el && el.innerHTML !== d[key]) el.innerHTML = d[key];
       }
@@ -191,9 +196,44 @@
       }
       body.dataset.status = d.status;
       body.dataset.lastSeq = String(lastSeq);
+      body.dataset.childrenLive = d.children_live ? "1" : "0";
       tick();
+      watchChildren();
     });
     window.interlockRefresh = refresh;
+
+    // A child's own changes are not in this run's history: long-poll for them while one may
+    // still change (new children show up in the history, and a refresh starts this again).
+    let watching = false;
+    async function watchChildren() {
+      if (watching || body.dataset.childrenLive !== "1") return;
+      watching = true;
+      let since = parseFloat(body.dataset.childrenSince) || 0;
+      let failures = 0;
+      try {
+        while (body.dataset.childrenLive === "1") {
+          const started = Date.now();
+          try {
+            const url = new URL(body.dataset.changesUrl, location.href);
+            url.searchParams.set("parent", body.dataset.runId);
+            url.searchParams.set("since", since.toFixed(6));
+            url.searchParams.set("wait", String(POLL_WAIT));
+            const d = await getJson(url.toString());
+            if (d.cursor > since) since = d.cursor;
+            failures = 0;
+            if (d.changed) await refresh();
+            await sleep(Math.max(0, started + 1000 - Date.now()));  // at most a refresh a second
+          } catch (err) {
+            failures += 1;
+            await sleep(Math.min(500 * 2 ** Math.min(failures, 5), 10000));
+          }
+        }
+      } finally {
+        body.dataset.childrenSince = since.toFixed(6);
+        watching = false;
+      }
+    }
+    watchChildren();
 
     connect({
       sseUrl: () => {

@@ -1,4 +1,5 @@
-"""What the pages read: filtered runs, counts per status and per state, a run's path, a run's timeline.
+"""What the pages read: filtered runs, counts per status and per state, a run's path, its children,
+its timeline.
 
 Reads only; every change goes through ``Interlock`` (and so ``transitions.apply``).
 """
@@ -20,6 +21,9 @@ STATUSES = ("running", "waiting", "succeeded", "failed", "cancelled")
 PAGE = 50
 RUN_ID = re.compile(r"^[0-9a-f]{32}$")
 TIMELINE_LIMIT = 1000
+CHILDREN_PAGE = 50
+# A run page watches its children while one of them may still change (a failed run can be retried).
+UNSETTLED = ("running", "waiting", "failed")
 
 
 @dataclass
@@ -148,6 +152,34 @@ def path_of(rt, run_id: str) -> tuple[set, set]:
     return visited, taken
 
 
+@dataclass
+class Children:
+    """A page of a run's children (newest first) and how many it has per status."""
+
+    page: queries.Page
+    counts: dict
+    cursor: str | None  # the page shown: None for the newest
+
+    @property
+    def total(self) -> int:
+        return sum(self.counts.values())
+
+    @property
+    def unsettled(self) -> bool:
+        return any(self.counts.get(status) for status in UNSETTLED)
+
+
+def children(rt, run_id: str, cursor: str | None = None, limit: int = CHILDREN_PAGE) -> Children:
+    if cursor is not None and not RUN_ID.match(cursor):
+        cursor = None  # not a link this page made: the newest children instead
+    page = rt.children(run_id, cursor=cursor, limit=limit)
+    query = select(runs.c.status, func.count()).where(runs.c.parent_id == run_id).group_by(runs.c.status)
+    with rt.db.read() as conn:
+        counts = dict(conn.execute(query).all())
+    return Children(page=page, counts={status: counts[status] for status in STATUSES if counts.get(status)},
+                    cursor=cursor)
+
+
 def timeline(rt, run_id: str, after: int = 0, limit: int = TIMELINE_LIMIT) -> tuple[list, float | None, bool]:
     """History entries after ``after`` (the newest ``limit`` of them) as dicts for the template,
     the time of the entry just before them (for "time since previous") and whether older ones were cut."""
@@ -187,14 +219,22 @@ def describe_entry(e, previous_at) -> dict:
         what = f"{detail.get('timer')} ({detail.get('kind')})"
         if e.event:
             what += f" → {e.event}"
+    elif e.kind == "child_started":
+        what = f"{detail.get('name')}: {detail.get('workflow')} v{detail.get('version')}"
+        note = f"key {detail['business_key']}" if detail.get("business_key") else ""
+    elif e.kind == "child_ended":
+        what = f"{detail.get('status')} in {detail.get('state')}"
     else:
         what = e.event or ""
-        note = ", ".join(f"{k}={v}" for k, v in detail.items() if v is not None and k != "traceback")
+        note = ", ".join(f"{k}={v}" for k, v in detail.items()
+                         if v is not None and k not in ("traceback", "child"))
         if e.kind in ("cancelled", "failed") and e.source:
             what = f"in {e.source}" + (f" ({what})" if what else "")
     return {
         "seq": e.seq, "at": e.at, "kind": e.kind, "what": what, "note": note, "cause": e.cause,
         "since_previous": None if previous_at is None else e.at - previous_at,
         "traceback": detail.get("traceback"),
+        # The child run an entry is about (started, ended, its end ignored, the event it sent).
+        "child": child if isinstance(child := detail.get("child"), str) and RUN_ID.match(child) else None,
         "data": json.dumps(e.data, indent=2, sort_keys=True) if e.data and e.kind != "started" else None,
     }

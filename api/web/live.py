@@ -29,6 +29,7 @@ class ChangesQuery(BaseModel):
     since: float | None = Field(default=None, allow_inf_nan=False)
     wait: float = Field(default=0.0, ge=0, allow_inf_nan=False)  # longer waits are cut to MAX_WAIT
     workflow: str | None = Field(default=None, max_length=200, pattern=NO_NUL)
+    parent: str | None = Field(default=None, pattern=r"^[0-9a-f]{32}$", description="only this run's children")
 
 
 def _sse_allowed():
@@ -58,20 +59,24 @@ def run_history(run_id):
 
 @blueprint.get("/live/changes")
 def changes():
-    """Held until a run (of ``workflow``) changed after ``since`` (epoch seconds), or ``wait`` (at most
-    MAX_WAIT) passed.
+    """Held until a run (of ``workflow``, or a child of ``parent``) changed after ``since`` (epoch
+    seconds), or ``wait`` (at most MAX_WAIT) passed.
 
     Answers {"changed": bool, "cursor": the newest change seen}: the runs page's long-poll
-    fallback, woken by the process's shared notifier (no polling per client).
+    fallback and the run page's watch on its children, woken by the process's shared notifier
+    (no polling per client).
     """
     query = parse(ChangesQuery, request.args.to_dict(), "query")
-    since, wait, workflow = query.since, min(query.wait, MAX_WAIT), query.workflow or None
+    since, wait = query.since, min(query.wait, MAX_WAIT)
+    conditions = [runs.c.workflow == query.workflow] if query.workflow else []
+    if query.parent:
+        conditions.append(runs.c.parent_id == query.parent)
     rt = engine()
     deadline = time.monotonic() + wait
     counted = open_streams.labels("long_poll").track_inprogress() if wait > 0 else nullcontext()
     with counted, rt.notifier.watch() as watch:
         while True:
-            newest = _newest(rt, workflow)
+            newest = _newest(rt, conditions)
             remaining = deadline - time.monotonic()
             if since is None or newest > since or remaining <= 0:
                 break
@@ -79,9 +84,7 @@ def changes():
     return jsonify(changed=since is not None and newest > since, cursor=newest)
 
 
-def _newest(rt, workflow) -> float:
-    query = select(func.max(runs.c.updated_at))
-    if workflow:
-        query = query.where(runs.c.workflow == workflow)
+def _newest(rt, conditions) -> float:
+    query = select(func.max(runs.c.updated_at)).where(*conditions)
     with rt.db.read() as conn:
         return conn.execute(query).scalar() or 0.0

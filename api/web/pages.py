@@ -51,18 +51,19 @@ def run_page(run_id):
     run = rt.get(run_id)
     fragment = bool(request.headers.get("X-Interlock-Fragment"))
     after = max(0, request.args.get("after", 0, type=int)) if fragment else 0
-    ctx = _run_context(rt, run, after)
+    ctx = _run_context(rt, run, after, request.args.get("children"))
     if not fragment:
         return render_template("run.html", **ctx)
     return jsonify(
         status=run.status, last_seq=ctx["last_seq"], actions_sig=ctx["actions_sig"],
+        children_live=ctx["children_live"],
         rows=render_template("_timeline_rows.html", **ctx, fresh=True),
         head=render_template("_run_head.html", **ctx), diagram=render_template("_diagram.html", **ctx),
         waiting=render_template("_waiting.html", **ctx), data=render_template("_data.html", **ctx),
-        actions=render_template("_actions.html", **ctx))
+        children=render_template("_children.html", **ctx), actions=render_template("_actions.html", **ctx))
 
 
-def _run_context(rt, run, after):
+def _run_context(rt, run, after, children_cursor=None):
     cls, why, problem = None, None, None
     try:
         why = explain(rt, run.id)
@@ -78,9 +79,13 @@ def _run_context(rt, run, after):
         if cls is not None else None
     rows, _, cut = data.timeline(rt, run.id, after)
     accepted = sorted({a["event"] for a in why["accepted_events"]}) if why else []
+    kids = data.children(rt, run.id, children_cursor)
     now = rt.clock.now()
     return {
         "run": run, "why": why, "problem": problem, "svg": svg, "rows": rows, "cut": cut and after == 0,
+        "parent": rt.get(run.parent_id) if run.parent_id is not None else None, "children": kids,
+        # Watch the children while one may still change (new ones show in the run's own history).
+        "children_live": kids.unsettled,
         "accepted": accepted, "active": run.status in ACTIVE, "now": now,
         "data_json": json.dumps(run.data, indent=2, sort_keys=True, ensure_ascii=False),
         "last_seq": rows[-1]["seq"] if rows else after,
