@@ -212,6 +212,21 @@ class ChildOut(BaseModel):
     parent_state: str = Field(description="the parent's state that started it")
 
 
+class MapOut(BaseModel):
+    """A Map of a current state: a child run per item, and how far it has come."""
+
+    name: str
+    state: str
+    status: Literal["running", "succeeded", "failed", "cancelled"]
+    total: int
+    succeeded: int
+    failed: int
+    running: int
+    pending: int = Field(description="items whose child has not started yet (max_concurrency)")
+    max_concurrency: int | None
+    tolerated_failures: float | None = Field(description="a fraction of the items, or a count")
+
+
 class Explanation(BaseModel):
     """What the run is waiting for."""
 
@@ -227,6 +242,7 @@ class Explanation(BaseModel):
     children: list[ChildOut] = Field(description="the child runs of the current states that may still end "
                                                  "(running, waiting, or failed: a failed run can be retried), "
                                                  "newest first, at most 100")
+    maps: list[MapOut] = Field(default_factory=list, description="the Maps of the current states")
     waiting_for: str
     workflow_not_loaded: str | None = Field(
         None, description="set when this process has not loaded the run's workflow (version): why "

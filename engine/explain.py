@@ -4,7 +4,7 @@ from sqlalchemy import and_, false, or_, select
 
 from . import machine as m
 from .errors import WorkflowNotFound
-from .models import history, runs, signals, tasks, timers
+from .models import history, maps, runs, signals, tasks, timers
 from .queries import get_run
 from .timeparse import iso
 from .transitions import ACTIVE, OPEN_TASK
@@ -48,6 +48,7 @@ def explain(rt, run_id: str) -> dict:
             tasks.c.run_id == run_id, tasks.c.status.in_((*OPEN_TASK, "failed")))
             .order_by(tasks.c.created_at.desc())).mappings().all()
         kids = _children(conn, run, entries) if run.status in ACTIVE else []
+        fanouts = _maps(conn, run, entries, cls) if run.status in ACTIVE or run.status == "failed" else []
         accepted, blocked = [], []
         if cls is not None:
             ctx = m.RunContext(id=run.id, workflow=run.workflow, version=run.version,
@@ -56,7 +57,10 @@ def explain(rt, run_id: str) -> dict:
             accepted, blocked = _events(machine, ctx, conn, run.status)
     outstanding = [_task(t, now) for t in open_tasks if _is_current(t, run)]
     unloaded = None if cls is not None else not_loaded(rt, run.workflow, run.version)
-    waiting_for = _summary(run, accepted, armed, outstanding, _waiting_for_children(cls, kids))
+    mapped = {fanout["state"] for fanout in fanouts}
+    waiting_for = _summary(run, accepted, armed, outstanding,
+                           [*map(_waiting_for_map, fanouts),
+                            *_waiting_for_children(cls, [k for k in kids if k["parent_state"] not in mapped])])
     if unloaded is not None and (run.status in ACTIVE or run.status == "failed"):
         # Without the class the events it accepts are unknown: an event is always possible.
         pending = waiting_for if armed or outstanding else "an event"
@@ -72,6 +76,7 @@ def explain(rt, run_id: str) -> dict:
         "tasks": outstanding,
         "children": [{key: child[key] for key in ("id", "workflow", "version", "status", "state", "parent_state")}
                      for child in kids],
+        "maps": fanouts,
         "waiting_for": waiting_for,
         "workflow_not_loaded": unloaded,
     }
@@ -91,6 +96,33 @@ def _children(conn, run, entries) -> list[dict]:
         signals.c.run_id == run.id, signals.c.kind == "child_ended", signals.c.status == "pending",
         signals.c.source_id.in_(ended))).scalars()) if ended else set()
     return [{**row, "delivering": row["id"] in delivering} for row in found]
+
+
+def _maps(conn, run, entries, cls) -> list[dict]:
+    """The maps of the run's current state entries: their counters, and what they tolerate."""
+    current = or_(false(), *(and_(maps.c.state == state, maps.c.entry_seq == seq) for state, seq in entries.items()))
+    found = conn.execute(select(maps).where(maps.c.parent_id == run.id, current)).mappings().all()
+    out = []
+    for row in found:
+        spec = cls.child_for(row["state"]) if cls is not None else None
+        tolerated = getattr(spec, "tolerated_failures", None)
+        out.append({"name": row["name"], "state": row["state"], "status": row["status"], "total": row["total"],
+                    "succeeded": row["succeeded"], "failed": row["failed"], "running": row["running"],
+                    "pending": row["total"] - row["succeeded"] - row["failed"] - row["running"],
+                    "max_concurrency": getattr(spec, "max_concurrency", None), "tolerated_failures": tolerated})
+    return out
+
+
+def _waiting_for_map(fanout) -> str:
+    tolerated = fanout["tolerated_failures"]
+    tolerance = ("" if tolerated is None else f"{tolerated:.0%} tolerated" if isinstance(tolerated, float)
+                 else f"{tolerated} tolerated")
+    if fanout["status"] == "failed":
+        return (f"map {fanout['name']} failed ({fanout['failed']} of {fanout['total']} items failed, {tolerance}): "
+                "retry the run to run the failed items again")
+    remaining = fanout["total"] - fanout["succeeded"] - fanout["failed"]
+    return (f"{remaining} of {fanout['total']} children of map {fanout['name']} "
+            f"({fanout['failed']} failed, {tolerance}; {fanout['running']} running)")
 
 
 def _waiting_for_children(cls, kids) -> list[str]:

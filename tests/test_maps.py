@@ -131,3 +131,30 @@ def test_items_that_are_not_a_list_are_refused_and_nothing_starts(rt):
     with pytest.raises(InvalidData, match="needs a list of items"):
         rt.start("test_consignment", {"parcels": {"A": 1}})
     assert rt.list_runs(workflow="test_consignment").runs == []
+
+
+def test_explain_tells_how_far_a_map_has_come(rt, tmp_path):
+    items = [{**p, "seconds": 30} for p in parcels(tmp_path, ["A", "B", "C", "D", "E"])]
+    parent = rt.start("test_consignment", {"parcels": items})  # no worker: two children wait
+    explained = rt_explain(rt, parent.id)
+    [fanout] = explained["maps"]
+    assert (fanout["total"], fanout["running"], fanout["pending"], fanout["failed"]) == (5, 2, 3, 0)
+    assert "5 of 5 children of map parcels (0 failed, 1 tolerated; 2 running)" in explained["waiting_for"]
+
+
+def rt_explain(rt, run_id):
+    from engine.explain import explain
+    return explain(rt, run_id)
+
+
+@pytest.mark.parametrize("backend", ["sqlite-memory"])
+def test_the_run_page_shows_the_maps_progress(rt, tmp_path):
+    from api import create_app
+
+    items = [{**p, "seconds": 30} for p in parcels(tmp_path, ["A", "B", "C"])]
+    parent = rt.start("test_consignment", {"parcels": items})
+    app = create_app({"SECRET_KEY": "test-secret"}, interlock=rt)
+    page = app.test_client().get(f"/runs/{parent.id}")
+    assert page.status_code == 200
+    assert '<ul id="maps">' in page.text and "0 done, 0 failed, 2 running of 3" in page.text
+    assert '<progress max="3" value="0"' in page.text
