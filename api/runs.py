@@ -1,4 +1,4 @@
-"""Runs: list, inspect, list a run's children, send events, cancel, retry, explain."""
+"""Runs: list, inspect, list a run's children and a Map's items, send events, cancel, retry, explain."""
 
 from flask import Blueprint
 
@@ -34,6 +34,13 @@ def list_children(run_id, query: s.ChildrenQuery):
     page = engine().children(run_id, status=query.status, workflow=query.workflow, state=query.state,
                              cursor=query.cursor, limit=query.limit)
     return {"runs": [r.to_dict() for r in page.runs], "next": page.next}
+
+
+@API.route(blueprint, "/<run_id>/maps/<name>/items", "GET",
+           summary="A page of a Map's items in item order: status, child run, result",
+           query=s.MapItemsQuery, responses={200: s.MapItemsPage})
+def map_items(run_id, name, query: s.MapItemsQuery):
+    return engine().map_items(run_id, name, entry_seq=query.entry_seq, after=query.after, limit=query.limit)
 
 
 @API.route(blueprint, "/<run_id>/events", "POST", summary="Send an event to a run",

@@ -115,6 +115,13 @@ class ChildrenQuery(BaseModel):
     limit: int = Field(default=50, ge=1, le=500)
 
 
+class MapItemsQuery(BaseModel):
+    entry_seq: int | None = Field(default=None, ge=1, le=2**31 - 1,
+                                  description="the state entry the map belongs to (default: its latest)")
+    after: int | None = Field(default=None, ge=0, le=2**31 - 1, description="`next` of the previous page")
+    limit: int = Field(default=100, ge=1, le=1000)
+
+
 class WorkflowQuery(BaseModel):
     version: int | None = Field(default=None, ge=1, le=2**31 - 1)
 
@@ -225,6 +232,28 @@ class MapOut(BaseModel):
     pending: int = Field(description="items whose child has not started yet (max_concurrency)")
     max_concurrency: int | None
     tolerated_failures: float | None = Field(description="a fraction of the items, or a count")
+
+
+class MapItemOut(BaseModel):
+    index: int
+    status: Literal["pending", "running", "succeeded", "failed", "cancelled"]
+    child_id: str | None = Field(description="the item's child run, once started")
+    result: Any = Field(description="the child's final data, or its status and state when it did not succeed")
+
+
+class MapItemsPage(BaseModel):
+    """A page of a Map's items, in item order."""
+
+    map: str
+    state: str
+    entry_seq: int
+    status: Literal["running", "succeeded", "failed", "cancelled"]
+    total: int
+    succeeded: int
+    failed: int
+    running: int
+    items: list[MapItemOut]
+    next: int | None = Field(description="pass as `after` for the next page; null on the last")
 
 
 class Explanation(BaseModel):

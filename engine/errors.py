@@ -60,6 +60,16 @@ class RunNotFound(InterlockError):
         super().__init__(f"unknown run {run_id!r}")
 
 
+class MapNotFound(InterlockError):
+    code = "map-not-found"
+    status = 404
+
+    def __init__(self, run_id, name, entry_seq=None):
+        self.run_id, self.name, self.entry_seq = run_id, name, entry_seq
+        at = f" at state entry {entry_seq}" if entry_seq is not None else ""
+        super().__init__(f"run {run_id!r} has no map {name!r}{at}")
+
+
 class InvalidData(InterlockError):
     """Input that is not what the engine accepts (data not a JSON object, say)."""
 

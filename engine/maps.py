@@ -194,3 +194,30 @@ def _finish(change, spec, seq, summary, event) -> None:
         change.send(event, outcome, "child", detail={"map": spec.name})
     except InvalidTransition as exc:
         change.record("event_rejected", cause="child", event=event, detail={"map": spec.name, "error": str(exc)})
+
+
+# -- reading -------------------------------------------------------------------------------
+
+def items_page(conn, run_id, name, *, entry_seq=None, after=None, limit=100) -> dict:
+    """A page of a map's items in item order (its latest entry unless ``entry_seq``): each item's
+    status, child run and result, so a large map's results are read without loading them all."""
+    from .errors import MapNotFound
+    from .queries import get_run
+
+    get_run(conn, run_id)
+    query = select(maps).where(maps.c.parent_id == run_id, maps.c.name == name)
+    if entry_seq is not None:
+        query = query.where(maps.c.entry_seq == entry_seq)
+    summary = conn.execute(query.order_by(maps.c.entry_seq.desc()).limit(1)).mappings().first()
+    if summary is None:
+        raise MapNotFound(run_id, name, entry_seq)
+    rows = conn.execute(select(map_items.c.idx, map_items.c.status, map_items.c.child_id, map_items.c.result).where(
+        map_items.c.parent_id == run_id, map_items.c.entry_seq == summary["entry_seq"],
+        map_items.c.idx > (-1 if after is None else after)).order_by(map_items.c.idx).limit(limit + 1)).all()
+    more = len(rows) > limit
+    rows = rows[:limit]
+    return {"map": name, "state": summary["state"], "entry_seq": summary["entry_seq"], "status": summary["status"],
+            "total": summary["total"], "succeeded": summary["succeeded"], "failed": summary["failed"],
+            "running": summary["running"],
+            "items": [{"index": r.idx, "status": r.status, "child_id": r.child_id, "result": r.result} for r in rows],
+            "next": rows[-1].idx if more else None}

@@ -7,7 +7,7 @@ from sqlalchemy import event
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from . import children, metrics
+from . import children, maps, metrics
 from . import operations as ops
 from . import queries
 from .batching import Batcher
@@ -190,6 +190,12 @@ class Interlock:
         state that started them), cursor (the previous page's ``next``), limit."""
         with self.db.read() as conn:
             return queries.list_children(conn, run_id, **filters)
+
+    def map_items(self, run_id: str, name: str, **page) -> dict:
+        """A page of a run's map ``name``: its counters and items in item order, each with its
+        status, child run and result; page: entry_seq, after (the previous page's ``next``), limit."""
+        with self.db.read() as conn:
+            return maps.items_page(conn, run_id, name, **page)
 
     # -- working ---------------------------------------------------------------------
 

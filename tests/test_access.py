@@ -102,6 +102,8 @@ SCENARIOS = {
     "runs.list_runs": lambda rt: ({}, None, {"workflow": "test_counter"}, 200),
     "runs.get_run": lambda rt: ({"run_id": counter(rt)}, None, {}, 200),
     "runs.list_children": lambda rt: ({"run_id": counter(rt)}, None, {"limit": 10}, 200),
+    # A run without that map: the token is checked before the map is looked up.
+    "runs.map_items": lambda rt: ({"run_id": counter(rt), "name": "parcels"}, None, {"limit": 10}, 404),
     "runs.explain": lambda rt: ({"run_id": counter(rt)}, None, {}, 200),
     "runs.send_event": lambda rt: ({"run_id": counter(rt)}, {"event": "add"}, {}, 200),
     "runs.cancel_run": lambda rt: ({"run_id": counter(rt)}, {"reason": "test"}, {}, 200),

@@ -158,3 +158,30 @@ def test_the_run_page_shows_the_maps_progress(rt, tmp_path):
     assert page.status_code == 200
     assert '<ul id="maps">' in page.text and "0 done, 0 failed, 2 running of 3" in page.text
     assert '<progress max="3" value="0"' in page.text
+
+
+@pytest.mark.parametrize("backend", ["sqlite-memory", "postgres-redis"])
+def test_a_maps_items_are_read_page_by_page_over_the_api(rt, tmp_path):
+    from api import create_app
+
+    ids = [f"P{i}" for i in range(7)]
+    with rt.worker(8):
+        parent = rt.start("test_consignment", {"parcels": parcels(tmp_path, ids, lost={"P3"})})
+        ended(rt, parent.id)
+    api = create_app({"SECRET_KEY": "test-secret"}, interlock=rt).test_client()
+    seen, after = [], None
+    while True:
+        page = api.get(f"/api/runs/{parent.id}/maps/parcels/items",
+                       query_string={"limit": 3, **({"after": after} if after is not None else {})})
+        assert page.status_code == 200, page.text
+        body = page.get_json()
+        seen += body["items"]
+        after = body["next"]
+        if after is None:
+            break
+    assert [item["index"] for item in seen] == list(range(7))
+    assert (body["total"], body["succeeded"], body["failed"], body["status"]) == (7, 6, 1, "succeeded")
+    assert [item["result"].get("delivered") for item in seen] == [i if i != "P3" else None for i in ids]
+    assert seen[3]["status"] == "failed" and all(item["child_id"] for item in seen)
+    missing = api.get(f"/api/runs/{parent.id}/maps/nope/items")
+    assert missing.status_code == 404 and missing.get_json()["type"].endswith("map-not-found")
