@@ -161,13 +161,7 @@ def _check_and_collect(cls, class_name):
     for attr, value in seen.items():
         spec = getattr(value, "_interlock_step", None)
         if isinstance(spec, StepSpec):
-            spec.state_id = _resolve(cls, spec.state, f"step {attr}")
-            if spec.state_id in finals:
-                raise DefinitionError(f"{class_name}: step {attr} is on final state {spec.state_id!r}")
-            if spec.state_id in steps:
-                raise DefinitionError(
-                    f"{class_name}: state {spec.state_id!r} has two steps "
-                    f"({steps[spec.state_id].name}, {attr})")
+            _bind_state(cls, class_name, spec, attr, finals, steps, "steps")
             check_event(spec.on_error, f"step {attr} on_error")
             check_event(spec.default, f"step {attr} default")
             if spec.default is None:
@@ -177,12 +171,7 @@ def _check_and_collect(cls, class_name):
             _collect_activity(cls, class_name, attr, value, finals, activities, check_event)
         elif isinstance(value, (ChildSpec, MapSpec)):
             value.name = attr
-            value.state_id = _resolve(cls, value.state, f"{value.kind} {attr}")
-            if value.state_id in finals:
-                raise DefinitionError(f"{class_name}: {value.kind} {attr} is on final state {value.state_id!r}")
-            if value.state_id in children:
-                raise DefinitionError(f"{class_name}: state {value.state_id!r} has two children or maps "
-                                      f"({children[value.state_id].name}, {attr})")
+            _bind_state(cls, class_name, value, attr, finals, children, "children or maps")
             check_event(value.on_done, f"child {attr} on_done")
             check_event(value.on_error, f"child {attr} on_error")
             children[value.state_id] = value
@@ -224,17 +213,22 @@ def _check_and_collect(cls, class_name):
     cls._event_ids = tuple(e.id for e in cls._events)
 
 
+def _bind_state(cls, class_name, spec, attr, finals, taken: dict, plural: str) -> None:
+    """Resolve the state ``spec`` is declared on: not final, and not holding another of its kind."""
+    spec.state_id = _resolve(cls, spec.state, f"{spec.kind} {attr}")
+    if spec.state_id in finals:
+        raise DefinitionError(f"{class_name}: {spec.kind} {attr} is on final state {spec.state_id!r}")
+    if spec.state_id in taken:
+        raise DefinitionError(f"{class_name}: state {spec.state_id!r} has two {plural} "
+                              f"({taken[spec.state_id].name}, {spec.name or attr})")
+
+
 def _collect_activity(cls, class_name, attr, spec, finals, activities, check_event):
     if spec.name is None:
         if not ACTIVITY_NAME.fullmatch(attr):
             raise DefinitionError(f"{class_name}: activity {attr} needs name=... (letters, digits, _.:-)")
         spec.name = attr
-    spec.state_id = _resolve(cls, spec.state, f"activity {attr}")
-    if spec.state_id in finals:
-        raise DefinitionError(f"{class_name}: activity {attr} is on final state {spec.state_id!r}")
-    if spec.state_id in activities:
-        raise DefinitionError(f"{class_name}: state {spec.state_id!r} has two activities "
-                              f"({activities[spec.state_id].name}, {spec.name})")
+    _bind_state(cls, class_name, spec, attr, finals, activities, "activities")
     check_event(spec.on_error, f"activity {attr} on_error")
     check_event(spec.default, f"activity {attr} default")
     if spec.default is None:
