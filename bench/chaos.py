@@ -8,7 +8,8 @@ connections are killed on a schedule; then every invariant is checked from the d
 For each broker (Redis, RabbitMQ) it creates a PostgreSQL database, migrates it, starts
 `interlock serve` and N `interlock worker` processes, and starts runs of the example
 workflows (cargo, orders) and of bench/chaos_workflows.py (an activity, a long flaky step,
-a step that breaks until retried, timers read from the data) through the REST API. What
+a step that breaks until retried, timers read from the data; parents of child runs and of a
+Map, bench/chaos_composition.py) through the REST API. What
 each run meets is planned from its seed and stored in its data (``data["chaos"]``): flaky
 attempts, timers set seconds ahead, external events this script sends through the API
 (engine.client.Client), cancels, operator retries of failed runs, and activity tasks that
@@ -48,7 +49,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench import duplicates
+from bench import chaos_composition, duplicates
 from bench import measure as m
 from bench.chaos_checks import check
 from engine.client import ActivityPoller, ApiError, Client, ClientError
@@ -103,8 +104,10 @@ def plan_run(i: int, rng: random.Random, now: float) -> tuple[str, dict]:
     chaos = {"i": i}
     if rng.random() < 0.05:
         chaos["cancel_after"] = round(rng.uniform(0.3, 8.0), 2)
-    kind = rng.choices(["cargo", "orders", "chaos_parcel"], [35, 35, 30])[0]
-    if kind == "cargo":
+    kind = rng.choices(["cargo", "orders", "chaos_parcel", "composed"], [30, 30, 22, 18])[0]
+    if kind == "composed":
+        kind, data = chaos_composition.plan(i, rng, now)
+    elif kind == "cargo":
         chaos["plan"] = rng.choices(["deliver", "lost", "race_lost"], [80, 10, 10])[0]
         if chaos["plan"] != "deliver":
             chaos["lost_after"] = round(rng.uniform(0.0, 1.5), 2)
@@ -573,7 +576,7 @@ class Scenario:
         executions = duplicates.count(m.pg_url(self.dbname, "postgresql+psycopg"))
         report.invariants.append(duplicates.attribute(executions, self.faults, cfg.resend_after))
         result.update(
-            runs=report.runs, transitions=report.transitions, violations=report.violations,
+            runs=report.runs, children=report.children, transitions=report.transitions, violations=report.violations,
             invariants=[{"name": i.name, "checked": i.checked, "what": i.checked_what, "violations": i.violations,
                          "problems": dict(i.problems), "notes": i.notes} for i in report.invariants],
             duplicates={"steps": executions.steps, "extra_executions": executions.extra,
@@ -623,7 +626,8 @@ def render(result, report) -> str:
     lines = [f"-- {result['label']}: invariants (from the database alone)", report.render()]
     outcomes = ", ".join(f"{k} {v}" for k, v in result["outcomes"].items())
     faults = ", ".join(f"{k} {v}" for k, v in sorted(result["fault_counts"].items())) or "none"
-    lines.append(f"-- summary: {result['runs']} runs, {result['transitions']} transitions, "
+    lines.append(f"-- summary: {result['runs']} runs ({result['children']} started by a parent), "
+                 f"{result['transitions']} transitions, "
                  f"{len(result['faults'])} faults injected ({faults})")
     lines.append(f"   outcomes: {outcomes}")
     if result["last_fault"]:

@@ -21,6 +21,8 @@ Each invariant counts what it looked at and what broke it:
 5. ``timers only in their state entry``: every ``timer_fired`` row belongs to a timer of the
    state entry the run was in, each timer is handled once, and each timer transition
    follows its ``timer_fired`` row.
+6-9. Child runs and Map (``no child orphaned``, ``fan-in counted once``, ``collected results
+   match children``, ``map concurrency within its limit``): see bench/chaos_composition.py.
 
 Flat workflows only (a history row's source and target are leaf states).
 """
@@ -30,6 +32,7 @@ from dataclasses import dataclass, field
 
 from sqlalchemy import create_engine, select, text
 
+from bench import chaos_composition
 from engine.db import normalize_url
 from engine.models import history, runs, tasks, timers
 
@@ -37,7 +40,7 @@ ACTIVE = ("running", "waiting")
 CANCEL = "<cancelled by operator>"
 # Errors the example and chaos workflows raise on purpose (their data asks for them): failed
 # attempts from anything else (a killed worker, a dropped connection...) are injected faults.
-SIMULATED_ERRORS = ("CustomsUnavailable", "GatewayTimeout", "StepBroken", "InspectionFailed")
+SIMULATED_ERRORS = ("CustomsUnavailable", "GatewayTimeout", "StepBroken", "InspectionFailed", "CrateBroken")
 # Events the chaos script sends from outside, by (workflow, state): a run waiting there is
 # waiting for the script, not stuck.
 EXTERNAL = {("cargo", "booked"), ("cargo", "at_port"), ("orders", "review"),
@@ -77,6 +80,7 @@ class Report:
     runs: int
     transitions: int
     outcomes: Counter
+    children: int = 0  # of the runs, those started by a parent run
 
     @property
     def violations(self) -> int:
@@ -102,7 +106,10 @@ def _is_simulated(error) -> bool:
 def allowed_outcomes(workflow: str, data: dict) -> set:
     """Final states (or CANCEL) the run's data leads to when nothing but the plan happens."""
     plan = data.get("chaos") or {}
-    if workflow == "cargo":
+    composed = chaos_composition.allowed_outcomes(workflow, data)
+    if composed is not None:
+        allowed = composed
+    elif workflow == "cargo":
         allowed = {"lost": {"lost"}, "race_lost": {"lost", "delivered"}}.get(plan.get("plan"), {"delivered"})
     elif workflow == "orders":
         if data.get("card") == "declined" or data.get("gateway_timeouts", 0) >= 3:
@@ -155,11 +162,11 @@ def load(url: str):
                 conn.execute(text("SET application_name = 'interlock-chaos'"))
             run_rows = [dict(r) for r in conn.execute(select(
                 runs.c.id, runs.c.workflow, runs.c.version, runs.c.status, runs.c.state, runs.c.data,
-                runs.c.last_seq)).mappings()]
+                runs.c.last_seq, runs.c.parent_id)).mappings()]
             by_run = defaultdict(list)
             for r in conn.execute(select(
                     history.c.run_id, history.c.seq, history.c.kind, history.c.event, history.c.source,
-                    history.c.target, history.c.cause, history.c.detail)
+                    history.c.target, history.c.cause, history.c.detail, history.c.at)
                     .order_by(history.c.run_id, history.c.seq)).mappings():
                 by_run[r["run_id"]].append(dict(r))
             task_rows = {r["id"]: dict(r) for r in conn.execute(select(
@@ -253,8 +260,9 @@ def check(url: str, registry, now: float | None = None) -> Report:
                             f"{run['workflow']} ended {outcome}, allowed {sorted(allowed)}")
     if fault_ended:
         finals.notes.append(f"{fault_ended} ended through on_error after attempts lost to injected faults")
-    report = Report([finals, contiguous, once, steps, timer_check], len(run_rows), transitions, outcomes)
-    return report
+    composition = chaos_composition.check(url, registry, by_run, Invariant)
+    return Report([finals, contiguous, once, steps, timer_check, *composition], len(run_rows), transitions,
+                  outcomes, children=sum(r["parent_id"] is not None for r in run_rows))
 
 
 def _why_not_final(run, cls, open_tasks, armed, now) -> str:

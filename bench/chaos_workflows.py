@@ -10,7 +10,7 @@ which final states a run was allowed to reach.
 import time
 from datetime import timedelta
 
-from engine import State, Workflow, activity, at, step
+from engine import State, Workflow, activity, at, child, map_, step
 
 
 class StepBroken(Exception):
@@ -66,3 +66,80 @@ class ChaosParcel(Workflow):
         if time.time() < run.data.get("broken_until", 0):
             raise StepBroken("label printer offline")
         return "labelled", {"label": f"L-{run.id[-6:]}"}
+
+
+# -- composition: child runs and a Map (bench/chaos_composition.py plans and checks them) ----
+
+class CrateBroken(Exception):
+    """A crate its data marks as damaged: every packing attempt fails."""
+
+
+class ChaosCrate(Workflow):
+    """The child: a step packs the crate (``work_seconds``); a crate with ``fail`` set fails every
+    attempt and ends ``damaged`` (failed), whatever the faults do."""
+
+    name, version = "chaos_crate", 1
+
+    packing = State(initial=True)
+    packed = State(final=True)
+    damaged = State(final=True)
+
+    done = packing.to(packed)
+    give_up = packing.to(damaged)
+    final_status = {"damaged": "failed"}
+
+    @step(packing, retries=3, backoff=timedelta(seconds=0.1), on_error="give_up")
+    def pack(self, run):
+        time.sleep(run.data.get("work_seconds", 0))
+        if run.data.get("fail"):
+            raise CrateBroken(f"crate {run.data['crate']} is damaged")
+        return "done", {"packed_by": f"attempt-{run.attempt}"}
+
+
+class ChaosShipment(Workflow):
+    """A Map: a crate run per item, two at a time; one damaged crate is tolerated, a second one
+    ends the map ``short`` (on_error) and cancels the crates still running."""
+
+    name, version = "chaos_shipment", 1
+
+    loading = State(initial=True)
+    loaded = State(final=True)
+    short = State(final=True)
+
+    all_packed = loading.to(loaded)
+    too_many_damaged = loading.to(short)
+    final_status = {"short": "failed"}
+
+    crates = map_(loading, items="crates", workflow="chaos_crate", max_concurrency=2, tolerated_failures=1,
+                  business_key=lambda run, item: item["crate"], on_done="all_packed",
+                  on_error="too_many_damaged", results="packed")
+
+
+class ChaosDispatch(Workflow):
+    """A child run: waits for one crate, unless ``crate_deadline`` passes first (the crate is then
+    cancelled: ``parent_close="cancel"``)."""
+
+    name, version = "chaos_dispatch", 1
+
+    crating = State(initial=True)
+    dispatched = State(final=True)
+    undispatched = State(final=True)
+    gave_up = State(final=True)
+
+    crated = crating.to(dispatched)
+    crate_failed = crating.to(undispatched)
+    give_up = crating.to(gave_up)
+    final_status = {"undispatched": "failed", "gave_up": "failed"}
+
+    crate = child(crating, workflow="chaos_crate", data=lambda run: run.data["crate"], on_done="crated",
+                  on_error="crate_failed", result="crate")
+    deadline = at("crate_deadline", crating, send="give_up")
+
+
+class ChaosLooseDispatch(ChaosDispatch):
+    """The same, but a crate whose parent gave up goes on alone (``parent_close="abandon"``)."""
+
+    name, version = "chaos_loose_dispatch", 1
+
+    crate = child(ChaosDispatch.crating, workflow="chaos_crate", data=lambda run: run.data["crate"],
+                  on_done="crated", on_error="crate_failed", result="crate", parent_close="abandon")

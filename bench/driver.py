@@ -4,6 +4,7 @@
     python bench/driver.py single WORKFLOW K        K runs one after another, each awaited (workers running)
     python bench/driver.py embedded WORKFLOW N K    SQLite + memory broker: preload N runs, drive them with
                                                     this process's own worker, then K single runs
+    python bench/driver.py fanout WORKFLOW N        start one run with data {"items": [0..N-1]} (a Map's parent)
 
 Each prints one JSON line. Run ids and times are read back from the database by the caller.
 """
@@ -147,6 +148,10 @@ def main(argv):
             poller = Poller(rt)
             out = {"single_ids": single(rt, poller, workflow, int(argv[2]))}
             poller.close()
+        elif mode == "fanout":
+            began = time.monotonic()
+            parent = rt.start(workflow, {"items": list(range(int(argv[2])))})
+            out = {"parent_id": parent.id, "start_seconds": time.monotonic() - began}
         elif mode == "embedded":
             threads = int(os.environ.get("INTERLOCK_WORKER_THREADS", "8"))
             out = embedded(rt, workflow, int(argv[2]), int(argv[3]), threads,

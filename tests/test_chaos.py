@@ -1,6 +1,6 @@
-"""The chaos run in CI: `bench/chaos.py --quick` per broker keeps every invariant, the same run
-with a deliberately broken reconciler fails, and the checks catch each kind of damage done to
-a database on purpose."""
+"""The chaos run in CI: `bench/chaos.py --quick` per broker keeps every invariant (child runs and
+Map included), the same run with a deliberately broken reconciler fails, and the checks catch
+each kind of damage done to a database on purpose."""
 
 import json
 import shutil
@@ -20,7 +20,9 @@ from .processes import ROOT, clean_env
 pytestmark = pytest.mark.slow
 CHAOS = [sys.executable, str(ROOT / "bench" / "chaos.py")]
 INVARIANTS = ["final states", "history contiguous", "transitions once per state entry",
-              "step results applied once", "timers only in their state entry", "no step run twice without a fault"]
+              "step results applied once", "timers only in their state entry", "no child orphaned",
+              "fan-in counted once", "collected results match children", "map concurrency within its limit",
+              "no step run twice without a fault"]
 
 
 def chaos(tmp_path, *args, timeout=300):
@@ -43,7 +45,7 @@ def test_quick_chaos_run_keeps_every_invariant(broker, tmp_path):
     output = done.stdout + done.stderr
     assert done.returncode == 0, output[-4000:]
     [result] = results
-    assert result["runs"] == 150 and result["quiet"]
+    assert result["runs"] - result["children"] == 150 and result["children"] > 0 and result["quiet"]
     assert [(i["name"], i["violations"]) for i in result["invariants"]] == [(name, 0) for name in INVARIANTS]
     assert all(i["checked"] > 0 for i in result["invariants"]), result["invariants"]
     # Every kind of fault was injected, and each one really was (none failed to inject).
@@ -51,6 +53,12 @@ def test_quick_chaos_run_keeps_every_invariant(broker, tmp_path):
     assert not any("FAILED" in what for _, _, what, _ in result["faults"]), result["faults"]
     for name in INVARIANTS:
         assert f"ok   {name}" in done.stdout
+    # The composed runs met what the composition invariants are about: maps ending both ways,
+    # parents giving up on a crate they cancel and on one they abandon.
+    outcomes = result["outcomes"]
+    for outcome in ("chaos_shipment: loaded", "chaos_shipment: short", "chaos_dispatch: gave_up",
+                    "chaos_loose_dispatch: gave_up", "chaos_crate: damaged"):
+        assert outcomes.get(outcome, 0) > 0, outcomes
     # Duplicate executions are printed, each put down to an injected fault.
     duplicates = result["duplicates"]
     assert sum(duplicates["by_fault"].values()) == duplicates["extra_executions"]
@@ -71,7 +79,7 @@ def test_the_chaos_run_catches_a_broken_reconciler(tmp_path):
     assert finals["name"] == "final states"
     assert finals["problems"].get("stuck (nothing pending)", 0) > 0, finals
     # Only the runs that needed a lost task recovered are stuck: nothing else is reported.
-    assert [i["violations"] for i in result["invariants"][1:]] == [0, 0, 0, 0, 0]
+    assert [i["violations"] for i in result["invariants"][1:]] == [0] * (len(INVARIANTS) - 1)
     assert "FAIL final states" in done.stdout
     assert "stuck (nothing pending)" in done.stdout
 
@@ -166,5 +174,98 @@ DAMAGE = {
 def test_the_checks_catch_a_damaged_database(finished_db, tmp_path, damage):
     statements, expected = DAMAGE[damage]
     report = damaged(finished_db, tmp_path, *statements)
+    assert problems(report) == expected, report.render()
+    assert "FAIL" in report.render()
+
+
+# -- child runs and Map: the composition invariants, against a database damaged on purpose ----
+
+@pytest.fixture(scope="module")
+def composed_db(tmp_path_factory):
+    """A SQLite database where two maps ended (on_done with one damaged crate tolerated, on_error
+    with two), a dispatch got its crate, and two gave up on theirs (one cancelled, one abandoned)."""
+    import time
+
+    directory = tmp_path_factory.mktemp("composed")
+    with Harness("workflows", "bench.chaos_workflows", directory=str(directory)) as h:
+        def crates(prefix, damaged):
+            return [{"crate": f"{prefix}{n}", "fail": n in damaged, "work_seconds": 0.02} for n in range(5)]
+
+        def crate(name, seconds=0.0):
+            return {"crate": name, "fail": False, "work_seconds": seconds}
+
+        assert h.run("chaos_shipment", {"crates": crates("A", {1})}).state == "loaded"
+        assert h.run("chaos_shipment", {"crates": crates("B", {0, 1})}).state == "short"
+        assert h.run("chaos_dispatch", {"crate": crate("C"), "crate_deadline": time.time() + 3600}).state == "dispatched"
+        for workflow, name in (("chaos_dispatch", "E"), ("chaos_loose_dispatch", "D")):
+            late = {"crate": crate(name, seconds=1.0), "crate_deadline": time.time() + 0.2, "deadline_races": True}
+            assert h.run(workflow, late).state == "gave_up"
+        deadline = time.monotonic() + 15
+        while any(r.status in ("running", "waiting") for r in h.rt.list_runs(limit=100).runs):
+            assert time.monotonic() < deadline, "the abandoned crate did not end"
+            time.sleep(0.05)
+    return directory / "interlock.db"
+
+
+def crate_run(name):
+    return f"(SELECT id FROM runs WHERE workflow = 'chaos_crate' AND json_extract(data, '$.crate') = '{name}')"
+
+
+def history_copied(run_id_sql, kind):
+    """A history row of ``kind`` recorded once more, at the end of the run's history."""
+    return [(f"INSERT INTO history (run_id, seq, at, kind, event, source, target, cause, detail) SELECT run_id, "
+             f"(SELECT last_seq + 1 FROM runs WHERE id = h.run_id), at, kind, event, source, target, cause, detail "
+             f"FROM history h WHERE run_id = {run_id_sql} AND kind = '{kind}' ORDER BY seq LIMIT 1"),
+            f"UPDATE runs SET last_seq = last_seq + 1 WHERE id = {run_id_sql}"]
+
+
+LOADED = "(SELECT id FROM runs WHERE workflow = 'chaos_shipment' AND state = 'loaded')"
+COMPOSED_DAMAGE = {
+    "a child left running after its parent gave up on it": (
+        [f"UPDATE runs SET status = 'running', finished_at = NULL WHERE id = {crate_run('E')}"],
+        {"no child orphaned": {"child active after its parent ended": 1},
+         "final states": {"stuck (nothing pending)": 1}}),
+    "a child never told its parent gave up": (
+        ["DELETE FROM signals WHERE kind = 'parent_left'",
+         f"UPDATE runs SET finished_at = finished_at + 5 WHERE id = {crate_run('E')}"],
+        {"no child orphaned": {"child not told its parent left": 1}}),
+    "an abandoned child still running (allowed by its parent's policy)": (
+        [f"UPDATE runs SET status = 'running', finished_at = NULL WHERE id = {crate_run('D')}"],
+        {"final states": {"stuck (nothing pending)": 1}}),
+    "a child's end counted twice by the map": (
+        ["UPDATE maps SET succeeded = succeeded + 1 WHERE status = 'succeeded'"],
+        {"fan-in counted once": {"map counters disagree with its items": 1}}),
+    "a child's end recorded twice": (
+        history_copied(LOADED, "child_ended"),
+        {"fan-in counted once": {"child's end recorded twice": 1, "items ended disagree with the fan-in history": 1}}),
+    "a signal never applied": (
+        ["UPDATE signals SET status = 'pending' WHERE id = (SELECT min(id) FROM signals WHERE kind = 'child_ended')"],
+        {"fan-in counted once": {"signal left pending": 1}}),
+    "a collected result that is not its child's": (
+        [f"UPDATE runs SET data = json_set(data, '$.packed[3].packed_by', 'someone else') WHERE id = {LOADED}"],
+        {"collected results match children": {"result differs from its child's final data": 1}}),
+    "a child() result that is not its child's": (
+        ["UPDATE runs SET data = json_set(data, '$.crate.packed_by', 'someone else') WHERE state = 'dispatched'"],
+        {"collected results match children": {"result differs from the child's final data": 1}}),
+    "three crates of a map at once, two allowed": (
+        [f"UPDATE runs SET created_at = created_at - 100 WHERE id = {crate_run('A4')}"],
+        {"map concurrency within its limit": {"more children at once than max_concurrency": 1}}),
+}
+
+
+def test_the_composition_checks_pass_an_undamaged_database(composed_db, tmp_path):
+    report = damaged(composed_db, tmp_path)
+    assert report.violations == 0, report.render()
+    assert report.children == 11  # 5 + 3 crates in the maps (B2 cancelled, B3-B4 never started), 3 dispatched
+    checked = {i.name: i.checked for i in report.invariants}
+    assert checked["no child orphaned"] == 11 and checked["map concurrency within its limit"] == 2
+    assert checked["collected results match children"] == 3  # two maps, one child() result
+    assert "1 outlived a parent that abandons them" in report.render()
+
+
+@pytest.mark.parametrize("damage", list(COMPOSED_DAMAGE))
+def test_the_composition_checks_catch_a_damaged_database(composed_db, tmp_path, damage):
+    statements, expected = COMPOSED_DAMAGE[damage]
+    report = damaged(composed_db, tmp_path, *statements)
     assert problems(report) == expected, report.render()
     assert "FAIL" in report.render()
