@@ -99,16 +99,14 @@ def finishing(change) -> None:
 
 @dataclass
 class ApplySignals:
-    """Apply signals to one run, in the order they were written: many children ending together
-    cost their parent one lock and one transaction."""
-
-    signal_ids: list
+    """Apply the run's pending signals (up to ``BATCH``), in the order they were written: many
+    children ending together cost their parent one lock and one transaction."""
 
     def perform(self, change) -> None:
         # The receiver's lock is held: no other transaction applies these signals meanwhile.
         found = change.conn.execute(select(signals).where(
-            signals.c.id.in_(self.signal_ids), signals.c.run_id == change.row["id"],
-            signals.c.status == "pending").order_by(signals.c.created_at, signals.c.id)).mappings().all()
+            signals.c.run_id == change.row["id"], signals.c.status == "pending",
+        ).order_by(signals.c.created_at, signals.c.id).limit(BATCH)).mappings().all()
         done = {"applied": [], "stale": []}
         for signal in found:
             if signal["kind"] == "parent_left":
@@ -173,20 +171,27 @@ def _parent_left(change, signal) -> bool:
 # -- delivery --------------------------------------------------------------------------------
 
 def deliver(rt, pending: list) -> None:
-    """Apply signals just committed ((signal id, receiver) pairs); one that fails waits for the
-    reconciler (its receiver's workflow not loaded here, a lock timeout...)."""
+    """Apply the signals just committed ((signal id, receiver) pairs) and any others pending for
+    their receivers. A receiver another transaction holds is passed over: whoever holds it
+    looks for pending signals again after its commit, and so applies ours (committed before we
+    found it held). One that fails waits for the reconciler (its workflow not loaded here...)."""
+    for run_id in dict.fromkeys(run_id for _signal_id, run_id in pending):
+        try:
+            drain(rt, run_id)
+        except InterlockError as exc:
+            log.info("signals to run %s left for the reconciler: %s", run_id, exc, extra={"run_id": run_id})
+
+
+def drain(rt, run_id) -> None:
+    """Apply the run's pending signals until none is left, unless another transaction holds it."""
     from .transitions import apply
 
-    by_receiver: dict = {}
-    for signal_id, run_id in pending:
-        by_receiver.setdefault(run_id, []).append(signal_id)
-    for run_id, signal_ids in by_receiver.items():
-        for chunk in range(0, len(signal_ids), BATCH):
-            try:
-                apply(rt, run_id, ApplySignals(signal_ids[chunk:chunk + BATCH]))
-            except InterlockError as exc:
-                log.info("%d signal(s) to run %s left for the reconciler: %s", len(signal_ids), run_id, exc,
-                         extra={"run_id": run_id})
+    while apply(rt, run_id, ApplySignals(), unless_held=True) is not None:
+        with rt.db.read() as conn:
+            more = conn.execute(select(signals.c.id).where(
+                signals.c.run_id == run_id, signals.c.status == "pending").limit(1)).first()
+        if more is None:
+            return
 
 
 def deliver_pending(rt) -> int:

@@ -558,6 +558,9 @@ def _locking(statement, dialect, of, skip_locked=False):
 
 _LOCK_RUN = hotsql.Statement(lambda dialect, _keys: _locking(
     select(runs).where(runs.c.id == _b("b_run")), dialect, [runs]))
+# The same, passing over a run another transaction holds (SQLite has one writer at a time anyway).
+_LOCK_RUN_UNLESS_HELD = hotsql.Statement(lambda dialect, _keys: _locking(
+    select(runs).where(runs.c.id == _b("b_run")), dialect, [runs], skip_locked=True))
 _LOCK_RUN_WITH_TASK = hotsql.Statement(lambda dialect, _keys: _locking(
     select(runs, *_TASK_COLUMNS).join(tasks, tasks.c.run_id == runs.c.id)
     .where(runs.c.id == _b("b_run"), tasks.c.id == _b("b_task")), dialect, [runs, tasks]))
@@ -629,22 +632,25 @@ def lock_run_with_task(conn, run_id, task_id) -> tuple[dict, dict | None]:
     return _split(found[0])
 
 
-def apply(rt, run_id, op, *, session=None, after_commit=None) -> Outcome:
+def apply(rt, run_id, op, *, session=None, after_commit=None, unless_held=False) -> Outcome | None:
     """Perform ``op`` on run ``run_id`` in one transaction (the caller's, given ``session``).
 
     Once committed, the outcome goes to ``after_commit`` (default: the runtime's, which
-    sends its tasks and notifies watchers)."""
+    sends its tasks and notifies watchers). ``unless_held``: if another transaction holds the
+    run, do nothing and return None (for work the holder will see to)."""
     if session is not None:
         conn = session.connection()
         outcome = _perform(rt, conn, run_id, op)
         rt.after_session_commit(session, outcome)
         return outcome
-    outcome = rt.db.transaction(lambda conn: _perform(rt, conn, run_id, op))
+    outcome = rt.db.transaction(lambda conn: _perform(rt, conn, run_id, op, unless_held))
+    if outcome is None:
+        return None
     (after_commit or rt.after_commit)(outcome)
     return outcome
 
 
-def _perform(rt, conn, run_id, op) -> Outcome:
+def _perform(rt, conn, run_id, op, unless_held=False) -> Outcome | None:
     now = rt.clock.now()
     if run_id is None:
         existing = op.existing(rt, conn)
@@ -655,6 +661,11 @@ def _perform(rt, conn, run_id, op) -> Outcome:
         task_id = getattr(op, "task_id", None)
         if task_id is not None:
             row, task = lock_run_with_task(conn, run_id, task_id)
+        elif unless_held:
+            found = hotsql.fetch(conn, _LOCK_RUN_UNLESS_HELD, {"b_run": run_id})
+            if not found:
+                return None  # held by another transaction (or gone)
+            row, task = found[0], None
         else:
             row, task = lock_run(conn, run_id), None
         cls = rt.registry.get(row["workflow"], row["version"])
