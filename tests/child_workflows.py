@@ -54,6 +54,8 @@ class Ordering(Workflow):
     def on_invoiced(self, run, invoice_no):
         run.data["billed_as"] = invoice_no  # the child's final data arrives by name
 
+    demo_data = {"order": "A-1"}
+
 
 class Impatient(Workflow):
     """A parent that stops waiting for its paperwork after a timer; the child is cancelled."""
@@ -115,6 +117,8 @@ class Consignment(Workflow):
                    business_key=lambda run, item: item["id"], on_done="all_delivered", on_error="some_lost",
                    results="deliveries")
 
+    demo_data = {"parcels": [{"id": "P1"}, {"id": "P2"}, {"id": "P3"}]}
+
 
 class StrictConsignment(Workflow):
     """No loss tolerated and no on_error: a failed map fails the run, and retry re-runs the lost."""
@@ -126,8 +130,10 @@ class StrictConsignment(Workflow):
     all_delivered = shipping.to(done)
 
     parcels = map_(shipping, items="parcels", workflow="test_parcel", max_concurrency=3,
-                   data=lambda run, item: {**item, "seconds": 0}, business_key=lambda run, item: item["id"],
+                   data=lambda run, item: {"seconds": 0, **item}, business_key=lambda run, item: item["id"],
                    on_done="all_delivered", results="deliveries")
+
+    demo_data = {"parcels": [{"id": "P1"}]}
 
 
 class Patient(Workflow):
@@ -140,3 +146,5 @@ class Patient(Workflow):
     arrive = waiting.to(arrived)
 
     parcel = child(waiting, workflow="test_parcel", data=lambda run: run.data["parcel"], on_done="arrive")
+
+    demo_data = {"parcel": {"id": "P1"}}

@@ -93,6 +93,7 @@ def test_failures_past_the_tolerance_take_on_error_and_cancel_the_rest(rt, tmp_p
 
 def test_retry_runs_only_the_failed_items_again(rt, tmp_path):
     items = parcels(tmp_path, ["A", "B", "C"], lost={"B"})
+    items[1]["seconds"] = 0.5  # B is lost after A and C are delivered: nothing is left to cancel
     with rt.worker(8):
         parent = rt.start("test_strict_consignment", {"parcels": items})
         failed = ended(rt, parent.id)
