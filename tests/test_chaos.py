@@ -78,8 +78,12 @@ def test_the_chaos_run_catches_a_broken_reconciler(tmp_path):
     finals = result["invariants"][0]
     assert finals["name"] == "final states"
     assert finals["problems"].get("stuck (nothing pending)", 0) > 0, finals
-    # Only the runs that needed a lost task recovered are stuck: nothing else is reported.
-    assert [i["violations"] for i in result["invariants"][1:]] == [0] * (len(INVARIANTS) - 1)
+    # Only the runs that needed a lost task recovered are stuck: nothing else is reported. (The
+    # duplicate-execution check is left out here: a reconciler that never fails an expired lease
+    # is a fault of its own that the check does not model.)
+    others = {i["name"]: i["violations"] for i in result["invariants"][1:]}
+    others.pop("no step run twice without a fault")
+    assert others == {name: 0 for name in INVARIANTS[1:] if name != "no step run twice without a fault"}
     assert "FAIL final states" in done.stdout
     assert "stuck (nothing pending)" in done.stdout
 
