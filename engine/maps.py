@@ -41,7 +41,7 @@ def entered(change, spec, seq) -> None:
     if not items:  # nothing to wait for: done as soon as this change commits
         change.signal(change.row["id"], "map_done", {}, state=spec.state_id, entry_seq=seq)
         return
-    _start_next(change, spec, seq)
+    _start_next(change, spec, seq, {"total": len(items), "running": 0, "succeeded": 0, "failed": 0})
 
 
 def child_ended(change, spec, signal) -> None:
@@ -78,7 +78,7 @@ def child_ended(change, spec, signal) -> None:
         _write(change, seq, summary, "succeeded")
         _finish(change, spec, seq, summary, spec.on_done)
         return
-    _start_next(change, spec, seq)
+    _start_next(change, spec, seq, summary)
 
 
 def done_empty(change, spec, signal) -> None:
@@ -124,7 +124,7 @@ def retry_failed(change) -> bool:
                                                  timers.c.status == "suspended").values(status="armed"))
         change.status, change.finished_at = "running", None
         change.record("retried", cause="retry", detail={"map": spec.name, "state": state, "items": again})
-        _start_next(change, spec, seq)
+        _start_next(change, spec, seq, summary)
         return True
     return False
 
@@ -146,11 +146,11 @@ def _write(change, seq, summary, status=None) -> None:
                         .values(**values))
 
 
-def _start_next(change, spec, seq) -> None:
-    """Start pending items, in order, while fewer than ``max_concurrency`` run."""
+def _start_next(change, spec, seq, summary: dict) -> None:
+    """Start pending items, in order, while fewer than ``max_concurrency`` run (``summary``: the
+    map's counters as this change last wrote them)."""
     from .children import start_run
 
-    summary = _summary(change, seq)
     room = (spec.max_concurrency or summary["total"]) - summary["running"]
     if room <= 0:
         return
