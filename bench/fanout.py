@@ -171,6 +171,9 @@ def summary(row) -> str:
     text = f"{row['runs']:,} runs, {row['rate']:.1f}/s" if row.get("rate") else f"{row.get('runs')} runs, no rate"
     if row.get("lag") is not None:
         text += f", fan-in lag {row['lag'] * 1000:.0f} ms, peak {row['peak']} at once"
+        if row.get("parent_transactions"):
+            text += (f"; parent: {row['parent_transactions']} transactions, {row['ends_per_transaction']:.1f} ends each;"
+                     f" median child life {row['child_life_ms']:.0f} ms, end waits {row['end_wait_ms']:.0f} ms")
     if row.get("warning"):
         text += f" ({row['warning']})"
     return text

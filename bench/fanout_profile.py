@@ -37,11 +37,13 @@ def figures(url, concurrency) -> dict:
                                              history.c.kind == "step_started")).scalar()
             parent = conn.execute(select(runs.c.id, runs.c.status, runs.c.created_at)
                                   .where(runs.c.parent_id.is_(None), runs.c.workflow != "bench_noop1")).first()
-            left = None
+            left, ends = None, []
             if parent is not None:
                 left = conn.execute(select(func.min(history.c.at)).where(
                     history.c.run_id == parent.id, history.c.kind == "transition",
                     history.c.source == "mapping")).scalar()
+                ends = conn.execute(select(history.c.at, history.c.detail).where(
+                    history.c.run_id == parent.id, history.c.kind == "child_ended")).all()
     finally:
         engine.dispose()
     statuses = Counter(k.status for k in kids)
@@ -53,10 +55,25 @@ def figures(url, concurrency) -> dict:
            "window": (last - start) if last and start else None}
     if concurrency is not None:
         row.update(lag=(left - last) if left and last else None, peak=_peak(kids),
-                   parent_status=parent.status if parent else None)
+                   parent_status=parent.status if parent else None, **_fanin(kids, ends))
     if statuses.get("succeeded", 0) != len(kids) or (concurrency is not None and row["parent_status"] != "succeeded"):
         row["warning"] = "not every run succeeded: " + ", ".join(f"{k} {v}" for k, v in sorted(statuses.items()))
     return row
+
+
+def _fanin(kids, ends) -> dict:
+    """How the parent took its children's ends: transactions (one ``at`` each), ends per
+    transaction, and the median child's life (created -> finished) and wait (finished -> the
+    parent's transaction that applied its end)."""
+    finished = {k.id: k for k in kids}
+    waits = [at - finished[d["child"]].finished_at for at, d in ends
+             if d["child"] in finished and finished[d["child"]].finished_at]
+    lives = [k.finished_at - k.created_at for k in kids if k.finished_at]
+    transactions = len({at for at, _ in ends})
+    return {"parent_transactions": transactions,
+            "ends_per_transaction": len(ends) / transactions if transactions else None,
+            "child_life_ms": 1000 * m.percentile(lives, 50) if lives else None,
+            "end_wait_ms": 1000 * m.percentile(waits, 50) if waits else None}
 
 
 def _peak(kids) -> int:

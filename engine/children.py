@@ -99,28 +99,32 @@ def finishing(change) -> None:
 
 @dataclass
 class ApplySignals:
-    """Apply the run's pending signals (up to ``BATCH``), in the order they were written: many
+    """Apply the run's pending signals (up to ``limit``), in the order they were written: many
     children ending together cost their parent one lock and one transaction."""
+
+    limit: int = BATCH
 
     def perform(self, change) -> None:
         # The receiver's lock is held: no other transaction applies these signals meanwhile.
         found = change.conn.execute(select(signals).where(
             signals.c.run_id == change.row["id"], signals.c.status == "pending",
-        ).order_by(signals.c.created_at, signals.c.id).limit(BATCH)).mappings().all()
+        ).order_by(signals.c.created_at, signals.c.id).limit(self.limit)).mappings().all()
+        fanin = maps.Fanin(change, found)
         done = {"applied": [], "stale": []}
         for signal in found:
             if signal["kind"] == "parent_left":
                 applied = _parent_left(change, signal)
             else:
-                applied = _for_state_entry(change, signal)
+                applied = _for_state_entry(change, signal, fanin)
             done["applied" if applied else "stale"].append(signal["id"])
+        fanin.settle()
         for status, ids in done.items():
             if ids:
                 change.conn.execute(update(signals).where(signals.c.id.in_(ids)).values(
                     status=status, applied_at=change.now))
 
 
-def _for_state_entry(change, signal) -> bool:
+def _for_state_entry(change, signal, fanin) -> bool:
     """A signal for one of the run's state entries: a child's end, an empty map's."""
     payload = signal["payload"] or {}
     detail = {"child": signal["source_id"], "status": payload.get("status"), "state": payload.get("state")}
@@ -130,13 +134,18 @@ def _for_state_entry(change, signal) -> bool:
     is_map = spec is not None and spec.kind == "map"
     # A failed map still records its items' ends: retry re-runs only what did not succeed.
     listening = change.status in ACTIVE or (is_map and change.status == "failed")
+    reason = None
     if not listening or change.entries.get(signal["state"]) != signal["entry_seq"]:
         reason = (f"run is {change.status}" if not listening
                   else f"run left state {signal['state']!r} before the child ended")
+    if is_map and signal["kind"] == "child_ended":
+        # Its item records the child's end even after the map ended (a child it cancelled).
+        return maps.child_ended(change, spec, signal, fanin, reason)
+    if reason is not None:
         change.record("ignored", cause="child", detail={**detail, "reason": reason})
         return False
     if is_map:
-        (maps.done_empty if signal["kind"] == "map_done" else maps.child_ended)(change, spec, signal)
+        maps.done_empty(change, spec, signal)
         return True
     return _child_ended(change, signal, spec, detail)
 

@@ -113,11 +113,12 @@ class Arrays:
     @classmethod
     def update(cls, table, values: dict, key: tuple) -> "Arrays":
         """``UPDATE table SET column = u.<bind>, ...`` for ``values`` (bind name -> column),
-        matching rows by ``key`` (bind name, column): the form of one Core UPDATE for a batch."""
-        key_name, key_column = key
+        matching rows by ``key``: a (bind name, column) pair, or a tuple of them for a composite
+        key. The form of one Core UPDATE for a batch."""
+        pairs = [key] if isinstance(key[0], str) else list(key)
         sets = ", ".join(f"{column.name} = u.{name}" for name, column in values.items())
-        return cls(f"UPDATE {table.name} SET {sets} FROM :rows WHERE {table.name}.{key_column.name} = u.{key_name}",
-                   {key_name: key_column, **values})
+        where = " AND ".join(f"{table.name}.{column.name} = u.{name}" for name, column in pairs)
+        return cls(f"UPDATE {table.name} SET {sets} FROM :rows WHERE {where}", {**dict(pairs), **values})
 
 
 def _pg_type(column) -> str:

@@ -10,12 +10,27 @@ order (or ``on_error`` past the tolerated failures, cancelling the rest). ``retr
 parent whose map failed re-runs only the failed items.
 """
 
-from sqlalchemy import func, insert, select, update
+from sqlalchemy import bindparam, func, insert, select, update
 
+from . import hotsql
 from .errors import InvalidData, InvalidTransition
 from .models import map_items, maps, timers
 
 ACTIVE = ("running", "waiting")
+
+_b = bindparam
+# Item writes of a whole batch of signals, one statement (PostgreSQL: one over arrays).
+_ITEM_KEY = (("b_parent", map_items.c.parent_id), ("b_seq", map_items.c.entry_seq), ("b_idx", map_items.c.idx))
+_ITEM_VALUES = {"b_status": map_items.c.status, "b_child": map_items.c.child_id, "b_result": map_items.c.result,
+                "b_now": map_items.c.updated_at}
+_UPDATE_ITEM = hotsql.Statement(
+    lambda _dialect, _keys: update(map_items).where(*(column == _b(name) for name, column in _ITEM_KEY)).values(
+        {column.name: _b(name, type_=column.type) for name, column in _ITEM_VALUES.items()}),
+    lambda _keys: hotsql.Arrays.update(map_items, _ITEM_VALUES, key=_ITEM_KEY))
+_COUNTERS = ("running", "succeeded", "failed", "status")
+_UPDATE_MAP = hotsql.Statement(lambda _dialect, _keys: update(maps).where(
+    maps.c.parent_id == _b("b_parent"), maps.c.entry_seq == _b("b_seq")).values(
+    {name: _b("b_" + name) for name in (*_COUNTERS, "updated_at")}))
 
 
 def entered(change, spec, seq) -> None:
@@ -41,49 +56,154 @@ def entered(change, spec, seq) -> None:
     if not items:  # nothing to wait for: done as soon as this change commits
         change.signal(change.row["id"], "map_done", {}, state=spec.state_id, entry_seq=seq)
         return
-    _start_next(change, spec, seq, {"total": len(items), "running": 0, "succeeded": 0, "failed": 0})
+    progress = Progress(change, spec, seq, {"total": len(items), "running": 0, "succeeded": 0, "failed": 0,
+                                            "status": "running"})
+    progress.settle()
 
 
-def child_ended(change, spec, signal) -> None:
-    """A child of the map ended: mark its item, start the next one, finish the map when due."""
+class Fanin:
+    """The maps one batch of a parent's signals touches: each map's row read once, the items of
+    the batch's children read together, and every write left to ``settle``, so a batch of
+    children ending costs the parent a few statements, not a few per child."""
+
+    def __init__(self, change, found: list):
+        self.change = change
+        self.children: dict = {}  # (state, entry seq) -> ids of the children the batch tells of
+        for signal in found:
+            if signal["kind"] == "child_ended":
+                self.children.setdefault((signal["state"], signal["entry_seq"]), []).append(signal["source_id"])
+        self.open: dict = {}
+
+    def progress(self, spec, seq) -> "Progress | None":
+        key = (spec.state_id, seq)
+        if key not in self.open:
+            summary = _summary(self.change, seq)
+            self.open[key] = None if summary is None else Progress(self.change, spec, seq, summary,
+                                                                  self.children.get(key, ()))
+        return self.open[key]
+
+    def settle(self) -> None:
+        for progress in self.open.values():
+            if progress is not None:
+                progress.settle()
+
+
+class Progress:
+    """One map's counters and item changes within one transaction of its parent."""
+
+    def __init__(self, change, spec, seq, summary: dict, children=()):
+        self.change, self.spec, self.seq = change, spec, seq
+        self.summary = summary
+        self.items: dict = {}  # child id -> [index, status], of the children asked for
+        self.writes: list = []  # item rows to update
+        self.dirty = False
+        if children:
+            for idx, child_id, status in change.conn.execute(select(
+                    map_items.c.idx, map_items.c.child_id, map_items.c.status).where(
+                    map_items.c.parent_id == change.row["id"], map_items.c.entry_seq == seq,
+                    map_items.c.child_id.in_(list(dict.fromkeys(children))))):
+                self.items[child_id] = [idx, status]
+
+    @property
+    def running(self) -> bool:
+        return self.summary["status"] == "running"
+
+    def end(self, child_id, status, result) -> int | None:
+        """Mark the child's item ended; its index, or None if it is not a running item."""
+        item = self.items.get(child_id)
+        if item is None or item[1] != "running":
+            return None
+        item[1] = status
+        self.item(item[0], status, child_id, result)
+        self.summary["running"] -= 1
+        if status != "cancelled":
+            self.summary[status] += 1
+        self.dirty = True
+        return item[0]
+
+    def item(self, idx, status, child_id, result=None) -> None:
+        self.writes.append({"b_parent": self.change.row["id"], "b_seq": self.seq, "b_idx": idx, "b_status": status,
+                            "b_child": child_id, "b_result": result, "b_now": self.change.now})
+
+    def settle(self) -> None:
+        """Start pending items while fewer than ``max_concurrency`` run, and write it all."""
+        if self.running and self.change.entries.get(self.spec.state_id) == self.seq:
+            self.start_next()
+        self.flush()
+
+    def start_next(self) -> None:
+        from .children import start_run
+
+        spec, change = self.spec, self.change
+        room = (spec.max_concurrency or self.summary["total"]) - self.summary["running"]
+        if room <= 0:
+            return
+        self.flush()  # the items that ended are no longer running when the next are chosen
+        pending = change.conn.execute(select(map_items.c.idx, map_items.c.item).where(
+            map_items.c.parent_id == change.row["id"], map_items.c.entry_seq == self.seq,
+            map_items.c.status == "pending",
+        ).order_by(map_items.c.idx).limit(room)).all()
+        for idx, item in pending:
+            data = spec.data_for(change.ctx, item)
+            key = spec.business_key(change.ctx, item) if spec.business_key is not None else None
+            child_id = start_run(change, spec, self.seq, data, key, detail={"map": spec.name, "index": idx})
+            self.item(idx, "running", child_id)
+        if pending:
+            self.summary["running"] += len(pending)
+            self.dirty = True
+
+    def flush(self, status=None) -> None:
+        if status is not None:
+            self.summary["status"], self.dirty = status, True
+        if not (self.writes or self.dirty):
+            return
+        with hotsql.pipelined(self.change.conn):
+            if self.writes:
+                hotsql.execute_many(self.change.conn, _UPDATE_ITEM, self.writes)
+                self.writes = []
+            if self.dirty:
+                hotsql.execute_many(self.change.conn, _UPDATE_MAP, [{
+                    "b_parent": self.change.row["id"], "b_seq": self.seq, "b_updated_at": self.change.now,
+                    **{"b_" + name: self.summary[name] for name in _COUNTERS}}])
+                self.dirty = False
+
+
+def child_ended(change, spec, signal, fanin: Fanin, late: str | None = None) -> bool:
+    """A child of the map ended: mark its item; finish the map when due (the next items start
+    when the batch settles). ``late``: why the map's entry no longer listens (the parent left
+    it, or ended): the item still records the end, and nothing else happens. False if the
+    signal is not for a running item of the map."""
     payload, child_id, seq = signal["payload"], signal["source_id"], signal["entry_seq"]
-    key = (map_items.c.parent_id == change.row["id"], map_items.c.entry_seq == seq)
-    item = change.conn.execute(select(map_items.c.idx, map_items.c.status).where(
-        *key, map_items.c.child_id == child_id)).first()
-    summary = _summary(change, seq)
-    if item is None or item.status != "running" or summary is None:
-        change.record("ignored", cause="child", detail={"child": child_id, "reason": "not a running item of the map"})
-        return
+    progress = fanin.progress(spec, seq)
     status = {"succeeded": "succeeded", "cancelled": "cancelled"}.get(payload["status"], "failed")
     result = payload["data"] if status == "succeeded" else {"status": payload["status"], "state": payload["state"]}
-    change.conn.execute(update(map_items).where(*key, map_items.c.idx == item.idx).values(
-        status=status, result=result, updated_at=change.now))
-    summary = {**summary, "running": summary["running"] - 1}
-    if status != "cancelled":
-        summary[status] += 1
+    idx = None if progress is None else progress.end(child_id, status, result)
+    if idx is None:
+        change.record("ignored", cause="child", detail={
+            "child": child_id, "status": payload["status"], "state": payload["state"],
+            "reason": late or "not a running item of the map"})
+        return False
+    summary = progress.summary
     change.record("child_ended", cause="child", source=spec.state_id,
-                  detail={"child": child_id, "index": item.idx, "status": payload["status"],
+                  detail={"child": child_id, "index": idx, "status": payload["status"],
                           "state": payload["state"], "succeeded": summary["succeeded"],
-                          "failed": summary["failed"], "total": summary["total"]})
-    if summary["status"] != "running":  # the map already ended (failed): keep count, start nothing
-        _write(change, seq, summary)
-        return
+                          "failed": summary["failed"], "total": summary["total"],
+                          **({"map_ended": late} if late else {})})
+    if late or not progress.running:  # the map already ended: keep count, start nothing
+        return True
     if spec.too_many_failures(summary["failed"], summary["total"]):
-        _write(change, seq, summary, "failed")
+        progress.flush("failed")
         _cancel_rest(change, spec, seq)
         _finish(change, spec, seq, summary, spec.on_error)
-        return
-    _write(change, seq, summary)
-    if summary["succeeded"] + summary["failed"] == summary["total"]:
-        _write(change, seq, summary, "succeeded")
+    elif summary["succeeded"] + summary["failed"] == summary["total"]:
+        progress.flush("succeeded")
         _finish(change, spec, seq, summary, spec.on_done)
-        return
-    _start_next(change, spec, seq, summary)
+    return True
 
 
 def done_empty(change, spec, signal) -> None:
     summary = _summary(change, signal["entry_seq"])
-    _write(change, signal["entry_seq"], summary, "succeeded")
+    Progress(change, spec, signal["entry_seq"], summary).flush("succeeded")
     _finish(change, spec, signal["entry_seq"], summary, spec.on_done)
 
 
@@ -117,14 +237,15 @@ def retry_failed(change) -> bool:
             map_items.c.parent_id == change.row["id"], map_items.c.entry_seq == seq,
         ).group_by(map_items.c.status)).all())
         summary = {**summary, "failed": 0, "running": counts.get("running", 0),
-                   "succeeded": counts.get("succeeded", 0)}
+                   "succeeded": counts.get("succeeded", 0), "status": "running"}
         again = counts.get("pending", 0)
-        _write(change, seq, summary, "running")
         change.conn.execute(update(timers).where(timers.c.run_id == change.row["id"],
                                                  timers.c.status == "suspended").values(status="armed"))
         change.status, change.finished_at = "running", None
         change.record("retried", cause="retry", detail={"map": spec.name, "state": state, "items": again})
-        _start_next(change, spec, seq, summary)
+        progress = Progress(change, spec, seq, summary)
+        progress.dirty = True
+        progress.settle()
         return True
     return False
 
@@ -135,37 +256,6 @@ def _summary(change, seq) -> dict | None:
     found = change.conn.execute(select(maps).where(maps.c.parent_id == change.row["id"],
                                                    maps.c.entry_seq == seq)).mappings().first()
     return dict(found) if found else None
-
-
-def _write(change, seq, summary, status=None) -> None:
-    values = {"running": summary["running"], "succeeded": summary["succeeded"], "failed": summary["failed"],
-              "updated_at": change.now}
-    if status is not None:
-        values["status"] = summary["status"] = status
-    change.conn.execute(update(maps).where(maps.c.parent_id == change.row["id"], maps.c.entry_seq == seq)
-                        .values(**values))
-
-
-def _start_next(change, spec, seq, summary: dict) -> None:
-    """Start pending items, in order, while fewer than ``max_concurrency`` run (``summary``: the
-    map's counters as this change last wrote them)."""
-    from .children import start_run
-
-    room = (spec.max_concurrency or summary["total"]) - summary["running"]
-    if room <= 0:
-        return
-    pending = change.conn.execute(select(map_items.c.idx, map_items.c.item).where(
-        map_items.c.parent_id == change.row["id"], map_items.c.entry_seq == seq, map_items.c.status == "pending",
-    ).order_by(map_items.c.idx).limit(room)).all()
-    for idx, item in pending:
-        data = spec.data_for(change.ctx, item)
-        key = spec.business_key(change.ctx, item) if spec.business_key is not None else None
-        child_id = start_run(change, spec, seq, data, key, detail={"map": spec.name, "index": idx})
-        change.conn.execute(update(map_items).where(
-            map_items.c.parent_id == change.row["id"], map_items.c.entry_seq == seq, map_items.c.idx == idx,
-        ).values(status="running", child_id=child_id, updated_at=change.now))
-    if pending:
-        _write(change, seq, {**summary, "running": summary["running"] + len(pending)})
 
 
 def _cancel_rest(change, spec, seq) -> None:

@@ -86,6 +86,9 @@ class Interlock:
     def after_commit(self, outcome, signals: list | None = None) -> None:
         """Send the committed tasks, wake watchers, deliver the signals written (or, given
         ``signals``, add them to it: the caller delivers a batch's together)."""
+        if self.eager is not None and outcome.dispatch:  # a worker runs here: its eager threads may take them
+            outcome.dispatch = [d for d in outcome.dispatch
+                                if d.delay or d.task is None or not self.eager.offer(d, outcome.run)]
         for item in outcome.dispatch:
             if not self.dispatcher.send(item.task_id, item.delay, item.time_limit):
                 unsent(self, item.task_id)

@@ -114,10 +114,18 @@ def test_cancelling_the_parent_cancels_running_children_and_pending_items(rt, tm
     rt.cancel(parent.id)
     wait_until(lambda: {r.status for r in children_of(rt, parent.id)} == {"cancelled"},
                message="the children to be cancelled")
+    # The cancelled children's ends still reach their items, after the map ended.
+    wait_until(lambda: _item_statuses(rt, parent.id) == ["cancelled"] * 4, message="every item to be cancelled")
     with rt.db.read() as conn:
-        assert set(conn.execute(select(map_items.c.status).where(map_items.c.parent_id == parent.id))
-                   .scalars()) == {"running", "cancelled"}
+        assert conn.execute(select(maps.c.running, maps.c.status).where(maps.c.parent_id == parent.id)).one() == (
+            0, "cancelled")
     assert len(children_of(rt, parent.id)) == 2  # nothing else started
+
+
+def _item_statuses(rt, parent_id) -> list:
+    with rt.db.read() as conn:
+        return list(conn.execute(select(map_items.c.status).where(map_items.c.parent_id == parent_id)
+                                 .order_by(map_items.c.idx)).scalars())
 
 
 def test_an_empty_map_is_done_at_once(rt):
