@@ -44,6 +44,9 @@ def figures(url, concurrency) -> dict:
                     history.c.source == "mapping")).scalar()
                 ends = conn.execute(select(history.c.at, history.c.detail).where(
                     history.c.run_id == parent.id, history.c.kind == "child_ended")).all()
+                counted = conn.execute(select(history.c.kind).where(
+                    history.c.run_id == parent.id, history.c.kind.in_(("child_started", "child_ended")))
+                    .order_by(history.c.seq)).scalars().all()
     finally:
         engine.dispose()
     statuses = Counter(k.status for k in kids)
@@ -54,7 +57,7 @@ def figures(url, concurrency) -> dict:
            "rate": len(kids) / (last - start) if last and start and last > start else None,
            "window": (last - start) if last and start else None}
     if concurrency is not None:
-        row.update(lag=(left - last) if left and last else None, peak=_peak(kids),
+        row.update(lag=(left - last) if left and last else None, peak=_peak(counted),
                    parent_status=parent.status if parent else None, **_fanin(kids, ends))
     if statuses.get("succeeded", 0) != len(kids) or (concurrency is not None and row["parent_status"] != "succeeded"):
         row["warning"] = "not every run succeeded: " + ", ".join(f"{k} {v}" for k, v in sorted(statuses.items()))
@@ -76,11 +79,13 @@ def _fanin(kids, ends) -> dict:
             "end_wait_ms": 1000 * m.percentile(waits, 50) if waits else None}
 
 
-def _peak(kids) -> int:
-    moments = sorted([(k.created_at, 1) for k in kids] + [(k.finished_at, -1) for k in kids if k.finished_at])
+def _peak(counted) -> int:
+    """The most children running at once as their parent counts them: started and not yet
+    ended, in the order of its history. (Times would not do: a child's ``created_at`` is when
+    its parent's transaction began, before some of the ends that transaction applies.)"""
     active = peak = 0
-    for _, step in moments:
-        active += step
+    for kind in counted:
+        active += 1 if kind == "child_started" else -1
         peak = max(peak, active)
     return peak
 
