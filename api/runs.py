@@ -46,7 +46,7 @@ def map_items(run_id, name, query: s.MapItemsQuery):
 @API.route(blueprint, "/<run_id>/events", "POST", summary="Send an event to a run",
            body=s.SendEvent, responses={200: s.RunOut}, write=True)
 def send_event(run_id, body: s.SendEvent):
-    return engine().send(run_id, body.event, body.data, cause="api").to_dict()
+    return engine().send(run_id, body.event, body.data, cause="api", queue=body.queue).to_dict()
 
 
 @API.route(blueprint, "/<run_id>/cancel", "POST", summary="Cancel a run",

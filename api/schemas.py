@@ -82,8 +82,10 @@ class StartRun(Strict):
 
 class SendEvent(Strict):
     event: str = Field(min_length=1, max_length=200, pattern=NO_NUL)
-    data: JsonObject = Field(default_factory=dict, description=f"merged into the run's data (nested at most "
-                                                              f"{MAX_DEPTH} levels)")
+    data: JsonObject = Field(default_factory=dict, description=f"the event's data: callbacks take its keys by name "
+                                                              f"(nested at most {MAX_DEPTH} levels)")
+    queue: bool = Field(default=False, description="to a paused run: keep the event and apply it on resume "
+                                                   "(otherwise a paused run refuses it with 409 run-paused)")
 
 
 class CancelRun(Strict):
@@ -92,6 +94,21 @@ class CancelRun(Strict):
 
 class Empty(Strict):
     pass
+
+
+class PauseRun(Strict):
+    reason: str | None = Field(default=None, max_length=1000, pattern=NO_NUL)
+
+
+class PauseWorkflow(Strict):
+    version: int | None = Field(default=None, ge=1, le=2**31 - 1,
+                                description="only this version (default: every version)")
+    reason: str | None = Field(default=None, max_length=1000, pattern=NO_NUL)
+
+
+class ResumeWorkflow(Strict):
+    version: int | None = Field(default=None, ge=1, le=2**31 - 1,
+                                description="the pause of this version (default: the one of every version)")
 
 
 class RunsQuery(BaseModel):
@@ -146,6 +163,8 @@ class RunOut(BaseModel):
     finished_at: str | None
     parent_id: str | None = Field(None, description="the parent run, for a run a parent's state started")
     parent_state: str | None = Field(None, description="the parent's state that started this run")
+    paused_at: str | None = Field(None, description="when an operator paused the run (null: not paused); "
+                                                     "a paused run starts no step and fires no timer")
 
 
 class RunPage(BaseModel):
@@ -256,12 +275,20 @@ class MapItemsPage(BaseModel):
     next: int | None = Field(description="pass as `after` for the next page; null on the last")
 
 
+class PauseOut(BaseModel):
+    by: str = Field(description="run: the run itself is paused; workflow: its workflow (version) is")
+    since: str
+    reason: str | None = None
+    text: str
+
+
 class Explanation(BaseModel):
     """What the run is waiting for."""
 
     run_id: str
     status: Status
     state: str
+    paused: PauseOut | None = Field(None, description="set while the run, or its workflow, is paused")
     entered_at: str | None
     in_state_seconds: float | None
     accepted_events: list[EventOption]
@@ -385,8 +412,10 @@ class Heartbeat(Strict):
 class CompleteTask(Strict):
     event: str | None = Field(default=None, min_length=1, max_length=200, pattern=NO_NUL,
                               description="default: the activity's default event")
-    data: JsonObject = Field(default_factory=dict, description=f"merged into the run's data (nested at most "
-                                                              f"{MAX_DEPTH} levels)")
+    data: JsonObject = Field(default_factory=dict, description=f"the event's data: callbacks take its keys by name "
+                                                              f"(nested at most {MAX_DEPTH} levels)")
+    queue: bool = Field(default=False, description="to a paused run: keep the event and apply it on resume "
+                                                   "(otherwise a paused run refuses it with 409 run-paused)")
 
 
 class FailTask(Strict):
@@ -440,3 +469,24 @@ class ApiIndex(BaseModel):
     web: str
     metrics: str
     routes: list[ApiRoute]
+
+
+class WorkflowPause(BaseModel):
+    """A paused workflow: no step of its runs starts and no timer fires until it is resumed."""
+
+    workflow: str
+    version: int | None = Field(description="the version paused (null: every version)")
+    reason: str | None
+    paused_at: str
+
+
+class PauseList(BaseModel):
+    """The paused workflows."""
+
+    pauses: list[WorkflowPause]
+
+
+class Resumed(BaseModel):
+    workflow: str
+    version: int | None
+    resumed: bool = Field(description="false: it was not paused")

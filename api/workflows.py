@@ -54,4 +54,4 @@ def send_by_key(name, key, body: s.SendEvent):
     if not runs:
         raise RunNotFound(f"{name}/{key}")
     newest = max(runs, key=lambda r: r.id)
-    return rt.send(newest.id, body.event, body.data, cause="api").to_dict()
+    return rt.send(newest.id, body.event, body.data, cause="api", queue=body.queue).to_dict()

@@ -15,10 +15,10 @@ so a crash between the two loses nothing.
 import logging
 from dataclasses import dataclass
 
-from sqlalchemy import select, update
+from sqlalchemy import or_, select, update
 
 from . import maps
-from .errors import InterlockError, InvalidTransition
+from .errors import CallbackError, InterlockError, InvalidTransition
 from .ids import new_id
 from .models import runs, signals
 from .queries import of_loaded_workflows
@@ -106,16 +106,23 @@ class ApplySignals:
 
     def perform(self, change) -> None:
         # The receiver's lock is held: no other transaction applies these signals meanwhile.
-        found = change.conn.execute(select(signals).where(
-            signals.c.run_id == change.row["id"], signals.c.status == "pending",
-        ).order_by(signals.c.created_at, signals.c.id).limit(self.limit)).mappings().all()
+        query = select(signals).where(signals.c.run_id == change.row["id"], signals.c.status == "pending")
+        if change.paused_at is not None:  # a paused run is still cancelled with its parent
+            query = query.where(signals.c.kind == "parent_left")
+        found = change.conn.execute(query.order_by(signals.c.created_at, signals.c.id).limit(self.limit)
+                                    ).mappings().all()
         fanin = maps.Fanin(change, found)
         done = {"applied": [], "stale": []}
         for signal in found:
-            if signal["kind"] == "parent_left":
-                applied = _parent_left(change, signal)
-            else:
-                applied = _for_state_entry(change, signal, fanin)
+            try:
+                if signal["kind"] == "parent_left":
+                    applied = _parent_left(change, signal)
+                elif signal["kind"] == "event":
+                    applied = _queued_event(change, signal)
+                else:
+                    applied = _for_state_entry(change, signal, fanin)
+            except CallbackError as exc:  # this transaction is lost: the signal is refused alone
+                raise SignalRefused(signal["id"], exc) from exc
             done["applied" if applied else "stale"].append(signal["id"])
         fanin.settle()
         for status, ids in done.items():
@@ -166,6 +173,48 @@ def _child_ended(change, signal, spec, detail) -> bool:
     return True
 
 
+def _queued_event(change, signal) -> bool:
+    """An event sent with ``queue=True`` while the run was paused, applied after it resumed."""
+    payload = signal["payload"]
+    if change.status not in ACTIVE:
+        change.record("ignored", cause=payload["cause"], event=payload["event"], data=payload["data"],
+                      detail={"reason": f"run is {change.status}", "queued": True})
+        return False
+    try:
+        change.send(payload["event"], payload["data"], payload["cause"], detail={"queued": True})
+    except InvalidTransition as exc:
+        change.record("event_rejected", cause=payload["cause"], event=payload["event"],
+                      detail={"error": str(exc), "queued": True})
+    return True
+
+
+class SignalRefused(Exception):
+    """Applying a signal raised in a workflow callback: the batch is rolled back, and the signal
+    is marked ``refused`` on its own (``RefuseSignal``), so the others still apply."""
+
+    def __init__(self, signal_id, error: CallbackError):
+        super().__init__(str(error))
+        self.signal_id, self.error = signal_id, error
+
+
+@dataclass
+class RefuseSignal:
+    signal_id: str
+    error: str
+
+    def perform(self, change) -> None:
+        found = change.conn.execute(select(signals.c.kind, signals.c.source_id, signals.c.payload).where(
+            signals.c.id == self.signal_id, signals.c.status == "pending")).first()
+        if found is None:
+            return
+        change.conn.execute(update(signals).where(signals.c.id == self.signal_id).values(
+            status="refused", applied_at=change.now))
+        event = (found.payload or {}).get("event") if found.kind == "event" else None
+        change.record("signal_refused", cause="child" if found.kind == "child_ended" else "event", event=event,
+                      detail={"signal": self.signal_id, "kind": found.kind, "from": found.source_id,
+                              "error": self.error})
+
+
 def _parent_left(change, signal) -> bool:
     from .operations import Cancel
 
@@ -195,12 +244,23 @@ def drain(rt, run_id) -> None:
     """Apply the run's pending signals until none is left, unless another transaction holds it."""
     from .transitions import apply
 
-    while apply(rt, run_id, ApplySignals(), unless_held=True) is not None:
+    while True:
+        try:
+            if apply(rt, run_id, ApplySignals(), unless_held=True) is None:
+                return
+        except SignalRefused as refused:
+            log.warning("a signal to run %s is refused: %s", run_id, refused, extra={"run_id": run_id})
+            apply(rt, run_id, RefuseSignal(refused.signal_id, str(refused.error)))
         with rt.db.read() as conn:
-            more = conn.execute(select(signals.c.id).where(
-                signals.c.run_id == run_id, signals.c.status == "pending").limit(1)).first()
+            more = conn.execute(select(signals.c.id).join(runs, runs.c.id == signals.c.run_id).where(
+                signals.c.run_id == run_id, signals.c.status == "pending", _applicable()).limit(1)).first()
         if more is None:
             return
+
+
+def _applicable():
+    """A pending signal its receiver applies now: a paused run takes only ``parent_left``."""
+    return or_(runs.c.paused_at.is_(None), signals.c.kind == "parent_left")
 
 
 def deliver_pending(rt) -> int:
@@ -210,7 +270,7 @@ def deliver_pending(rt) -> int:
         pending = conn.execute(
             select(signals.c.id, signals.c.run_id).join(runs, runs.c.id == signals.c.run_id)
             .where(signals.c.status == "pending", signals.c.created_at <= now - RECONCILE_AFTER,
-                   of_loaded_workflows(rt.registry))
+                   of_loaded_workflows(rt.registry), _applicable())
             .order_by(signals.c.created_at).limit(BATCH)).all()
     deliver(rt, [tuple(row) for row in pending])
     return len(pending)

@@ -10,7 +10,7 @@ from dataclasses import asdict
 
 import click
 
-from . import cli_runs
+from . import cli_pauses, cli_runs
 from .cli_common import load_registry, open_runtime
 from .config import Settings
 from .db import Database
@@ -226,7 +226,7 @@ def diagram(settings, workflow, version, fmt, run_id):
     click.echo(render(registry.get(workflow, version), fmt, active))
 
 
-for command in cli_runs.COMMANDS:
+for command in [*cli_runs.COMMANDS, *cli_pauses.COMMANDS]:
     cli.add_command(command)
 
 

@@ -148,11 +148,12 @@ def start(settings, workflow, data, business_key, idempotency_key, version, wait
 @click.argument("run_id")
 @click.argument("event")
 @click.option("--data", help="Event data as a JSON object")
+@click.option("--queue", is_flag=True, help="To a paused run: keep the event and apply it on resume")
 @click.pass_obj
-def send(settings, run_id, event, data):
+def send(settings, run_id, event, data, queue):
     """Send EVENT to run RUN_ID."""
     rt = open_runtime(settings)
-    run = rt.send(run_id, event, json_arg(data), cause="cli")
+    run = rt.send(run_id, event, json_arg(data), cause="cli", queue=queue)
     click.echo(f"{run.id} {run.status} {run.state}")
     rt.close()
 

@@ -124,6 +124,21 @@ class RunNotActive(InterlockError):
         return {**super().to_dict(), "run_id": self.run_id, "run_status": self.status_value}
 
 
+class RunPaused(InterlockError):
+    """The run is paused: it takes no events until resumed (unless sent with ``queue=True``)."""
+
+    code = "run-paused"
+    status = 409
+
+    def __init__(self, run_id, action):
+        self.run_id = run_id
+        super().__init__(f"run {run_id} is paused: cannot {action} (resume it first, or send the event "
+                         "with queue=true to have it applied on resume)")
+
+    def to_dict(self) -> dict:
+        return {**super().to_dict(), "run_id": self.run_id}
+
+
 class CallbackError(InterlockError):
     """A workflow callback raised; the transition was rolled back."""
 

@@ -3,6 +3,7 @@
 from sqlalchemy import and_, false, or_, select
 
 from . import machine as m
+from . import pauses
 from .errors import WorkflowNotFound
 from .models import history, maps, runs, signals, tasks, timers
 from .queries import get_run
@@ -57,6 +58,8 @@ def explain(rt, run_id: str) -> dict:
             accepted, blocked = _events(machine, ctx, conn, run.status)
     outstanding = [_task(t, now) for t in open_tasks if _is_current(t, run)]
     unloaded = None if cls is not None else not_loaded(rt, run.workflow, run.version)
+    with rt.db.read() as conn:
+        workflow_pause = pauses.workflow_pause_of(conn, run.workflow, run.version) if run.status in ACTIVE else None
     mapped = {fanout["state"] for fanout in fanouts}
     waiting_for = _summary(run, accepted, armed, outstanding,
                            [*map(_waiting_for_map, fanouts),
@@ -66,8 +69,11 @@ def explain(rt, run_id: str) -> dict:
         pending = waiting_for if armed or outstanding else "an event"
         waiting_for = (f"a worker that loads workflow {run.workflow} v{run.version} (this process does not), "
                        f"for: {pending}")
+    paused = _paused(run, workflow_pause)
+    if paused is not None:
+        waiting_for = f"{paused['text']}; then: {waiting_for}"
     return {
-        "run_id": run.id, "status": run.status, "state": run.state,
+        "run_id": run.id, "status": run.status, "state": run.state, "paused": paused,
         "entered_at": iso(entered), "in_state_seconds": round(now - entered, 3) if entered else None,
         "accepted_events": accepted, "blocked_events": blocked,
         "timers": [{"name": t.name, "kind": t.kind, "event": t.event, "state": t.state,
@@ -80,6 +86,24 @@ def explain(rt, run_id: str) -> dict:
         "waiting_for": waiting_for,
         "workflow_not_loaded": unloaded,
     }
+
+
+def _paused(run, workflow_pause) -> dict | None:
+    """Who paused the run (it, or its workflow), since when, and what that holds."""
+    holds = "no step starts and no timer fires until it is resumed"
+    if run.status not in ACTIVE:
+        return None
+    if run.paused_at is not None:
+        return {"by": "run", "since": iso(run.paused_at),
+                "text": f"an operator to resume it (paused since {iso(run.paused_at)}: {holds}; events are refused "
+                        "unless queued)"}
+    if workflow_pause is not None:
+        which = f"v{workflow_pause['version']}" if workflow_pause["version"] else "every version"
+        reason = f" ({workflow_pause['reason']})" if workflow_pause["reason"] else ""
+        return {"by": "workflow", "since": iso(workflow_pause["paused_at"]), "reason": workflow_pause["reason"],
+                "text": f"workflow {run.workflow} ({which}) to be resumed (paused since "
+                        f"{iso(workflow_pause['paused_at'])}{reason}: {holds})"}
+    return None
 
 
 def _children(conn, run, entries) -> list[dict]:

@@ -48,6 +48,8 @@ runs = Table(
     Column("parent_id", ID),
     Column("parent_state", String(200)),
     Column("parent_seq", Integer),
+    # Paused by an operator (engine/pauses.py): no step starts and no timer fires until resumed.
+    Column("paused_at", Double),
     UniqueConstraint("workflow", "idempotency_key"),
     Index(None, "business_key"),
     Index(None, "status", "id"),
@@ -201,4 +203,14 @@ map_items = Table(
     Column("updated_at", Double, nullable=False),
     Index(None, "child_id"),
     Index(None, "parent_id", "entry_seq", "status", "idx"),
+)
+
+# A whole workflow (version 0: every version) paused: no step of its runs starts and no timer
+# fires until the row is deleted (engine/pauses.py); its runs' rows are not touched.
+pauses = Table(
+    "pauses", metadata,
+    Column("workflow", String(200), primary_key=True),
+    Column("version", Integer, primary_key=True, autoincrement=False),
+    Column("reason", Text),
+    Column("paused_at", Double, nullable=False),
 )

@@ -4,9 +4,9 @@ from dataclasses import dataclass, field
 
 from sqlalchemy import select, update
 
-from . import children, maps
+from . import children, maps, pauses
 from . import machine as m
-from .errors import CallbackError, InterlockError, InvalidTransition, RunNotActive
+from .errors import CallbackError, InterlockError, InvalidTransition, RunNotActive, RunPaused
 from .ids import new_id
 from .models import runs, tasks, timers
 from .transitions import ACTIVE, Change, require_active
@@ -34,7 +34,7 @@ class Start:
                "data": self.data, "business_key": self.business_key,
                "idempotency_key": self.idempotency_key, "last_seq": 0, "open_tasks": 0, "open_timers": 0,
                "created_at": now, "updated_at": now, "finished_at": None,
-               "parent_id": None, "parent_state": None, "parent_seq": None}
+               "parent_id": None, "parent_state": None, "parent_seq": None, "paused_at": None}
         if self.parent is not None:
             row["parent_id"], row["parent_state"], row["parent_seq"] = self.parent
         return Change(rt, conn, row, self.cls, now, new=True, writes=writes)
@@ -61,11 +61,19 @@ class SendEvent:
     event: str
     data: dict
     cause: str = "event"
+    queue: bool = False  # a paused run keeps the event, and applies it on resume
 
     def perform(self, change: Change):
         if change.status not in ACTIVE and change.cls.allow_event_without_transition:
             return  # as python-statemachine, such a workflow ignores events once it has ended
         require_active(change, f"take event {self.event!r}")
+        if change.paused_at is not None:
+            if not self.queue:
+                raise RunPaused(change.row["id"], f"take event {self.event!r}")
+            change.signal(change.row["id"], "event", {"event": self.event, "data": self.data, "cause": self.cause})
+            change.record("event_queued", event=self.event, cause=self.cause, data=self.data,
+                          detail={"reason": "the run is paused: applied when it is resumed"})
+            return
         change.send(self.event, self.data, self.cause)
 
 
@@ -76,6 +84,8 @@ class UpdateData:
 
     def perform(self, change: Change):
         require_active(change, "update its data")
+        if change.paused_at is not None:  # its triggers would move the run
+            raise RunPaused(change.row["id"], "update its data")
         change.update_data(self.patch, self.cause)
 
 
@@ -247,7 +257,7 @@ class Cancel:
         if change.cls._children:
             children.leaving(change, list(change.configuration), "was cancelled")
         change.cancel_everything("cancelled")
-        change.status, change.finished_at = "cancelled", change.now
+        change.status, change.finished_at, change.paused_at = "cancelled", change.now, None
         change.record("cancelled", cause="cancel", source=change.leaves(),
                       detail={"reason": self.reason} if self.reason else None)
 
@@ -272,3 +282,35 @@ class Retry:
                                                         "failed_task": task.id})
         change.add_task(task.state, task.entry_seq, change.cls.step_for(task.state))
 
+
+
+@dataclass
+class Pause:
+    """Stop starting new work: no step is sent and no timer fires until ``Resume``."""
+
+    reason: str | None = None
+
+    def perform(self, change: Change):
+        require_active(change, "be paused")
+        if change.paused_at is not None:
+            return  # already paused: nothing changes
+        change.paused_at = change.now
+        change.record("paused", cause="operator", source=change.leaves(),
+                      detail={"reason": self.reason} if self.reason else None)
+
+
+@dataclass
+class Resume:
+    """Go on: the held steps are sent, due timers fire (the reconciler's next pass), and the
+    events queued meanwhile and the children's ends are applied, in the order they came."""
+
+    def perform(self, change: Change):
+        if change.paused_at is None:
+            return  # not paused: nothing changes
+        change.paused_at = None
+        change.record("resumed", cause="operator", source=change.leaves())
+        if change.status in ACTIVE:
+            pauses.send_held(change)
+        # Right after the commit, the run applies what waited (each signal in order, and one
+        # that raises in a callback is refused alone).
+        change.signals.append((None, change.row["id"]))

@@ -33,6 +33,7 @@ class Run:
     finished_at: float | None
     parent_id: str | None = None  # a child run's parent
     parent_state: str | None = None  # the parent's state that started it
+    paused_at: float | None = None  # paused by an operator: no step starts, no timer fires
 
     @classmethod
     def from_row(cls, row) -> "Run":
@@ -40,7 +41,7 @@ class Run:
 
     def to_dict(self) -> dict:
         out = asdict(self)
-        for name in ("created_at", "updated_at", "finished_at"):
+        for name in ("created_at", "updated_at", "finished_at", "paused_at"):
             out[name] = iso(out[name])
         return out
 

@@ -14,7 +14,7 @@ import threading
 
 from sqlalchemy import and_, not_, or_, select, update
 
-from . import children
+from . import children, pauses
 from .errors import InterlockError
 from .explain import not_loaded
 from .models import runs, tasks, timers
@@ -124,7 +124,7 @@ class Reconciler:
             pending = conn.execute(
                 select(tasks.c.id, tasks.c.state, runs.c.workflow, runs.c.version)
                 .join(runs, runs.c.id == tasks.c.run_id)
-                .where(needs_send, of_loaded_workflows(self.rt.registry)).limit(BATCH)).all()
+                .where(needs_send, of_loaded_workflows(self.rt.registry), pauses.not_held()).limit(BATCH)).all()
         if not pending:
             return 0
         taken = self._take(needs_send, [task_id for task_id, *_ in pending], now)

@@ -7,7 +7,7 @@ from sqlalchemy import event
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from . import children, maps, metrics
+from . import children, maps, metrics, pauses
 from . import operations as ops
 from . import queries
 from .batching import Batcher
@@ -60,6 +60,7 @@ class Interlock:
         self.executor = StepExecutor(self)
         self.dispatcher = Dispatcher(self.broker, self.settings.queue, self.executor.execute)
         self.notifier = Notifier(self.db, now=self.clock.now)
+        self.pauses = pauses.Pauses(self)
         self._worker: "Worker | None" = None
         self._booted = False
         # Step results go through it while a worker runs in this process (group commit).
@@ -159,8 +160,11 @@ class Interlock:
             return queries.Run.from_row(existing), False
         return queries.Run.from_row(outcome.run), outcome.created
 
-    def send(self, run_id: str, event_name: str, data=None, *, session=None, cause="event") -> queries.Run:
-        op = ops.SendEvent(_check_event(event_name), check_data(data), cause)
+    def send(self, run_id: str, event_name: str, data=None, *, session=None, cause="event",
+             queue: bool = False) -> queries.Run:
+        """Send an event; to a paused run, refused (``RunPaused``) unless ``queue``: then it is
+        kept, and applied in order when the run is resumed."""
+        op = ops.SendEvent(_check_event(event_name), check_data(data), cause, queue=bool(queue))
         return queries.Run.from_row(apply(self, run_id, op, session=session).run)
 
     def update_data(self, run_id: str, patch, *, session=None) -> queries.Run:
@@ -172,6 +176,26 @@ class Interlock:
 
     def retry(self, run_id: str) -> queries.Run:
         return queries.Run.from_row(apply(self, run_id, ops.Retry()).run)
+
+    # -- pausing (engine/pauses.py) ------------------------------------------------------
+
+    def pause(self, run_id: str, reason: str | None = None) -> queries.Run:
+        """Pause an active run: its steps are not started and its timers do not fire until
+        ``resume``; pausing a paused run changes nothing."""
+        return queries.Run.from_row(apply(self, run_id, ops.Pause(reason)).run)
+
+    def resume(self, run_id: str) -> queries.Run:
+        return queries.Run.from_row(apply(self, run_id, ops.Resume()).run)
+
+    def pause_workflow(self, workflow: str, version: int | None = None, reason: str | None = None) -> dict:
+        """Pause every run of a workflow (of one version, else of all) without touching them."""
+        return pauses.pause_workflow(self, workflow, version, reason)
+
+    def resume_workflow(self, workflow: str, version: int | None = None) -> bool:
+        return pauses.resume_workflow(self, workflow, version)
+
+    def paused_workflows(self) -> list[dict]:
+        return pauses.paused_workflows(self)
 
     # -- reading ---------------------------------------------------------------------
 

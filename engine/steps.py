@@ -25,7 +25,7 @@ from dramatiq.middleware.time_limit import TimeLimitExceeded
 from sqlalchemy import bindparam, select, update
 from sqlalchemy.exc import DBAPIError
 
-from . import hotsql
+from . import hotsql, pauses
 from . import machine as m
 from . import metrics
 from .definitions import Recheck
@@ -53,7 +53,8 @@ RESULT_TRIES = 10
 _RUNNABLE = hotsql.Statement(lambda _dialect, _keys: (
     select(tasks.c.id, tasks.c.run_id, tasks.c.state, tasks.c.name, tasks.c.attempt,
            tasks.c.entry_seq, tasks.c.available_at, tasks.c.sent_at, tasks.c.sends, runs.c.workflow,
-           runs.c.version, runs.c.data, runs.c.business_key)
+           runs.c.version, runs.c.data, runs.c.business_key, runs.c.paused_at,
+           pauses.workflow_paused_clause().label("workflow_paused"))
     .join(runs, runs.c.id == tasks.c.run_id)
     .where(tasks.c.id == bindparam("b_task"), tasks.c.status == "queued", tasks.c.kind == "step")))
 # queued -> running under a lease, for the attempt after the stored one; claimed_at is the
@@ -120,6 +121,9 @@ class StepExecutor:
             log.debug("task %s not runnable now (duplicate or stale delivery)", task_id)
             return None
         row = found[0]
+        if row["paused_at"] is not None or row["workflow_paused"]:
+            self._hold(row)
+            return None
         if row["available_at"] > now + EARLY_SLACK:
             self._send_early_again(row, now)
             return None
@@ -187,6 +191,14 @@ class StepExecutor:
                      else {"sent_at": None}))
         if later and not self.rt.dispatcher.send(row["id"], delay, spec.time_limit):
             unsent(self.rt, row["id"])
+
+    def _hold(self, row: dict) -> None:
+        """The run (or its workflow) is paused: the task is marked unsent, unrun; resuming sends it."""
+        log.debug("task %s held: its run or workflow is paused", row["id"])
+        with self.rt.db.write(self.rt.db.lease_engine) as conn:
+            conn.execute(update(tasks).where(
+                tasks.c.id == row["id"], tasks.c.status == "queued", tasks.c.attempt == row["attempt"],
+            ).values(sent_at=None))
 
     def _hand_back(self, row: dict) -> None:
         """A task of a workflow this process has not loaded (workers with different

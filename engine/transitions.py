@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from sqlalchemy import Double, and_, bindparam, func, insert, or_, select, update
 from statemachine.exceptions import TransitionNotAllowed
 
-from . import children, hotsql
+from . import children, hotsql, pauses
 from . import machine as m
 from .errors import (CallbackError, InterlockError, InvalidData, InvalidTransition, RunNotActive,
                      RunNotFound)
@@ -101,7 +101,7 @@ class Outcome:
 _b = bindparam
 # What a change writes to its run, by the bind names of one UPDATE (b_<column>).
 _RUN_WRITES = ("status", "state", "configuration", "entries", "history_values", "data", "last_seq",
-               "open_tasks", "open_timers", "updated_at", "finished_at")
+               "open_tasks", "open_timers", "updated_at", "finished_at", "paused_at")
 _UPDATE_RUN = update(runs).where(runs.c.id == _b("b_id")).values(
     {name: _b("b_" + name, type_=runs.c[name].type) for name in _RUN_WRITES})
 _CLOSE_TASKS = update(tasks).where(
@@ -212,6 +212,7 @@ class Change:
         self.finished_at = row["finished_at"]
         self.open_tasks = row["open_tasks"]
         self.open_timers = row["open_timers"]
+        self.paused_at = row.get("paused_at")  # an operator paused the run (engine/pauses.py)
         self.history_rows: list[dict] = []
         self.new_tasks: list[dict] = []
         self.new_timers: list[dict] = []
@@ -433,11 +434,15 @@ class Change:
 
         Activity tasks are never sent: external workers receive them from the tasks table."""
         task["available_at"] = self.now + delay
-        if spec.kind == "step" and self.rt.dispatcher.delivers and delay <= MAX_BROKER_DELAY:
+        if spec.kind == "step" and self.rt.dispatcher.delivers and delay <= MAX_BROKER_DELAY and not self.held():
             task["sent_at"], task["sent_by"], task["sends"] = self.now, self.rt.worker_id, 1
             self.dispatch.append(Dispatch(task["id"], delay, spec.time_limit, task))
         else:
             task["sent_at"], task["sent_by"], task["sends"] = None, None, 0
+
+    def held(self) -> bool:
+        """New steps wait: the run, or its workflow, is paused (engine/pauses.py)."""
+        return self.paused_at is not None or self.rt.pauses.held(self.conn, self.cls.workflow_name, self.cls.version)
 
     def add_timer(self, state, seq, name, kind, event, due_at):
         self.open_timers += 1
@@ -530,7 +535,8 @@ class Change:
                   "configuration": self.configuration, "entries": self.entries,
                   "history_values": self.remembered or None,
                   "data": self.ctx.data, "last_seq": self.seq, "open_tasks": self.open_tasks,
-                  "open_timers": self.open_timers, "updated_at": self.now, "finished_at": self.finished_at}
+                  "open_timers": self.open_timers, "updated_at": self.now, "finished_at": self.finished_at,
+                  "paused_at": self.paused_at}
         if self.new:
             self.writes.run_inserts.append({**self.row, **values})
         else:
@@ -578,7 +584,7 @@ _LOCK_RUNS_WITH_TASKS = hotsql.Statement(lambda dialect, keys: _locking(
 # workflow is never locked here, so it cannot fail the batch (a process that loads it fires it).
 _DUE_TIMERS = hotsql.Statement(lambda dialect, keys: _locking(
     select(runs, *[c.label("timer__" + c.name) for c in timers.c]).join(timers, timers.c.run_id == runs.c.id)
-    .where(timers.c.status == "armed", timers.c.due_at <= _b("b_now"), _of_loaded_binds(keys))
+    .where(timers.c.status == "armed", timers.c.due_at <= _b("b_now"), _of_loaded_binds(keys), pauses.not_held())
     .order_by(timers.c.due_at).limit(_b("b_limit")), dialect, [runs, timers], skip_locked=True))
 
 

@@ -108,6 +108,12 @@ SCENARIOS = {
     "runs.send_event": lambda rt: ({"run_id": counter(rt)}, {"event": "add"}, {}, 200),
     "runs.cancel_run": lambda rt: ({"run_id": counter(rt)}, {"reason": "test"}, {}, 200),
     "runs.retry_run": lambda rt: ({"run_id": failed_run(rt).id}, {}, {}, 200),
+    "pauses.pause_run": lambda rt: ({"run_id": counter(rt)}, {"reason": "test"}, {}, 200),
+    "pauses.resume_run": lambda rt: ({"run_id": rt.pause(counter(rt)).id}, {}, {}, 200),
+    "pauses.pause_workflow": lambda rt: ({"name": "test_counter"}, {}, {}, 200),
+    "pauses.resume_workflow": lambda rt: ({"name": (rt.pause_workflow("test_counter"), "test_counter")[1]}, {}, {},
+                                          200),
+    "pauses.list_pauses": lambda rt: ({}, None, {}, 200),
     "streams.history": lambda rt: ({"run_id": counter(rt)}, None, {"after": 0, "wait": 0}, 200),
     "streams.run_stream": lambda rt: ({"run_id": finished(rt)}, None, {}, 200),  # ends after its history
     "streams.all_stream": lambda rt: ({}, None, {}, 200),
@@ -205,7 +211,7 @@ def web_routes(app):
 
 PAGES = {"web.runs_page", "web.run_page", "web.workflows_page", "web.workflow_page"}
 LIVE = {"web.changes", "web.run_history", "web.run_stream", "web.all_runs_stream"}
-ACTIONS = {"web.send_event", "web.cancel_run", "web.retry_run"}
+ACTIONS = {"web.send_event", "web.cancel_run", "web.retry_run", "web.pause_run", "web.resume_run"}
 PUBLIC = {"web.login", "web.logout"}
 
 
@@ -257,14 +263,17 @@ def test_web_pages_redirect_to_sign_in_and_actions_need_a_read_write_session(sit
             assert dump(rt) == before
             if endpoint == "web.retry_run":
                 params = {"run_id": failed_run(rt).id}
+            if endpoint == "web.resume_run":
+                rt.pause(params["run_id"])
             page = writer.get(f"{base}/runs/{params['run_id']}", timeout=10).text
             form["csrf_token"] = csrf_of(page)
             response, text = web_call(writer, base, rule, method, params, form)
             assert response.status_code == 303, (rule, response.status_code, text[:300])
             after = rt.get(params["run_id"])
-            assert (after.state, after.status) == {"web.send_event": ("in_transit", "running"),
-                                                   "web.cancel_run": ("booked", "cancelled"),
-                                                   "web.retry_run": ("picking", "running")}[endpoint]
+            assert (after.state, after.status, after.paused_at is not None) == {
+                "web.send_event": ("in_transit", "running", False), "web.cancel_run": ("booked", "cancelled", False),
+                "web.retry_run": ("picking", "running", False), "web.pause_run": ("booked", run.status, True),
+                "web.resume_run": ("booked", run.status, False)}[endpoint]
         else:
             for session in (reader, writer):
                 response, text = web_call(session, base, rule, method, params)

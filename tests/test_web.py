@@ -357,3 +357,17 @@ def test_diagram_marks_current_visited_and_counts(site):
     assert 'class="node visited current" data-state="review"' in svg
     assert 'class="edge back" data-edge="review|approve|payment"' in svg    # drawn pointing back up
     assert "1,234" in svg
+
+
+def test_the_run_page_pauses_and_resumes_a_run(site, http):
+    run = site.start()
+    token = csrf_of(http.get(f"{site.url}/runs/{run.id}").text)
+    paused = http.post(f"{site.url}/runs/{run.id}/pause", data={"csrf_token": token, "reason": "audit", "confirm": "yes"})
+    assert paused.status_code == 200 and "Paused the run" in paused.text      # after the redirect
+    assert 'id="run-paused"' in paused.text and f'action="/runs/{run.id}/resume"' in paused.text
+    assert site.rt.get(run.id).paused_at is not None
+    listed = http.get(f"{site.url}/").text
+    assert '<span class="badge paused">paused</span>' in listed
+    resumed = http.post(f"{site.url}/runs/{run.id}/resume", data={"csrf_token": token, "confirm": "yes"})
+    assert "Resumed: the run is" in resumed.text and 'id="run-paused"' not in resumed.text
+    assert site.rt.get(run.id).paused_at is None

@@ -1,4 +1,4 @@
-"""The runs page, the run page, its actions (send, cancel, retry) and signing in."""
+"""The runs page, the run page, its actions (send, cancel, retry, pause, resume) and signing in."""
 
 import json
 
@@ -89,7 +89,7 @@ def _run_context(rt, run, after, children_cursor=None):
         "accepted": accepted, "active": run.status in ACTIVE, "now": now,
         "data_json": json.dumps(run.data, indent=2, sort_keys=True, ensure_ascii=False),
         "last_seq": rows[-1]["seq"] if rows else after,
-        "actions_sig": f"{run.status}|{','.join(accepted)}|{security.may_write()}",
+        "actions_sig": f"{run.status}|{run.paused_at is not None}|{','.join(accepted)}|{security.may_write()}",
         "duration": (run.finished_at or now) - run.created_at,
     }
 
@@ -147,6 +147,25 @@ def cancel_run(run_id):
         return "Cancelled the run"
 
     return _action(run_id, "cancel", "Cancel this run", perform)
+
+
+@blueprint.post("/runs/<run_id>/pause")
+def pause_run(run_id):
+    def perform():
+        body = parse(s.PauseRun, {"reason": request.form.get("reason", "").strip() or None}, "body")
+        engine().pause(run_id, body.reason)
+        return "Paused the run: no step starts and no timer fires until it is resumed"
+
+    return _action(run_id, "pause", "Pause this run", perform)
+
+
+@blueprint.post("/runs/<run_id>/resume")
+def resume_run(run_id):
+    def perform():
+        run = engine().resume(run_id)
+        return f"Resumed: the run is {run.status} in {run.state}"
+
+    return _action(run_id, "resume", "Resume this run", perform)
 
 
 @blueprint.post("/runs/<run_id>/retry")

@@ -1,0 +1,59 @@
+"""`interlock pause` and `interlock resume`: a run, or every run of a workflow (engine/pauses.py)."""
+
+import click
+
+from .cli_common import open_runtime
+from .timeparse import iso
+
+
+def _target(run_id, workflow, version):
+    if (run_id is None) == (workflow is None):
+        raise click.UsageError("give a RUN_ID or --workflow NAME (not both)")
+    if version is not None and workflow is None:
+        raise click.UsageError("--version goes with --workflow")
+
+
+@click.command()
+@click.argument("run_id", required=False)
+@click.option("--workflow", default=None, help="Pause every run of this workflow instead")
+@click.option("--version", type=click.IntRange(min=1), default=None, help="With --workflow: only this version")
+@click.option("--reason", default=None)
+@click.pass_obj
+def pause(settings, run_id, workflow, version, reason):
+    """Pause run RUN_ID (or every run of a workflow): no step starts and no timer fires until resumed."""
+    _target(run_id, workflow, version)
+    rt = open_runtime(settings)
+    try:
+        if run_id is not None:
+            run = rt.pause(run_id, reason)
+            click.echo(f"{run.id} {run.status} {run.state} paused since {iso(run.paused_at)}")
+        else:
+            paused = rt.pause_workflow(workflow, version, reason)
+            which = f"v{paused['version']}" if paused["version"] else "every version"
+            click.echo(f"workflow {workflow} ({which}) paused since {iso(paused['paused_at'])}")
+    finally:
+        rt.close()
+
+
+@click.command()
+@click.argument("run_id", required=False)
+@click.option("--workflow", default=None, help="Resume a paused workflow instead")
+@click.option("--version", type=click.IntRange(min=1), default=None, help="With --workflow: the pause of this version")
+@click.pass_obj
+def resume(settings, run_id, workflow, version):
+    """Resume run RUN_ID (or a paused workflow): held steps start, due timers fire, queued events apply."""
+    _target(run_id, workflow, version)
+    rt = open_runtime(settings)
+    try:
+        if run_id is not None:
+            run = rt.resume(run_id)
+            click.echo(f"{run.id} {run.status} {run.state}")
+        elif rt.resume_workflow(workflow, version):
+            click.echo(f"workflow {workflow} resumed")
+        else:
+            click.echo(f"workflow {workflow} was not paused{f' (v{version})' if version else ''}")
+    finally:
+        rt.close()
+
+
+COMMANDS = [pause, resume]
