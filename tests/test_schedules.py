@@ -1,0 +1,220 @@
+"""Schedules on SQLite and PostgreSQL: one run per tick however many workers race, daily ticks
+across DST changes, the catch-up and overlap policies, declared schedules, and the API, CLI and
+web page over them. Time is driven by passing ``now`` to the reconciler's duty, not by waiting."""
+
+import threading
+from datetime import datetime, timedelta, timezone
+
+import pytest
+from sqlalchemy import func, select
+
+from engine import schedules
+from engine.errors import InvalidData, ScheduleExists, ScheduleNotFound, WorkflowNotFound
+from engine.models import runs, schedule_ticks
+from engine.runtime import Interlock
+from engine.schedule_times import local, schedule
+
+from .conftest import _runtime
+
+WORKFLOWS = "tests.schedule_workflows"
+UTC = timezone.utc
+T0 = datetime(2026, 3, 2, 12, 0, tzinfo=UTC).timestamp()  # a Monday, noon
+HOUR = 3600.0
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def db_settings(request):
+    fixture = "sqlite_settings" if request.param == "sqlite" else "pg_settings"
+    return request.getfixturevalue(fixture).replace(workflows=WORKFLOWS)
+
+
+@pytest.fixture
+def rt(db_settings):
+    yield from _runtime(db_settings)
+
+
+def at(*args) -> float:
+    return datetime(*args, tzinfo=UTC).timestamp()
+
+
+def runs_of(rt, name) -> list[dict]:
+    """The runs the schedule's ticks started, by fire time."""
+    with rt.db.read() as conn:
+        found = conn.execute(select(schedule_ticks.c.fire_time, schedule_ticks.c.status, runs.c.id, runs.c.status)
+                             .join(runs, runs.c.id == schedule_ticks.c.run_id)
+                             .where(schedule_ticks.c.schedule == name)
+                             .order_by(schedule_ticks.c.fire_time)).all()
+    return [{"fire_time": t, "tick": tick, "run": run_id, "status": status} for t, tick, run_id, status in found]
+
+
+def tick_statuses(rt, name) -> list[str]:
+    return [t["status"] for t in reversed(schedules.ticks(rt, name, limit=100))]
+
+
+def test_four_workers_racing_start_exactly_one_run_per_tick(db_settings):
+    workers = [Interlock(db_settings) for _ in range(4)]
+    try:
+        schedules.create(workers[0], now=T0, name="race", workflow="report", every=60, overlap="allow")
+        ticks = [T0 + 60 * k for k in range(1, 9)]
+        barrier, errors = threading.Barrier(len(workers)), []
+
+        def work(rt):
+            try:
+                for now in ticks:
+                    barrier.wait(10)
+                    schedules.fire_due(rt, now=now)
+            except Exception as exc:  # noqa: BLE001 - reported below
+                errors.append(exc)
+                barrier.abort()
+
+        threads = [threading.Thread(target=work, args=(rt,)) for rt in workers]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(60)
+        assert errors == []
+        started = runs_of(workers[0], "race")
+        assert [r["fire_time"] for r in started] == ticks
+        with workers[0].db.read() as conn:
+            assert conn.execute(select(func.count()).select_from(runs)).scalar() == len(ticks)
+        assert schedules.get(workers[0], "race")["next_fire_at"] == ticks[-1] + 60
+    finally:
+        for rt in workers:
+            rt.close()
+
+
+def test_daily_tick_fires_once_on_each_day_across_both_dst_changes(rt):
+    """02:30 Europe/Amsterdam: on 29 March 2026 that wall time does not exist (02:00 -> 03:00), on
+    25 October it happens twice (03:00 -> 02:00). Driven hour by hour through both weeks."""
+    for start, name in ((at(2026, 3, 27), "spring"), (at(2026, 10, 23), "autumn")):
+        schedules.create(rt, now=start, name=name, workflow="report", cron="30 2 * * *",
+                         timezone="Europe/Amsterdam", overlap="allow", catchup="none")
+        now = start
+        while (now := min(now + HOUR, schedules.get(rt, name)["next_fire_at"] + 5)) < start + 5 * 24 * HOUR:
+            schedules.fire_due(rt, now=now)  # a pass every hour, and one 5 s after each tick is due
+        fired = [local(r["fire_time"], "Europe/Amsterdam") for r in runs_of(rt, name)]
+        assert len({r["run"] for r in runs_of(rt, name)}) == len(fired)
+        if name == "spring":
+            assert fired == ["2026-03-27 02:30 CET", "2026-03-28 02:30 CET", "2026-03-29 03:00 CEST",
+                             "2026-03-30 02:30 CEST", "2026-03-31 02:30 CEST"]
+        else:
+            assert fired == ["2026-10-23 02:30 CEST", "2026-10-24 02:30 CEST", "2026-10-25 02:30 CEST",
+                             "2026-10-26 02:30 CET", "2026-10-27 02:30 CET"]
+
+
+def test_fire_times_in_a_gap_and_in_a_repeated_hour():
+    tz = "Europe/Amsterdam"
+    every_20 = schedule("*/20 2 * * *", workflow="report", timezone=tz)
+    assert [local(t, tz) for t in every_20.next_times(at(2026, 3, 28, 23), 2)] == \
+        ["2026-03-29 03:00 CEST", "2026-03-30 02:00 CEST"]  # 02:00, 02:20 and 02:40 do not exist: once, after
+    hourly = schedule("0 * * * *", workflow="report", timezone=tz)
+    assert [local(t, tz) for t in hourly.next_times(at(2026, 10, 24, 23), 3)] == \
+        ["2026-10-25 02:00 CEST", "2026-10-25 03:00 CET", "2026-10-25 04:00 CET"]  # wall times fire once
+
+
+@pytest.mark.parametrize("catchup, window, fired", [
+    ("none", timedelta(days=1), []),
+    ("last", timedelta(days=1), [5]),
+    ("all", timedelta(hours=3), [3, 4, 5]),
+    ("all", timedelta(days=1), [1, 2, 3, 4, 5]),
+])
+def test_catch_up_after_the_worker_stopped(rt, catchup, window, fired):
+    """An hourly schedule whose worker stopped after the tick at T0 and ran again at T0 + 5 h 10 min."""
+    schedules.create(rt, now=T0 - 1, name="hourly", workflow="report", cron="0 * * * *", overlap="allow",
+                     catchup=catchup, catchup_window=window)
+    schedules.fire_due(rt, now=T0 + 5)
+    schedules.fire_due(rt, now=T0 + 5 * HOUR + 600)
+    started = [round((r["fire_time"] - T0) / HOUR) for r in runs_of(rt, "hourly")]
+    assert started == [0, *fired]
+    row = schedules.get(rt, "hourly")
+    assert row["next_fire_at"] == T0 + 6 * HOUR and row["missed"] == 5 - len(fired)
+    schedules.fire_due(rt, now=T0 + 6 * HOUR + 1)  # running again: on time, whatever the policy
+    assert round((runs_of(rt, "hourly")[-1]["fire_time"] - T0) / HOUR) == 6
+
+
+def test_a_tick_a_little_late_is_on_time_not_missed(rt):
+    schedules.create(rt, now=T0 - 1, name="late", workflow="report", every=HOUR, catchup="none")
+    schedules.fire_due(rt, now=T0 + 30)
+    assert [r["fire_time"] for r in runs_of(rt, "late")] == [T0]
+
+
+def finish(rt, run_id):
+    rt.send(run_id, "finish")
+
+
+@pytest.mark.parametrize("overlap, statuses, active", [
+    ("skip", ["started", "skipped", "skipped"], 1),
+    ("allow", ["started", "started", "started"], 3),
+    ("buffer_one", ["started", "buffered", "skipped"], 1),
+    ("cancel_previous", ["started", "started", "started"], 1),
+])
+def test_overlap_policies_while_the_previous_run_is_active(rt, overlap, statuses, active):
+    schedules.create(rt, now=T0 - 1, name="o", workflow="report", every=60, overlap=overlap)
+    for k in range(3):
+        schedules.fire_due(rt, now=T0 + 60 * k + 1)
+    assert tick_statuses(rt, "o") == statuses
+    started = runs_of(rt, "o")
+    assert sum(r["status"] in ("running", "waiting") for r in started) == active
+    if overlap == "cancel_previous":
+        assert [r["status"] for r in started] == ["cancelled", "cancelled", "waiting"]
+    if overlap == "buffer_one":
+        finish(rt, started[0]["run"])
+        schedules.fire_due(rt, now=T0 + 150)  # not a tick: the buffered one starts now its run ended
+        after = runs_of(rt, "o")
+        assert [(r["fire_time"] - T0, r["status"]) for r in after] == [(0, "succeeded"), (60, "waiting")]
+        assert schedules.get(rt, "o")["buffered_at"] is None
+
+
+def test_skip_starts_again_once_the_previous_run_ended(rt):
+    schedules.create(rt, now=T0 - 1, name="s", workflow="report", every=60)
+    schedules.fire_due(rt, now=T0 + 1)
+    finish(rt, runs_of(rt, "s")[0]["run"])
+    schedules.fire_due(rt, now=T0 + 61)
+    assert tick_statuses(rt, "s") == ["started", "started"]
+
+
+def test_paused_schedules_do_not_fire_and_resume_from_now(rt):
+    schedules.create(rt, now=T0 - 1, name="p", workflow="report", every=60, overlap="allow", catchup="all")
+    schedules.pause(rt, "p", now=T0 - 1)
+    schedules.fire_due(rt, now=T0 + 300)
+    assert runs_of(rt, "p") == []
+    assert schedules.resume(rt, "p", now=T0 + 301)["next_fire_at"] == T0 + 360
+    schedules.fire_due(rt, now=T0 + 361)
+    assert [r["fire_time"] for r in runs_of(rt, "p")] == [T0 + 360]
+
+
+def test_trigger_now_starts_a_run_under_the_overlap_policy(rt):
+    schedules.create(rt, now=T0, name="t", workflow="report", cron="0 6 * * *")
+    first = schedules.trigger(rt, "t", now=T0 + 1.5)
+    assert first["status"] == "started" and first["cause"] == "manual"
+    assert rt.get(first["run_id"]).data == {}
+    assert schedules.trigger(rt, "t", now=T0 + 2)["status"] == "skipped"  # the first run is active
+
+
+def test_declared_schedules_are_synced_and_keep_being_paused(rt):
+    schedules.sync_declared(rt, now=T0)
+    names = [s["name"] for s in schedules.list_all(rt)]
+    assert names == ["hourly-report", "report"]
+    morning = schedules.get(rt, "report")
+    assert (morning["origin"], morning["cron"], morning["data"]) == ("code", "0 6 * * MON-FRI", {"kind": "morning"})
+    assert local(morning["next_fire_at"], "Europe/Amsterdam") == "2026-03-03 06:00 CET"
+    schedules.pause(rt, "report")
+    schedules.create(rt, now=T0, name="mine", workflow="report", every=60)
+    schedules.sync_declared(rt, now=T0 + 10)
+    assert {s["name"]: s["status"] for s in schedules.list_all(rt)} == \
+        {"hourly-report": "active", "report": "paused", "mine": "active"}
+
+
+def test_refused_input_changes_nothing(rt):
+    schedules.create(rt, now=T0, name="one", workflow="report", every=60)
+    cases = [({"cron": "61 * * * *"}, InvalidData), ({"cron": "0 6 * * *", "timezone": "Mars/Olympus"}, InvalidData),
+             ({"every": 0}, InvalidData), ({"every": 60, "overlap": "sometimes"}, InvalidData),
+             ({"every": 60, "workflow": "nope"}, WorkflowNotFound), ({"every": 60, "name": "one"}, ScheduleExists),
+             ({"every": 60, "name": "a b"}, InvalidData), ({"cron": "0 6 * * *", "every": 60}, InvalidData)]
+    for fields, error in cases:
+        with pytest.raises(error):
+            schedules.create(rt, now=T0, **{"name": "two", "workflow": "report", **fields})
+    assert [s["name"] for s in schedules.list_all(rt)] == ["one"]
+    for action in (schedules.pause, schedules.resume, schedules.trigger, schedules.remove):
+        with pytest.raises(ScheduleNotFound):
+            action(rt, "missing")
