@@ -90,6 +90,16 @@ def finished(rt):
     return run.id
 
 
+def a_schedule(rt, paused=False):
+    from engine import schedules
+
+    name = f"every-minute-{len(schedules.list_all(rt))}"
+    schedules.create(rt, name=name, workflow="test_counter", every=60)
+    if paused:
+        schedules.pause(rt, name)
+    return name
+
+
 # endpoint -> rt -> (path parameters, JSON body or None, query, status with a valid token)
 SCENARIOS = {
     "docs.index": lambda rt: ({}, None, {}, 200),
@@ -115,6 +125,13 @@ SCENARIOS = {
     "activities.heartbeat": lambda rt: ({"token": received_token(rt)}, {"visibility_timeout": 30}, {}, 200),
     "activities.complete": lambda rt: ({"token": received_token(rt)}, {"event": "approve"}, {}, 200),
     "activities.fail": lambda rt: ({"token": received_token(rt)}, {"error": "no officer"}, {}, 200),
+    "schedules.list_schedules": lambda rt: ({}, None, {}, 200),
+    "schedules.create_schedule": lambda rt: ({}, {"name": "new", "workflow": "test_counter", "every": 60}, {}, 201),
+    "schedules.get_schedule": lambda rt: ({"name": a_schedule(rt)}, None, {}, 200),
+    "schedules.pause_schedule": lambda rt: ({"name": a_schedule(rt)}, {}, {}, 200),
+    "schedules.resume_schedule": lambda rt: ({"name": a_schedule(rt, paused=True)}, {}, {}, 200),
+    "schedules.trigger_schedule": lambda rt: ({"name": a_schedule(rt)}, {}, {}, 200),
+    "schedules.delete_schedule": lambda rt: ({"name": a_schedule(rt)}, None, {}, 204),
 }
 
 
@@ -166,10 +183,10 @@ def test_every_api_route_needs_a_token_and_a_write_needs_a_read_write_one(site):
             assert dump(rt) != before, f"{method} {rule} changed nothing with a read-write token"
 
 
-def test_the_document_marks_exactly_the_post_routes_as_writes():
+def test_the_document_marks_exactly_the_post_and_delete_routes_as_writes():
     assert API.operations
     for op in API.operations:
-        assert op.write == (op.method == "post"), op.path
+        assert op.write == (op.method in ("post", "delete")), op.path
 
 
 def test_metrics_and_static_files_are_open_without_a_token(site):

@@ -218,3 +218,89 @@ def test_refused_input_changes_nothing(rt):
     for action in (schedules.pause, schedules.resume, schedules.trigger, schedules.remove):
         with pytest.raises(ScheduleNotFound):
             action(rt, "missing")
+
+
+# -- over the API -------------------------------------------------------------------------------
+
+@pytest.fixture
+def api(rt):
+    import requests
+
+    from .apitools import serving
+
+    with serving(rt) as base, requests.Session() as http:
+        yield rt, base, http
+
+
+def test_api_creates_lists_pauses_resumes_triggers_and_deletes(api):
+    rt, base, http = api
+    created = http.post(f"{base}/api/schedules", json={
+        "name": "weekday-report", "workflow": "report", "cron": "0 6 * * MON-FRI", "timezone": "Europe/Amsterdam",
+        "data": {"kind": "morning"}, "overlap": "buffer_one", "catchup": "all", "catchup_window": 7200}, timeout=10)
+    assert created.status_code == 201, created.text
+    body = created.json()
+    assert body["origin"] == "api" and body["status"] == "active" and len(body["next_fire_times"]) == 5
+    assert body["next_fire_at"] == body["next_fire_times"][0] and body["ticks"] == []
+    listed = http.get(f"{base}/api/schedules", timeout=10).json()["schedules"]
+    assert [s["name"] for s in listed] == ["weekday-report"]
+    paused = http.post(f"{base}/api/schedules/weekday-report/pause", json={}, timeout=10).json()
+    assert paused["status"] == "paused" and paused["next_fire_times"] == []
+    assert http.post(f"{base}/api/schedules/weekday-report/resume", timeout=10).json()["status"] == "active"
+    tick = http.post(f"{base}/api/schedules/weekday-report/trigger", timeout=10).json()
+    assert (tick["cause"], tick["status"], tick["run_status"]) == ("manual", "started", "waiting")
+    assert rt.get(tick["run_id"]).data == {"kind": "morning"}
+    shown = http.get(f"{base}/api/schedules/weekday-report", timeout=10).json()
+    assert [t["run_id"] for t in shown["ticks"]] == [tick["run_id"]]
+    assert http.delete(f"{base}/api/schedules/weekday-report", timeout=10).status_code == 204
+    assert http.get(f"{base}/api/schedules", timeout=10).json() == {"schedules": []}
+    assert rt.get(tick["run_id"]).status == "waiting"  # the runs stay
+
+
+REFUSED = [
+    ({"cron": "0 25 * * *"}, 422, "invalid-data", "cron"),
+    ({"cron": "0 6 * * *", "timezone": "Europe/Atlantis"}, 422, "invalid-data", "timezone"),
+    ({"cron": "0 6 * * *", "every": 60}, 422, "invalid-data", "cron"),
+    ({}, 422, "invalid-data", "cron"),
+    ({"every": 0.5}, 422, "validation-error", "every"),
+    ({"every": 60, "overlap": "queue"}, 422, "validation-error", "overlap"),
+    ({"every": 60, "name": "no spaces"}, 422, "validation-error", "name"),
+    ({"every": 60, "surprise": 1}, 422, "validation-error", "surprise"),
+    ({"every": 60, "workflow": "nope"}, 404, "workflow-not-found", None),
+    ({"every": 60, "name": "taken"}, 409, "schedule-exists", None),
+]
+
+
+def test_api_refuses_bad_schedules_with_a_problem_and_changes_nothing(api):
+    from .apitools import PROBLEM, dump
+
+    rt, base, http = api
+    schedules.create(rt, name="taken", workflow="report", every=60)
+    before = dump(rt)
+    for body, status, problem, field in REFUSED:
+        response = http.post(f"{base}/api/schedules", json={"name": "new", "workflow": "report", **body},
+                             timeout=10)
+        assert response.status_code == status, (body, response.text)
+        assert response.headers["Content-Type"] == PROBLEM
+        found = response.json()
+        assert found["type"] == f"urn:interlock:problem:{problem}" and found["detail"], body
+        assert found.get("field") == field or field is None, (body, found)
+    assert dump(rt) == before
+
+
+def test_api_answers_404_for_an_unknown_schedule(api):
+    rt, base, http = api
+    for method, path in (("GET", ""), ("POST", "/pause"), ("POST", "/resume"), ("POST", "/trigger"), ("DELETE", "")):
+        response = http.request(method, f"{base}/api/schedules/missing{path}", timeout=10)
+        assert response.status_code == 404 and response.json()["type"].endswith("schedule-not-found"), path
+
+
+def test_a_worker_fires_an_interval_schedule_by_itself(rt):
+    from .conftest import wait_until
+
+    schedules.create(rt, name="every-second", workflow="report", every=1, overlap="allow")
+    with rt.worker(2):
+        wait_until(lambda: len(runs_of(rt, "every-second")) >= 2, timeout=15, message="two ticks' runs")
+    started = runs_of(rt, "every-second")
+    assert len({r["run"] for r in started}) == len(started)
+    assert all(b["fire_time"] - a["fire_time"] == 1 for a, b in zip(started, started[1:]))
+    assert {s["name"] for s in schedules.list_all(rt)} >= {"report", "hourly-report"}  # synced at start
