@@ -2,6 +2,7 @@
 across DST changes, the catch-up and overlap policies, declared schedules, and the API, CLI and
 web page over them. Time is driven by passing ``now`` to the reconciler's duty, not by waiting."""
 
+import json
 import threading
 from datetime import datetime, timedelta, timezone
 
@@ -304,3 +305,27 @@ def test_a_worker_fires_an_interval_schedule_by_itself(rt):
     assert len({r["run"] for r in started}) == len(started)
     assert all(b["fire_time"] - a["fire_time"] == 1 for a, b in zip(started, started[1:]))
     assert {s["name"] for s in schedules.list_all(rt)} >= {"report", "hourly-report"}  # synced at start
+
+
+# -- the CLI ---------------------------------------------------------------------------------------
+
+def test_cli_creates_triggers_and_refuses_with_one_line_and_exit_code_2(sqlite_settings):
+    from .processes import env_for, interlock
+
+    env = env_for(sqlite_settings.replace(workflows=WORKFLOWS))
+    made = interlock("schedules", "create", "nightly", "--workflow", "report", "--cron", "30 2 * * *",
+                     "--timezone", "Europe/Amsterdam", "--data", '{"kind": "nightly"}', env=env)
+    assert made.returncode == 0 and made.stdout.startswith("nightly created: next "), made.stderr
+    for args, message in ((["--cron", "99 * * * *"], "error: cron '99 * * * *' is not a five-field cron"),
+                          (["--every", "60", "--timezone", "Nowhere/City"], "error: unknown time zone"),
+                          (["--every", "60", "--workflow", "nope"], "error: unknown workflow 'nope'")):
+        refused = interlock("schedules", "create", "nightly2", "--workflow", "report", *args, env=env)
+        assert (refused.returncode, refused.stdout) == (2, ""), refused
+        assert refused.stderr.startswith(message) and refused.stderr.count("\n") == 1, refused.stderr
+    assert interlock("schedules", "pause", "missing", env=env).stderr == "error: unknown schedule 'missing'\n"
+    triggered = interlock("schedules", "trigger", "nightly", env=env)
+    assert triggered.returncode == 0 and "tick started, run " in triggered.stdout
+    listed = interlock("schedules", "list", "--json", env=env)
+    (row,) = json.loads(listed.stdout)
+    assert (row["name"], row["data"], len(row["next_fire_times"])) == ("nightly", {"kind": "nightly"}, 5)
+    assert interlock("schedules", "delete", "nightly", env=env).stdout == "nightly deleted\n"
