@@ -220,9 +220,10 @@ def web_routes(app):
                   for method in rule.methods - {"HEAD", "OPTIONS"})
 
 
-PAGES = {"web.runs_page", "web.run_page", "web.workflows_page", "web.workflow_page"}
+PAGES = {"web.runs_page", "web.run_page", "web.workflows_page", "web.workflow_page", "web.schedules_page"}
 LIVE = {"web.changes", "web.run_history", "web.run_stream", "web.all_runs_stream"}
 ACTIONS = {"web.send_event", "web.cancel_run", "web.retry_run"}
+SCHEDULE_ACTIONS = {"web.pause_schedule", "web.resume_schedule", "web.trigger_schedule", "web.delete_schedule"}
 PUBLIC = {"web.login", "web.logout"}
 
 
@@ -243,8 +244,8 @@ def test_web_pages_redirect_to_sign_in_and_actions_need_a_read_write_session(sit
     every action with 403; a read-write session performs them."""
     rt, app, base = site
     routes = web_routes(app)
-    assert {endpoint for endpoint, _, _ in routes} == PAGES | LIVE | ACTIONS | PUBLIC, \
-        "a web route is not covered here: add it to PAGES, LIVE, ACTIONS or PUBLIC"
+    assert {endpoint for endpoint, _, _ in routes} == PAGES | LIVE | ACTIONS | SCHEDULE_ACTIONS | PUBLIC, \
+        "a web route is not covered here: add it to PAGES, LIVE, ACTIONS, SCHEDULE_ACTIONS or PUBLIC"
     reader, writer = signed_in(base, RO), signed_in(base, RW)
     anonymous = requests.Session()
     wrong = anonymous.post(f"{base}/login", data={"csrf_token": csrf_of(anonymous.get(f"{base}/login").text),
@@ -255,6 +256,8 @@ def test_web_pages_redirect_to_sign_in_and_actions_need_a_read_write_session(sit
             continue
         run = rt.start("cargo", {"container": "C1"})
         params = {"run_id": run.id, "name": "cargo"}
+        if endpoint in SCHEDULE_ACTIONS:
+            params["name"] = a_schedule(rt, paused=endpoint == "web.resume_schedule")
         before = dump(rt)
         response, text = web_call(anonymous, base, rule, method, params)
         if endpoint in LIVE:
@@ -266,7 +269,16 @@ def test_web_pages_redirect_to_sign_in_and_actions_need_a_read_write_session(sit
             assert location.path == "/login" and "next=" in location.query
         assert dump(rt) == before
 
-        if endpoint in ACTIONS:
+        if endpoint in SCHEDULE_ACTIONS:
+            form = {"csrf_token": csrf_of(reader.get(f"{base}/schedules", timeout=10).text)}
+            response, text = web_call(reader, base, rule, method, params, form)
+            assert response.status_code == 403, (rule, response.status_code)
+            assert dump(rt) == before
+            form["csrf_token"] = csrf_of(writer.get(f"{base}/schedules", timeout=10).text)
+            response, text = web_call(writer, base, rule, method, params, form)
+            assert response.status_code == 303, (rule, response.status_code, text[:300])
+            assert dump(rt) != before, f"{rule} changed nothing with a read-write session"
+        elif endpoint in ACTIONS:
             page = reader.get(f"{base}/runs/{run.id}", timeout=10).text
             form = {"csrf_token": csrf_of(page), "event": "depart", "reason": "test", "confirm": "yes"}
             response, text = web_call(reader, base, rule, method, params, form)

@@ -329,3 +329,49 @@ def test_cli_creates_triggers_and_refuses_with_one_line_and_exit_code_2(sqlite_s
     (row,) = json.loads(listed.stdout)
     assert (row["name"], row["data"], len(row["next_fire_times"])) == ("nightly", {"kind": "nightly"}, 5)
     assert interlock("schedules", "delete", "nightly", env=env).stdout == "nightly deleted\n"
+
+
+# -- the web page ----------------------------------------------------------------------------------
+
+def test_the_schedules_page_lists_next_five_fire_times_and_each_ticks_run(tmp_path):
+    import requests
+
+    from .test_web import CARGO, csrf_of, serve
+
+    with serve(tmp_path) as site:
+        rt = site.rt
+        now = rt.clock.now()
+        schedules.create(rt, now=now - 130, name="cargo-every-minute", workflow="cargo", every=60, data=CARGO,
+                         overlap="allow", catchup="all")
+        schedules.create(rt, name="amsterdam-morning", workflow="cargo", cron="30 2 * * *",
+                         timezone="Europe/Amsterdam", data=CARGO)
+        schedules.fire_due(rt, now=now)
+        started = runs_of(rt, "cargo-every-minute")
+        assert len(started) == 2
+        with requests.Session() as http:
+            page = http.get(f"{site.url}/schedules", timeout=10)
+            assert page.status_code == 200
+            html = page.text
+            assert 'href="/schedules"' in html  # in the navigation
+            for name in ("cargo-every-minute", "amsterdam-morning"):
+                assert f'data-schedule="{name}"' in html
+            morning = html.split('data-schedule="amsterdam-morning"')[1].split("</section>")[0]
+            expected = schedules.spec_of(schedules.get(rt, "amsterdam-morning")).next_times(rt.clock.now(), 5)
+            assert [local(t, "Europe/Amsterdam") for t in expected] == \
+                [part.split("</time>")[0].split(">")[-1] for part in morning.split("<li>")[1:]]
+            assert "No tick has fired yet." in morning
+            minute = html.split('data-schedule="cargo-every-minute"')[1].split("</section>")[0]
+            for run in started:
+                assert f'href="/runs/{run["run"]}"' in minute
+            # Pause from the page: it says so, and lists no fire times.
+            paused = http.post(f"{site.url}/schedules/amsterdam-morning/pause", data={"csrf_token": csrf_of(html)},
+                               timeout=10)
+            assert paused.status_code == 200 and "Paused amsterdam-morning" in paused.text
+            assert schedules.get(rt, "amsterdam-morning")["status"] == "paused"
+            triggered = http.post(f"{site.url}/schedules/cargo-every-minute/trigger",
+                                  data={"csrf_token": csrf_of(html)}, timeout=10)
+            assert "Triggered cargo-every-minute: tick started" in triggered.text
+            assert http.post(f"{site.url}/schedules/missing/pause", data={"csrf_token": csrf_of(html)},
+                             timeout=10).text.count("unknown schedule") == 1
+            assert http.post(f"{site.url}/schedules/amsterdam-morning/delete", data={}, timeout=10).status_code == 403
+            assert schedules.get(rt, "amsterdam-morning")["status"] == "paused"  # no CSRF token: nothing done
