@@ -24,7 +24,7 @@ from sqlalchemy import delete, insert, select, update
 from sqlalchemy.exc import IntegrityError
 
 from . import operations as ops
-from .errors import InterlockError, ScheduleExists, ScheduleNotFound
+from .errors import InterlockError, RunNotActive, ScheduleExists, ScheduleNotFound
 from .models import runs, schedule_ticks, schedules
 from .schedule_times import Schedule, fire_times, iso_utc, make
 from .timeparse import iso
@@ -76,7 +76,16 @@ def sync_declared(rt, now: float | None = None) -> int:
     code schedules of workflows loaded here that the code no longer declares are deleted.
     Schedules created over the API are left alone unless the code declares the same name."""
     now = rt.clock.now() if now is None else now
-    declared = rt.registry.schedules
+    for last_try in (False, False, True):
+        try:
+            return _sync(rt, rt.registry.schedules, now)
+        except IntegrityError:  # another worker starting at the same time inserted one first
+            if last_try:
+                raise
+    return 0
+
+
+def _sync(rt, declared, now) -> int:
     with rt.db.write() as conn:
         stored = {row["name"]: dict(row) for row in conn.execute(select(schedules)).mappings()}
         for name, spec in declared.items():
@@ -199,15 +208,13 @@ def fire_due(rt, now: float | None = None) -> int:
         buffered = conn.execute(select(schedules.c.name).join(runs, runs.c.id == schedules.c.last_run_id).where(
             schedules.c.buffered_at.is_not(None), runs.c.status.not_in(ACTIVE),
             schedules.c.workflow.in_(loaded)).limit(BATCH)).scalars().all()
-    for name in buffered:
-        _locked(rt, name, lambda s, conn, row: _Ticking(rt, s, conn, row, now).start_buffered(),
-                skip_locked=True, must_exist=False)
-    for name in due:
-        try:
-            _locked(rt, name, lambda s, conn, row: _Ticking(rt, s, conn, row, now).fire_due(),
-                    skip_locked=True, must_exist=False)
-        except Exception:
-            log.exception("schedule %s could not fire; trying again next pass", name)
+    for names, action in ((buffered, _Ticking.start_buffered), (due, _Ticking.fire_due)):
+        for name in names:
+            try:
+                _locked(rt, name, lambda s, conn, row: action(_Ticking(rt, s, conn, row, now)),
+                        skip_locked=True, must_exist=False)
+            except Exception:
+                log.exception("schedule %s could not fire; trying again next pass", name)
     return len(due)
 
 
@@ -218,11 +225,14 @@ class _Ticking:
         self.rt, self.session, self.conn, self.row, self.now = rt, session, conn, row, now
         self.spec = spec_of(row)
         self.values: dict = {}
+        self._last_status = None
+        # A schedule of a version this process does not load is left to one that loads it.
+        self.loaded = row["version"] is None or row["version"] in rt.registry.versions(row["workflow"])
 
     def fire_due(self) -> None:
         row, spec, now = self.row, self.spec, self.now
         first = row["next_fire_at"]
-        if row["status"] != "active" or first is None or first > now:
+        if row["status"] != "active" or first is None or first > now or not self.loaded:
             return  # another reconciler fired it first, or it was paused
         # Ticks before the horizon are missed under every policy: they are counted, not listed.
         horizon = now - max(spec.catchup_window, GRACE)
@@ -266,8 +276,11 @@ class _Ticking:
         elif previous is not None and overlap == "buffer_one":
             status = "skipped" if self._current("buffered_at") is not None else "buffered"
         elif previous is not None and overlap == "cancel_previous":
-            apply(self.rt, previous, ops.Cancel(f"schedule {self.spec.name}: the next tick started"),
-                  session=self.session)
+            try:
+                apply(self.rt, previous, ops.Cancel(f"schedule {self.spec.name}: the next tick started"),
+                      session=self.session)
+            except RunNotActive:
+                pass  # it ended since it was read: nothing to cancel
         tick = {"schedule": self.spec.name, "fire_time": t, "cause": cause, "status": status, "run_id": None,
                 "error": None, "created_at": self.now, "started_at": None}
         if status == "started":
@@ -280,7 +293,7 @@ class _Ticking:
 
     def start_buffered(self) -> None:
         t = self.row["buffered_at"]
-        if t is None or self._active_run() is not None:
+        if t is None or not self.loaded or self._active_run() is not None:
             return
         tick = {"status": "started", "run_id": None, "error": None, "started_at": None}
         self._start(tick)

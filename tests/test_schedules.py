@@ -341,7 +341,8 @@ def test_the_schedules_page_lists_next_five_fire_times_and_each_ticks_run(tmp_pa
     with serve(tmp_path) as site:
         rt = site.rt
         now = rt.clock.now()
-        schedules.create(rt, now=now - 130, name="cargo-every-minute", workflow="cargo", every=60, data=CARGO,
+        minute = now // 60 * 60  # created 119 s before it: the ticks a minute before and at it are due
+        schedules.create(rt, now=minute - 119, name="cargo-every-minute", workflow="cargo", every=60, data=CARGO,
                          overlap="allow", catchup="all")
         schedules.create(rt, name="amsterdam-morning", workflow="cargo", cron="30 2 * * *",
                          timezone="Europe/Amsterdam", data=CARGO)
@@ -375,3 +376,51 @@ def test_the_schedules_page_lists_next_five_fire_times_and_each_ticks_run(tmp_pa
                              timeout=10).text.count("unknown schedule") == 1
             assert http.post(f"{site.url}/schedules/amsterdam-morning/delete", data={}, timeout=10).status_code == 403
             assert schedules.get(rt, "amsterdam-morning")["status"] == "paused"  # no CSRF token: nothing done
+
+
+# -- the chaos invariant ---------------------------------------------------------------------------
+
+def test_the_chaos_invariant_finds_no_tick_with_two_runs_and_finds_a_planted_one(rt):
+    from sqlalchemy import insert, update
+
+    from bench.chaos_checks import Invariant
+    from bench.chaos_schedules import check
+
+    schedules.create(rt, now=T0 - 1, name="c", workflow="report", every=60, overlap="allow")
+    for k in range(3):
+        schedules.fire_due(rt, now=T0 + 60 * k + 1)
+    (healthy,) = check(rt.settings.database_url, Invariant)
+    assert (healthy.checked, healthy.violations) == (3, 0)
+    first, second = runs_of(rt, "c")[:2]
+    with rt.db.write() as conn:  # damage: the second tick names the first tick's run
+        conn.execute(update(schedule_ticks).where(schedule_ticks.c.fire_time == second["fire_time"])
+                     .values(run_id=first["run"]))
+        conn.execute(insert(schedule_ticks).values(schedule="c", fire_time=T0 + 600, cause="schedule",
+                                                   status="skipped", run_id=first["run"], created_at=T0))
+    (damaged,) = check(rt.settings.database_url, Invariant)
+    assert dict(damaged.problems) == {"a tick's run has another tick's key": 1, "a skipped tick names a run": 1,
+                                      "a run named by two ticks": 1}
+
+
+def test_workers_starting_together_sync_the_declared_schedules_once(db_settings):
+    workers = [Interlock(db_settings) for _ in range(4)]
+    try:
+        barrier, errors = threading.Barrier(len(workers)), []
+
+        def work(rt):
+            try:
+                barrier.wait(10)
+                schedules.sync_declared(rt, now=T0)
+            except Exception as exc:  # noqa: BLE001 - reported below
+                errors.append(exc)
+
+        threads = [threading.Thread(target=work, args=(rt,)) for rt in workers]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(30)
+        assert errors == []
+        assert [s["name"] for s in schedules.list_all(workers[0])] == ["hourly-report", "report"]
+    finally:
+        for rt in workers:
+            rt.close()
