@@ -424,3 +424,15 @@ def test_workers_starting_together_sync_the_declared_schedules_once(db_settings)
     finally:
         for rt in workers:
             rt.close()
+
+
+def test_users_fire_a_declared_schedule_in_their_own_tests_without_waiting():
+    from engine.testing import Harness, fire_schedule
+
+    with Harness(WORKFLOWS) as h:
+        (tick,) = fire_schedule(h.rt, "report")  # its next tick: a weekday at 06:00 in Amsterdam
+        assert local(tick["fire_time"], "Europe/Amsterdam").endswith("06:00 CET") or \
+            local(tick["fire_time"], "Europe/Amsterdam").endswith("06:00 CEST")
+        assert h.rt.get(tick["run_id"]).data == {"kind": "morning"}
+        (again,) = fire_schedule(h.rt, "report")
+        assert again["fire_time"] > tick["fire_time"] and again["run_id"] != tick["run_id"]
