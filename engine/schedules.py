@@ -19,6 +19,7 @@ transaction, then start). Times are ``rt.clock.now()``, the database's clock; te
 """
 
 import logging
+import math
 
 from sqlalchemy import delete, insert, select, update
 from sqlalchemy.exc import IntegrityError
@@ -34,7 +35,8 @@ log = logging.getLogger(__name__)
 ACTIVE = ("running", "waiting")
 BATCH = 50
 GRACE = 60.0  # a tick fired later than this after its time was missed
-MAX_TICKS = 1000  # ticks fired by one pass of one schedule (a catch-up of more goes on next pass)
+MAX_TICKS = 1000  # missed ticks started by one pass of catch-up "all" (more: the next pass goes on)
+MAX_SCAN = 100_000  # missed ticks of a cron expression looked through for catch-up "last" or "none"
 
 
 def spec_of(row) -> Schedule:
@@ -45,6 +47,15 @@ def spec_of(row) -> Schedule:
 
 def _next_after(spec: Schedule, after: float) -> float:
     return spec.next_times(after, 1)[0]
+
+
+def _between(spec: Schedule, start: float, end: float, exclude_end=False) -> list[float]:
+    """The fire times from ``start`` to ``end`` (fire times are whole seconds)."""
+    out = []
+    for t in fire_times(spec, start - 0.001):
+        if t > end or (exclude_end and t == end):
+            return out
+        out.append(t)
 
 
 def _lock(conn, name, skip_locked=False):
@@ -234,34 +245,54 @@ class _Ticking:
         first = row["next_fire_at"]
         if row["status"] != "active" or first is None or first > now or not self.loaded:
             return  # another reconciler fired it first, or it was paused
-        # Ticks before the horizon are missed under every policy: they are counted, not listed.
-        horizon = now - max(spec.catchup_window, GRACE)
-        due = []
-        for t in fire_times(spec, max(first, horizon) - 0.001):  # fire times are whole seconds
-            if t > now or len(due) > MAX_TICKS:
-                break
-            due.append(t)
-        more, due = due[MAX_TICKS:], due[:MAX_TICKS]
-        on_time = [t for t in due if now - t <= GRACE]
-        missed = [t for t in due if now - t > GRACE]
+        late = now - GRACE  # ticks before this were missed
+        horizon = now - max(spec.catchup_window, GRACE)  # ticks before this are dropped by every policy
+        missed, count, more = self._missed(max(first, horizon), min(late, now))
+        on_time = [t for t in _between(spec, max(first, late), now)]
         chosen = {"none": [], "last": [] if on_time else missed[-1:], "all": missed}[spec.catchup]
         for t in chosen:
             self.fire(t, "catchup")
-        for t in on_time:
-            self.fire(t, "schedule")
-        self.values["next_fire_at"] = more[0] if more else _next_after(spec, now)
-        dropped = len(missed) - len(chosen) + (self._count_before(first, horizon) if first < horizon else 0)
+        if more is None:  # with a catch-up left for the next pass, on-time ticks wait for it
+            for t in on_time:
+                self.fire(t, "schedule")
+        self.values["next_fire_at"] = more if more is not None else _next_after(spec, now)
+        dropped = count - len(chosen) + (self._count_before(first, horizon) if first < horizon else 0)
         self.values["missed"] = row["missed"] + dropped
         self._write()
 
+    def _missed(self, start, end):
+        """The missed ticks from ``start`` to before ``end`` that the policy may start: all of them
+        for ``all`` (at most MAX_TICKS: then also the first one left for the next pass), else the
+        last one; and how many were looked at (at most MAX_SCAN)."""
+        if self.spec.catchup != "all":
+            if self.spec.every is not None:  # the last one, and the count, without listing them
+                every = self.spec.every
+                found = _between(self.spec, max(start, end - every), end, exclude_end=True)
+                count = max(0, math.ceil(end / every) - math.ceil(start / every))  # k * every in [start, end)
+                return found[-1:], count, None
+            last, count = [], 0
+            for t in fire_times(self.spec, start - 0.001):
+                if t >= end or count >= MAX_SCAN:
+                    break
+                last, count = [t], count + 1
+            return last, count, None
+        found = []
+        for t in fire_times(self.spec, start - 0.001):
+            if t >= end:
+                break
+            if len(found) == MAX_TICKS:
+                return found, len(found), t
+            found.append(t)
+        return found, len(found), None
+
     def _count_before(self, first, horizon) -> int:
-        """How many ticks fell from ``first`` to before ``horizon`` (at most MAX_TICKS are counted
+        """How many ticks fell from ``first`` to before ``horizon`` (at most MAX_SCAN are counted
         for a cron expression)."""
         if self.spec.every is not None:
-            return int((horizon - first) // self.spec.every) + 1
+            return max(0, math.ceil(horizon / self.spec.every) - math.ceil(first / self.spec.every))
         count = 0
         for t in fire_times(self.spec, first - 0.001):
-            if t >= horizon or count >= MAX_TICKS:
+            if t >= horizon or count >= MAX_SCAN:
                 return count
             count += 1
         return count

@@ -113,16 +113,18 @@ def test_fire_times_in_a_gap_and_in_a_repeated_hour():
         ["2026-10-25 02:00 CEST", "2026-10-25 03:00 CET", "2026-10-25 04:00 CET"]  # wall times fire once
 
 
-@pytest.mark.parametrize("catchup, window, fired", [
-    ("none", timedelta(days=1), []),
-    ("last", timedelta(days=1), [5]),
-    ("all", timedelta(hours=3), [3, 4, 5]),
-    ("all", timedelta(days=1), [1, 2, 3, 4, 5]),
-])
-def test_catch_up_after_the_worker_stopped(rt, catchup, window, fired):
+@pytest.mark.parametrize("catchup, window, fired, timing", [
+    ("none", timedelta(days=1), [], {"cron": "0 * * * *"}),
+    ("last", timedelta(days=1), [5], {"cron": "0 * * * *"}),
+    ("last", timedelta(days=1), [5], {"every": HOUR}),
+    ("all", timedelta(hours=3), [3, 4, 5], {"cron": "0 * * * *"}),
+    ("all", timedelta(hours=3), [3, 4, 5], {"every": HOUR}),
+    ("all", timedelta(days=1), [1, 2, 3, 4, 5], {"cron": "0 * * * *"}),
+], ids=["none", "last", "last-interval", "all-3h", "all-3h-interval", "all-1d"])
+def test_catch_up_after_the_worker_stopped(rt, catchup, window, fired, timing):
     """An hourly schedule whose worker stopped after the tick at T0 and ran again at T0 + 5 h 10 min."""
-    schedules.create(rt, now=T0 - 1, name="hourly", workflow="report", cron="0 * * * *", overlap="allow",
-                     catchup=catchup, catchup_window=window)
+    schedules.create(rt, now=T0 - 1, name="hourly", workflow="report", overlap="allow",
+                     catchup=catchup, catchup_window=window, **timing)
     schedules.fire_due(rt, now=T0 + 5)
     schedules.fire_due(rt, now=T0 + 5 * HOUR + 600)
     started = [round((r["fire_time"] - T0) / HOUR) for r in runs_of(rt, "hourly")]
@@ -131,6 +133,16 @@ def test_catch_up_after_the_worker_stopped(rt, catchup, window, fired):
     assert row["next_fire_at"] == T0 + 6 * HOUR and row["missed"] == 5 - len(fired)
     schedules.fire_due(rt, now=T0 + 6 * HOUR + 1)  # running again: on time, whatever the policy
     assert round((runs_of(rt, "hourly")[-1]["fire_time"] - T0) / HOUR) == 6
+
+
+def test_a_long_catch_up_goes_on_over_several_passes_in_order(rt, monkeypatch):
+    monkeypatch.setattr(schedules, "MAX_TICKS", 3)
+    schedules.create(rt, now=T0 - 1, name="m", workflow="report", every=60, overlap="allow", catchup="all")
+    schedules.fire_due(rt, now=T0 + 1)
+    for _ in range(3):  # nine missed ticks, three a pass; the on-time one after them
+        schedules.fire_due(rt, now=T0 + 605)
+    assert [(r["fire_time"] - T0) / 60 for r in runs_of(rt, "m")] == list(range(11))
+    assert schedules.get(rt, "m")["next_fire_at"] == T0 + 660
 
 
 def test_a_tick_a_little_late_is_on_time_not_missed(rt):
