@@ -83,9 +83,7 @@ def schedule(cron: str | None = None, *, workflow: str, every: timedelta | float
 def make(*, name, workflow, cron=None, every=None, data=None, timezone="UTC", version=None,
          overlap="skip", catchup="last", catchup_window=DEFAULT_WINDOW) -> Schedule:
     """A checked ``Schedule``, or ``InvalidData`` naming the first wrong field."""
-    if not isinstance(name, str) or not NAME.fullmatch(name):
-        raise InvalidData(f"schedule name {name!r} must be 1-200 letters, digits or _.:-, "
-                          "starting with a letter or digit", field="name")
+    check_name(name)
     if not isinstance(workflow, str) or not workflow or len(workflow) > 200 or "\x00" in workflow:
         raise InvalidData("workflow must be a workflow's name", field="workflow")
     if (cron is None) == (every is None):
@@ -111,6 +109,13 @@ def make(*, name, workflow, cron=None, every=None, data=None, timezone="UTC", ve
     return Schedule(name=name, workflow=workflow, cron=cron, every=every, timezone=timezone,
                     data=check_data(data, "data"), version=version, overlap=overlap, catchup=catchup,
                     catchup_window=window)
+
+
+def check_name(name) -> str:
+    if not isinstance(name, str) or not NAME.fullmatch(name):
+        raise InvalidData(f"schedule name {name!r} must be 1-200 letters, digits or _.:-, "
+                          "starting with a letter or digit", field="name")
+    return name
 
 
 def zone(name) -> ZoneInfo:

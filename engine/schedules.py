@@ -27,7 +27,7 @@ from sqlalchemy.exc import IntegrityError
 from . import operations as ops
 from .errors import InterlockError, RunNotActive, ScheduleExists, ScheduleNotFound
 from .models import runs, schedule_ticks, schedules
-from .schedule_times import Schedule, fire_times, iso_utc, make
+from .schedule_times import Schedule, check_name, fire_times, iso_utc, make
 from .timeparse import iso
 from .transitions import apply
 
@@ -69,6 +69,7 @@ def _lock(conn, name, skip_locked=False):
 def _locked(rt, name, work, skip_locked=False, must_exist=True):
     """``work(session, conn, row)`` with the schedule row locked, in one transaction; runs it
     starts or cancels are dispatched after the commit (``apply``'s session path)."""
+    check_name(name)
     with rt.session() as session, session.begin():
         conn = session.connection()
         row = _lock(conn, name, skip_locked)
@@ -142,6 +143,7 @@ def create(rt, now: float | None = None, **fields) -> dict:
 
 
 def get(rt, name: str) -> dict:
+    check_name(name)
     with rt.db.read() as conn:
         row = conn.execute(select(schedules).where(schedules.c.name == name)).mappings().first()
     if row is None:

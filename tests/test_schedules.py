@@ -228,9 +228,11 @@ def test_refused_input_changes_nothing(rt):
         with pytest.raises(error):
             schedules.create(rt, now=T0, **{"name": "two", "workflow": "report", **fields})
     assert [s["name"] for s in schedules.list_all(rt)] == ["one"]
-    for action in (schedules.pause, schedules.resume, schedules.trigger, schedules.remove):
+    for action in (schedules.get, schedules.pause, schedules.resume, schedules.trigger, schedules.remove):
         with pytest.raises(ScheduleNotFound):
             action(rt, "missing")
+        with pytest.raises(InvalidData, match="schedule name"):
+            action(rt, "no spaces")
 
 
 # -- over the API -------------------------------------------------------------------------------
