@@ -10,10 +10,12 @@ from .definitions import Workflow, activity, after, at, child, map_, recheck, st
 from .errors import (CallbackError, DefinitionError, InterlockError, InvalidData, InvalidTransition,
                      RunNotActive, RunNotFound, SchemaOutOfDate, StaleTaskToken, WorkflowNotFound)
 from .runtime import Interlock
+from .schedule_times import schedule
 
 __all__ = [
     # defining workflows
     "Workflow", "State", "step", "activity", "child", "map_", "after", "at", "trigger", "recheck",
+    "schedule",
     # running them
     "Interlock",
     # errors

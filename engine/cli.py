@@ -1,4 +1,5 @@
-"""The ``interlock`` command: database, workers and servers; the run commands are in ``cli_runs``."""
+"""The ``interlock`` command: database, workers and servers; the run commands are in ``cli_runs``,
+the schedule commands in ``cli_schedules``."""
 
 import json
 import logging
@@ -10,7 +11,7 @@ from dataclasses import asdict
 
 import click
 
-from . import cli_pauses, cli_runs
+from . import cli_pauses, cli_runs, cli_schedules
 from .cli_common import load_registry, open_runtime
 from .config import Settings
 from .db import Database
@@ -228,6 +229,7 @@ def diagram(settings, workflow, version, fmt, run_id):
 
 for command in [*cli_runs.COMMANDS, *cli_pauses.COMMANDS]:
     cli.add_command(command)
+cli.add_command(cli_schedules.group)
 
 
 def main():

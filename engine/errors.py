@@ -167,3 +167,29 @@ class StaleTaskToken(InterlockError):
 
     def to_dict(self) -> dict:
         return {**super().to_dict(), "reason": self.reason}
+
+
+class ScheduleNotFound(InterlockError):
+    code = "schedule-not-found"
+    status = 404
+
+    def __init__(self, name):
+        self.name = name
+        super().__init__(f"unknown schedule {name!r}")
+
+    def to_dict(self) -> dict:
+        return {**super().to_dict(), "schedule": self.name}
+
+
+class ScheduleExists(InterlockError):
+    """A schedule with this name exists already: nothing was changed."""
+
+    code = "schedule-exists"
+    status = 409
+
+    def __init__(self, name):
+        self.name = name
+        super().__init__(f"a schedule named {name!r} exists already")
+
+    def to_dict(self) -> dict:
+        return {**super().to_dict(), "schedule": self.name}

@@ -214,3 +214,50 @@ pauses = Table(
     Column("reason", Text),
     Column("paused_at", Double, nullable=False),
 )
+
+# Schedules: declared in code (origin "code", synced at worker start) or created over the API.
+# `next_fire_at` is the next tick to fire; a reconciler that finds it due locks the row, starts
+# the tick's run and moves it on, in one transaction.
+schedules = Table(
+    "schedules", metadata,
+    Column("name", String(200), primary_key=True),
+    Column("workflow", String(200), nullable=False),
+    Column("version", Integer),  # None: the newest version loaded
+    Column("cron", String(200)),
+    Column("every", Double),  # seconds, when not a cron expression
+    Column("timezone", String(64), nullable=False),
+    Column("data", JSON, nullable=False),
+    # skip, allow, buffer_one, cancel_previous
+    Column("overlap", String(16), nullable=False),
+    # none, last, all (within catchup_window seconds)
+    Column("catchup", String(8), nullable=False),
+    Column("catchup_window", Double, nullable=False),
+    # active, paused
+    Column("status", String(16), nullable=False),
+    Column("origin", String(8), nullable=False),  # code, api
+    Column("next_fire_at", Double),
+    Column("last_fire_at", Double),
+    Column("last_run_id", ID),  # the run the latest started tick started: what overlap looks at
+    Column("buffered_at", Double),  # the fire time of the tick waiting for that run to end
+    Column("missed", Integer, nullable=False, server_default="0"),  # ticks dropped by the catch-up policy
+    Column("created_at", Double, nullable=False),
+    Column("updated_at", Double, nullable=False),
+    Index(None, "status", "next_fire_at"),
+)
+
+# One row per tick that fired (its primary key makes a second one impossible), with the run it
+# started: the run's idempotency key is made of the same two values.
+schedule_ticks = Table(
+    "schedule_ticks", metadata,
+    Column("schedule", String(200), primary_key=True),
+    Column("fire_time", Double, primary_key=True, autoincrement=False),
+    # schedule, catchup, manual
+    Column("cause", String(16), nullable=False),
+    # started, skipped (overlap), buffered (waits for the previous run), failed (the start was refused)
+    Column("status", String(16), nullable=False),
+    Column("run_id", ID),
+    Column("error", Text),
+    Column("created_at", Double, nullable=False),
+    Column("started_at", Double),
+    Index(None, "run_id"),
+)

@@ -9,6 +9,7 @@ from pathlib import Path
 
 from .definitions import Workflow
 from .errors import DefinitionError, InterlockError, WorkflowNotFound
+from .schedule_times import Schedule
 
 # Frames in these directories (the engine, the standard library, installed packages) are the
 # machinery a failure went through, not the line of the user's module that caused it.
@@ -47,6 +48,8 @@ def _import(name: str):
 class Registry:
     def __init__(self):
         self._by_key: dict[tuple[str, int], type[Workflow]] = {}
+        # Schedules declared at module level (``nightly = schedule(...)``), by name.
+        self.schedules: dict[str, Schedule] = {}
 
     def add(self, cls: type[Workflow]) -> type[Workflow]:
         key = (cls.workflow_name, cls.version)
@@ -74,7 +77,20 @@ class Registry:
                 for _, obj in inspect.getmembers(mod, inspect.isclass):
                     if issubclass(obj, Workflow) and obj is not Workflow and obj.__module__ == mod.__name__:
                         self.add(obj)
+                for _, obj in inspect.getmembers(mod, lambda o: isinstance(o, Schedule)):
+                    self.add_schedule(obj, mod.__name__)
+        for spec in self.schedules.values():
+            if spec.workflow not in self.names():
+                raise DefinitionError(f"schedule {spec.name!r} names workflow {spec.workflow!r}, "
+                                      "which no loaded module defines")
         return self
+
+    def add_schedule(self, spec: Schedule, module: str) -> None:
+        known = self.schedules.get(spec.name)
+        if known is not None and known != spec:
+            raise DefinitionError(f"schedule {spec.name!r} is declared twice (again in {module}): "
+                                  "give one of them another name=")
+        self.schedules[spec.name] = spec
 
     def get(self, name: str, version: int | None = None) -> type[Workflow]:
         if version is not None:

@@ -7,7 +7,7 @@ from sqlalchemy import event
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from . import children, maps, metrics, pauses
+from . import children, maps, metrics, pauses, schedules
 from . import operations as ops
 from . import queries
 from .batching import Batcher
@@ -269,6 +269,7 @@ class Worker:
             self.rt.eager = EagerSteps(self.rt.executor, self.rt.settings.eager_threads,
                                        time_limit_monitor(broker)).start()
         self._dramatiq.start()
+        schedules.sync_declared(self.rt)  # the code's schedules, before the first pass fires them
         self.reconciler = Reconciler(self.rt, self.presence)
         self.reconciler.tick()  # recovery at start-up, before new work piles on
         self.reconciler.start()

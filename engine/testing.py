@@ -37,6 +37,21 @@ def fast_forward(rt: Interlock, run_id: str, timer: str | None = None) -> int:
         return conn.execute(update(timers).where(*conditions).values(due_at=rt.clock.now())).rowcount
 
 
+def fire_schedule(rt: Interlock, name: str, at: float | None = None) -> list[dict]:
+    """Fire schedule ``name`` as a reconciler would at ``at`` (epoch seconds; default: the time of
+    its next tick), without waiting for it; the ticks it fired, each with its ``run_id``.
+
+    Ticks between now and ``at`` count as missed (the catch-up policy decides): to step through
+    several ticks, call it once per tick.
+    """
+    from . import schedules
+
+    at = schedules.get(rt, name)["next_fire_at"] if at is None else at
+    before = {t["fire_time"] for t in schedules.ticks(rt, name, limit=1000)}
+    schedules.fire_due(rt, now=at)
+    return [t for t in reversed(schedules.ticks(rt, name, limit=1000)) if t["fire_time"] not in before]
+
+
 class Harness:
     """Runs the given workflow classes (or modules) on a fresh SQLite file with a worker."""
 

@@ -90,6 +90,16 @@ def finished(rt):
     return run.id
 
 
+def a_schedule(rt, paused=False):
+    from engine import schedules
+
+    name = f"every-minute-{len(schedules.list_all(rt))}"
+    schedules.create(rt, name=name, workflow="test_counter", every=60)
+    if paused:
+        schedules.pause(rt, name)
+    return name
+
+
 # endpoint -> rt -> (path parameters, JSON body or None, query, status with a valid token)
 SCENARIOS = {
     "docs.index": lambda rt: ({}, None, {}, 200),
@@ -121,6 +131,13 @@ SCENARIOS = {
     "activities.heartbeat": lambda rt: ({"token": received_token(rt)}, {"visibility_timeout": 30}, {}, 200),
     "activities.complete": lambda rt: ({"token": received_token(rt)}, {"event": "approve"}, {}, 200),
     "activities.fail": lambda rt: ({"token": received_token(rt)}, {"error": "no officer"}, {}, 200),
+    "schedules.list_schedules": lambda rt: ({}, None, {}, 200),
+    "schedules.create_schedule": lambda rt: ({}, {"name": "new", "workflow": "test_counter", "every": 60}, {}, 201),
+    "schedules.get_schedule": lambda rt: ({"name": a_schedule(rt)}, None, {}, 200),
+    "schedules.pause_schedule": lambda rt: ({"name": a_schedule(rt)}, {}, {}, 200),
+    "schedules.resume_schedule": lambda rt: ({"name": a_schedule(rt, paused=True)}, {}, {}, 200),
+    "schedules.trigger_schedule": lambda rt: ({"name": a_schedule(rt)}, {}, {}, 200),
+    "schedules.delete_schedule": lambda rt: ({"name": a_schedule(rt)}, None, {}, 204),
 }
 
 
@@ -172,10 +189,10 @@ def test_every_api_route_needs_a_token_and_a_write_needs_a_read_write_one(site):
             assert dump(rt) != before, f"{method} {rule} changed nothing with a read-write token"
 
 
-def test_the_document_marks_exactly_the_post_routes_as_writes():
+def test_the_document_marks_exactly_the_post_and_delete_routes_as_writes():
     assert API.operations
     for op in API.operations:
-        assert op.write == (op.method == "post"), op.path
+        assert op.write == (op.method in ("post", "delete")), op.path
 
 
 def test_metrics_and_static_files_are_open_without_a_token(site):
@@ -209,9 +226,10 @@ def web_routes(app):
                   for method in rule.methods - {"HEAD", "OPTIONS"})
 
 
-PAGES = {"web.runs_page", "web.run_page", "web.workflows_page", "web.workflow_page"}
+PAGES = {"web.runs_page", "web.run_page", "web.workflows_page", "web.workflow_page", "web.schedules_page"}
 LIVE = {"web.changes", "web.run_history", "web.run_stream", "web.all_runs_stream"}
 ACTIONS = {"web.send_event", "web.cancel_run", "web.retry_run", "web.pause_run", "web.resume_run"}
+SCHEDULE_ACTIONS = {"web.pause_schedule", "web.resume_schedule", "web.trigger_schedule", "web.delete_schedule"}
 PUBLIC = {"web.login", "web.logout"}
 
 
@@ -232,8 +250,8 @@ def test_web_pages_redirect_to_sign_in_and_actions_need_a_read_write_session(sit
     every action with 403; a read-write session performs them."""
     rt, app, base = site
     routes = web_routes(app)
-    assert {endpoint for endpoint, _, _ in routes} == PAGES | LIVE | ACTIONS | PUBLIC, \
-        "a web route is not covered here: add it to PAGES, LIVE, ACTIONS or PUBLIC"
+    assert {endpoint for endpoint, _, _ in routes} == PAGES | LIVE | ACTIONS | SCHEDULE_ACTIONS | PUBLIC, \
+        "a web route is not covered here: add it to PAGES, LIVE, ACTIONS, SCHEDULE_ACTIONS or PUBLIC"
     reader, writer = signed_in(base, RO), signed_in(base, RW)
     anonymous = requests.Session()
     wrong = anonymous.post(f"{base}/login", data={"csrf_token": csrf_of(anonymous.get(f"{base}/login").text),
@@ -244,6 +262,8 @@ def test_web_pages_redirect_to_sign_in_and_actions_need_a_read_write_session(sit
             continue
         run = rt.start("cargo", {"container": "C1"})
         params = {"run_id": run.id, "name": "cargo"}
+        if endpoint in SCHEDULE_ACTIONS:
+            params["name"] = a_schedule(rt, paused=endpoint == "web.resume_schedule")
         before = dump(rt)
         response, text = web_call(anonymous, base, rule, method, params)
         if endpoint in LIVE:
@@ -255,7 +275,16 @@ def test_web_pages_redirect_to_sign_in_and_actions_need_a_read_write_session(sit
             assert location.path == "/login" and "next=" in location.query
         assert dump(rt) == before
 
-        if endpoint in ACTIONS:
+        if endpoint in SCHEDULE_ACTIONS:
+            form = {"csrf_token": csrf_of(reader.get(f"{base}/schedules", timeout=10).text)}
+            response, text = web_call(reader, base, rule, method, params, form)
+            assert response.status_code == 403, (rule, response.status_code)
+            assert dump(rt) == before
+            form["csrf_token"] = csrf_of(writer.get(f"{base}/schedules", timeout=10).text)
+            response, text = web_call(writer, base, rule, method, params, form)
+            assert response.status_code == 303, (rule, response.status_code, text[:300])
+            assert dump(rt) != before, f"{rule} changed nothing with a read-write session"
+        elif endpoint in ACTIONS:
             page = reader.get(f"{base}/runs/{run.id}", timeout=10).text
             form = {"csrf_token": csrf_of(page), "event": "depart", "reason": "test", "confirm": "yes"}
             response, text = web_call(reader, base, rule, method, params, form)

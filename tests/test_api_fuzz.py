@@ -17,10 +17,11 @@ from hypothesis import strategies as st
 from schemathesis import GenerationMode
 from schemathesis.config import SchemathesisConfig
 
-from api import activities, create_app, runs, streams, workflows  # noqa: F401  (they declare the routes)
+from api import activities, create_app, runs, schedules, streams, workflows  # noqa: F401  (they declare the routes)
 from api.openapi import API
 from api.serving import ThreadedServer
 from engine import activities as act
+from engine import schedules as engine_schedules
 from engine.config import Settings
 from engine.db import Database
 from engine.runtime import Interlock
@@ -44,6 +45,10 @@ CONFIG = SchemathesisConfig.from_dict({
     # does not accept now (409) or a task token that names no running task (410).
     "checks": {"positive_data_acceptance": {"expected-statuses": ["2xx", "404", "409", "410"]}},
     "request-timeout": STREAM_SECONDS,  # an event stream is read this long, then cut
+    # A new schedule's cron expression, time zone, and cron-or-every are checked by the engine
+    # (croniter, zoneinfo) beyond what a JSON schema can say: a schema-valid one may get 422.
+    "operations": [{"include-path": "/api/schedules", "include-method": "POST", "checks": {
+        "positive_data_acceptance": {"expected-statuses": ["2xx", "404", "409", "410", "422"]}}}],
 })
 
 
@@ -72,12 +77,14 @@ def seed(rt) -> dict:
     cargo = rt.start("cargo", {"container": "C1", "manifest": ["x"]}, business_key="C1")
     review = rt.start("clearance", {"container": "C2"}, business_key="C2")
     token = act.receive(rt, "customs_review", visibility_timeout=3600)[0].token
+    engine_schedules.create(rt, name="fuzz-hourly", workflow="test_counter", cron="0 * * * *")
     return {
         "run_id": [counting.id, closed.id, cancelled.id, cargo.id, review.id],
         "workflow": ["test_counter", "test_approval", "cargo", "clearance"],
         "activity": ["customs_review", "warehouse.pick"],
         "key": ["K-1", "K-2", "C1", "C2"],
         "token": [token],
+        "schedule": ["fuzz-hourly"],
     }
 
 
@@ -85,6 +92,7 @@ def aim(case, draw, pools) -> None:
     """Point a valid request at things that exist half of the time, and bound its waits."""
     for name in list(case.path_parameters or {}):
         pool = pools["activity" if case.path.startswith("/api/activities") else
+                     "schedule" if case.path.startswith("/api/schedules") else
                      "workflow" if name == "name" else name]
         if draw(st.booleans()):
             case.path_parameters[name] = draw(st.sampled_from(pool))

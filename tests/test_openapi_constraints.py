@@ -78,3 +78,26 @@ def test_an_activity_name_is_documented_as_the_server_checks_it(served):
     assert wrong == [], "(name, documented as valid) where the server disagrees"
     rt.start("clearance", {"container": "C1"})
     assert documented(schema, "customs_review") and act.receive(rt, "customs_review")  # a real name, a real task
+
+
+SCHEDULE_NAMES = ["a", "nightly", "report.daily:eu-west_1", "9", "a" * 200, "a" * 201, "-a", ".a", "_a", ":a",
+                  "a b", "a\n", "a%b", "a;b", "é", "a,b", "a*", "A-Z"]
+
+
+def test_a_schedule_name_is_documented_as_the_server_checks_it(served):
+    """In the body that creates one and in the path that names one (an unknown valid name: 404)."""
+    rt, base, http, document = served
+    path_schema = parameter(document, "/api/schedules/{name}", "get", "path", "name")
+    body_schema = document["components"]["schemas"]["CreateSchedule"]["properties"]["name"]
+    assert {k: body_schema[k] for k in ("pattern", "maxLength")} == {k: path_schema[k] for k in ("pattern", "maxLength")}
+    wrong = []
+    for name in SCHEDULE_NAMES:
+        with http.post(f"{base}/api/schedules", json={"name": name, "workflow": "test_counter", "every": 60},
+                       timeout=10) as created:
+            assert created.status_code in (201, 422), (name, created.text)
+        with http.get(f"{base}/api/schedules/{quote(name, safe='')}", timeout=10) as shown:
+            assert shown.status_code in (200, 422), (name, shown.text)  # created just before, if valid
+        if {documented(path_schema, name), created.status_code == 201, shown.status_code == 200} != \
+                {documented(path_schema, name)}:
+            wrong.append((name, documented(path_schema, name), created.status_code, shown.status_code))
+    assert wrong == [], "(name, documented as valid, create status, get status) where the server disagrees"

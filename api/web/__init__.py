@@ -1,4 +1,4 @@
-"""The web pages: runs, one run (diagram, "waiting for", timeline, actions), workflows.
+"""The web pages: runs, one run (diagram, "waiting for", timeline, actions), workflows, schedules.
 
 Server-rendered HTML (Jinja, autoescaped) that reads without JavaScript; ``static/interlock.js``
 adds the live parts over the API's streams (SSE, or the long poll when SSE is unavailable).
@@ -117,4 +117,4 @@ def duration(seconds) -> str:
     return f"{sign}{d} d {h} h"
 
 
-from . import catalog, live, pages  # noqa: E402,F401  (routes)
+from . import catalog, live, pages, schedules  # noqa: E402,F401  (routes)
