@@ -5,6 +5,7 @@ from dataclasses import asdict, dataclass
 
 from sqlalchemy import and_, false, or_, select, text
 
+from . import search as search_fields
 from .errors import InvalidData, RunNotFound
 from .ids import ID_SLACK, id_at
 from .models import PARALLEL, history, runs
@@ -89,20 +90,26 @@ def get_history(conn, run_id, after: int = 0, limit: int | None = None) -> list[
 
 
 def list_runs(conn, *, workflow=None, version=None, status=None, state=None, business_key=None,
-              created_after=None, created_before=None, cursor=None, limit=50) -> Page:
-    """Newest first; ``cursor`` is the ``next`` of the previous page (a run id: ids sort by time)."""
+              created_after=None, created_before=None, cursor=None, limit=50, search=None,
+              id_prefix=None) -> Page:
+    """Newest first; ``cursor`` is the ``next`` of the previous page (a run id: ids sort by time).
+
+    ``search``: conditions on search fields (``engine.search.conditions``), each a join;
+    ``id_prefix``: runs whose id starts with it (lowercase hex), a range of the primary key."""
     _check_limit(limit)
+    source = search_fields.joins(runs, search) if search else runs
     conditions = _equal((runs.c.workflow, workflow), (runs.c.version, version),
                         (runs.c.status, status), (runs.c.business_key, business_key))
     conditions += created_between(created_after, created_before)
     conditions += _after_cursor(cursor)
+    conditions += with_id_prefix(id_prefix)
     if state is None:
-        rows = _newest(conn, conditions, limit + 1)
+        rows = _newest(conn, conditions, limit + 1, source)
     else:
         # No index serves an OR of LIKEs: two index walks instead, the runs in exactly this state
         # and the parallel runs (few, indexed apart) with it among their leaves. They never overlap.
-        rows = _newest(conn, [*conditions, runs.c.state == state], limit + 1)
-        rows += _newest(conn, [*conditions, _parallel(), _among_leaves(state)], limit + 1)
+        rows = _newest(conn, [*conditions, runs.c.state == state], limit + 1, source)
+        rows += _newest(conn, [*conditions, _parallel(), _among_leaves(state)], limit + 1, source)
         rows = sorted(rows, key=lambda run: run.id, reverse=True)[:limit + 1]
     more = len(rows) > limit
     rows = rows[:limit]
@@ -140,8 +147,17 @@ def _after_cursor(cursor) -> list:
     return [runs.c.id < cursor]
 
 
-def _newest(conn, conditions, limit) -> list[Run]:
-    query = select(runs).where(*conditions).order_by(runs.c.id.desc()).limit(limit)
+def with_id_prefix(prefix) -> list:
+    """Ids starting with ``prefix``: the range of the primary key from it to it padded with f's."""
+    if prefix is None:
+        return []
+    if not isinstance(prefix, str) or not 1 <= len(prefix) <= 32 or not _is_hex(prefix) or prefix != prefix.lower():
+        raise InvalidData("id_prefix must be 1-32 lowercase hex digits", field="id_prefix")
+    return [runs.c.id >= prefix, runs.c.id <= prefix + "f" * (32 - len(prefix))]
+
+
+def _newest(conn, conditions, limit, source=runs) -> list[Run]:
+    query = select(runs).select_from(source).where(*conditions).order_by(runs.c.id.desc()).limit(limit)
     return [Run.from_row(r) for r in conn.execute(query).mappings()]
 
 
