@@ -1,6 +1,6 @@
 """Search fields: the rows of ``run_search`` equal what a workflow's ``search`` extracts from each
 run's stored data after every kind of change, and runs are filtered by them through the Python API,
-on SQLite, PostgreSQL and MariaDB."""
+GET /api/runs and the runs page, on SQLite, PostgreSQL and MariaDB."""
 
 from datetime import datetime
 
@@ -15,6 +15,7 @@ from engine.db import Database
 from engine.errors import InvalidSearch
 from engine.models import run_search, runs
 
+from .apitools import app_for
 from .conftest import TEST_WORKFLOWS, _runtime, require_server, wait_until
 from .test_migrations import fresh_database
 
@@ -189,6 +190,36 @@ def test_a_field_declared_with_two_types_needs_a_workflow_filter(rt, orders):
     assert [r.id for r in rt.list_runs(search={"customer": 7}, workflow="test_search_ticket").runs] == [ticket.id]
     with pytest.raises(InvalidSearch, match="workflow 'test_counter' declares no search field"):
         rt.list_runs(search={"customer": "ACME"}, workflow="test_counter")
+
+
+def test_get_api_runs_filters_by_search_fields(rt, orders):
+    client = app_for(rt).test_client()
+
+    def ids(**args):
+        response = client.get("/api/runs", query_string=args)
+        assert response.status_code == 200, response.json
+        return [r["id"] for r in response.json["runs"]]
+
+    assert ids(**{"search.customer": "ACME"}) == newest_first(orders, 0, 4)
+    assert ids(**{"search.customer.prefix": "ACME", "search.country": "NL"}) == [orders[0]]
+    assert ids(**{"search.total.gte": "10", "search.total.lt": "100", "limit": "2"}) == newest_first(orders, 2, 3)
+    page = client.get("/api/runs", query_string={"search.total.gte": "10", "limit": "2"}).json
+    rest = client.get("/api/runs", query_string={"search.total.gte": "10", "limit": "2", "cursor": page["next"]}).json
+    assert [r["id"] for r in page["runs"] + rest["runs"]] == newest_first(orders, 1, 2, 3, 4)
+    for args, field in ((({"search.nope": "x"}), "nope"), ({"search.total.gte": "ten"}, "total"),
+                        ({"search.total.between": "1"}, "total"), ({"search.": "1"}, "search.")):
+        response = client.get("/api/runs", query_string=args)
+        assert response.status_code == 400, args
+        assert response.mimetype == "application/problem+json"
+        assert response.json["type"] == "urn:interlock:problem:invalid-search"
+        assert response.json["field"] == field
+
+
+def test_the_search_parameters_are_in_the_openapi_document(rt):
+    document = app_for(rt).test_client().get("/api/openapi.json").json
+    names = {p["name"]: p for p in document["paths"]["/api/runs"]["get"]["parameters"]}
+    assert "search.{field}" in names and "search.{field}.{op}" in names
+    assert "prefix" in names["search.{field}.{op}"]["description"]
 
 
 # -- declarations ------------------------------------------------------------------------------
