@@ -3,7 +3,7 @@
 import math
 from dataclasses import asdict, dataclass
 
-from sqlalchemy import and_, false, or_, select, text
+from sqlalchemy import and_, bindparam, false, func, or_, select, text
 
 from . import search as search_fields
 from .errors import InvalidData, RunNotFound
@@ -91,11 +91,13 @@ def get_history(conn, run_id, after: int = 0, limit: int | None = None) -> list[
 
 def list_runs(conn, *, workflow=None, version=None, status=None, state=None, business_key=None,
               created_after=None, created_before=None, cursor=None, limit=50, search=None,
-              id_prefix=None) -> Page:
+              id_prefix=None, business_key_nocase=None) -> Page:
     """Newest first; ``cursor`` is the ``next`` of the previous page (a run id: ids sort by time).
 
     ``search``: conditions on search fields (``engine.search.conditions``), each a join;
-    ``id_prefix``: runs whose id starts with it (lowercase hex), a range of the primary key."""
+    ``id_prefix``: runs whose id starts with it (lowercase hex), a range of the primary key;
+    ``business_key_nocase``: the business key, ignoring case as the database's ``lower()`` does
+    (SQLite: ASCII letters only). No index serves it: the walk filters runs newest first."""
     _check_limit(limit)
     source = search_fields.joins(runs, search) if search else runs
     conditions = _equal((runs.c.workflow, workflow), (runs.c.version, version),
@@ -103,6 +105,8 @@ def list_runs(conn, *, workflow=None, version=None, status=None, state=None, bus
     conditions += created_between(created_after, created_before)
     conditions += _after_cursor(cursor)
     conditions += with_id_prefix(id_prefix)
+    if business_key_nocase is not None:
+        conditions.append(key_ignoring_case(business_key_nocase))
     if state is None:
         rows = _newest(conn, conditions, limit + 1, source)
     else:
@@ -145,6 +149,10 @@ def _after_cursor(cursor) -> list:
     if not isinstance(cursor, str) or len(cursor) != 32 or not _is_hex(cursor):
         raise InvalidData("cursor is not a value returned as `next`", field="cursor")
     return [runs.c.id < cursor]
+
+
+def key_ignoring_case(key: str):
+    return func.lower(runs.c.business_key) == func.lower(bindparam(None, key, type_=runs.c.business_key.type))
 
 
 def with_id_prefix(prefix) -> list:

@@ -24,6 +24,7 @@ beyond 2**53 are compared approximately.
 
 import math
 import re
+import shlex
 from dataclasses import dataclass
 from datetime import datetime, timezone
 
@@ -301,3 +302,35 @@ def parse_query_args(args) -> dict:
         for value in args.getlist(key):
             out.setdefault(name, []).append((op or "eq", value))
     return out
+
+
+# -- terms typed in a search box (the runs page, the CLI) ----------------------------------------
+
+_TERM = re.compile(r"(?P<name>[A-Za-z_][A-Za-z0-9_]*)(?P<op>>=|<=|:|=|>|<)(?P<value>.*)", re.S)
+_TERM_OPS = {":": "eq", "=": "eq", ">": "gt", ">=": "gte", "<": "lt", "<=": "lte"}
+
+
+def parse_terms(text: str, known=None) -> tuple[dict, str]:
+    """``customer:ACME total>=10 country:N*`` as ``conditions`` takes it, and the rest of the text.
+
+    A term is ``field:value`` or ``field=value`` (``value*``: a prefix), ``field>value``,
+    ``>=``, ``<``, ``<=``; quote a value with spaces (``customer:"ACME Corp"``). With ``known``
+    (field names), a word that names no known field stays text: a business key may hold a colon."""
+    try:
+        words = shlex.split(text)
+    except ValueError:  # an unbalanced quote: plain words
+        words = text.split()
+    terms: dict = {}
+    rest = []
+    for word in words:
+        found = _TERM.fullmatch(word)
+        if found is None or (known is not None and found["name"] not in known):
+            rest.append(word)
+            continue
+        op, value = _TERM_OPS[found["op"]], found["value"]
+        if op == "eq" and value.endswith("*"):
+            op, value = "prefix", value[:-1]
+        terms.setdefault(found["name"], []).append((op, value))
+    if not terms:
+        return {}, text.strip()
+    return terms, " ".join(rest)
