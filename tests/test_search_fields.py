@@ -5,11 +5,13 @@ GET /api/runs and the runs page, on SQLite, PostgreSQL and MariaDB."""
 from datetime import datetime
 
 import pytest
+from click.testing import CliRunner
 from hypothesis import HealthCheck, given, settings as hsettings, strategies as st
 from sqlalchemy import select
 
 from engine import DefinitionError, State, Workflow
 from engine import search
+from engine.cli import cli
 from engine.config import Settings
 from engine.db import Database
 from engine.errors import InvalidSearch
@@ -249,3 +251,26 @@ def test_a_state_named_search_is_not_a_declaration():
         find = search.to(found)
 
     assert Searching._search is None
+
+
+def test_reindex_writes_the_rows_of_runs_from_their_stored_data(rt, orders):
+    with rt.db.write() as conn:
+        conn.execute(run_search.delete())
+        search.reindex(conn, rt.registry.get("test_search_order"), orders)
+    for run_id in orders:
+        assert in_sync(rt, run_id)
+
+
+def test_interlock_runs_takes_search_terms(sqlite_interlock):
+    rt = sqlite_interlock
+    rt.registry.load_modules(["tests.search_workflows"])
+    made = [rt.start("test_search_order", data).id
+            for data in ({"customer": "ACME", "total": 5}, {"customer": "ACME Corp", "total": 50})]
+    runner = CliRunner()
+    args = ["--database-url", rt.settings.database_url, "--workflows", "tests.search_workflows", "runs"]
+    listed = runner.invoke(cli, [*args, "--search", "customer=ACME*", "--search", "total>=10"])
+    assert listed.exit_code == 0, listed.output
+    assert made[1] in listed.output and made[0] not in listed.output
+    refused = runner.invoke(cli, [*args, "--search", "nope=1"], standalone_mode=False)
+    assert isinstance(refused.exception, InvalidSearch)
+    assert runner.invoke(cli, [*args, "--search", "customer"]).exit_code == 2
