@@ -32,6 +32,8 @@ class Operation:
     headers: dict = field(default_factory=dict)
     # path parameter name -> JSON schema of its value, when narrower than a string without NUL
     path_params: dict = field(default_factory=dict)
+    # query parameters the query model cannot name (a family such as search.<field>), as documented
+    extra_query: list = field(default_factory=list)
 
 
 class Api:
@@ -41,12 +43,12 @@ class Api:
         self.operations: list[Operation] = []
 
     def route(self, blueprint, rule, method, *, summary, body=None, query=None, responses=None,
-              write=False, stream=None, headers=None, path=None):
+              write=False, stream=None, headers=None, path=None, extra_query=None):
         prefix = (blueprint.url_prefix or "")
         op = Operation(path=_RULE_PARAM.sub(r"{\1}", prefix + rule), method=method.lower(),
                        summary=summary, tag=blueprint.name, body=body, query=query,
                        responses=responses or {}, write=write, stream=stream, headers=headers or {},
-                       path_params=path or {})
+                       path_params=path or {}, extra_query=list(extra_query or ()))
         self.operations.append(op)
 
         def decorate(fn):
@@ -94,6 +96,8 @@ class Api:
             for name, prop in schema.get("properties", {}).items():
                 params.append({"name": name, "in": "query", "required": name in schema.get("required", []),
                                "schema": _without_nul(prop)})
+        params.extend({"in": "query", "required": False, **p, "schema": _without_nul(p["schema"])}
+                      for p in op.extra_query)
         for name, spec in op.headers.items():
             # "description", or ("description", JSON schema of the value). An empty header is no header.
             description, schema = spec if isinstance(spec, tuple) else (spec, {"type": "string", "maxLength": 255})

@@ -1,7 +1,8 @@
 """Runs: list, inspect, list a run's children and a Map's items, send events, cancel, retry, explain."""
 
-from flask import Blueprint
+from flask import Blueprint, request
 
+from engine import search
 from engine.explain import explain as explain_run
 
 from . import schemas as s
@@ -12,9 +13,10 @@ blueprint = Blueprint("runs", __name__, url_prefix="/api/runs")
 
 
 @API.route(blueprint, "", "GET", summary="List runs, newest first (keyset pagination)",
-           query=s.RunsQuery, responses={200: s.RunPage})
+           query=s.RunsQuery, responses={200: s.RunPage}, extra_query=s.SEARCH_PARAMETERS)
 def list_runs(query: s.RunsQuery):
     page = engine().list_runs(
+        search=search.parse_query_args(request.args),
         workflow=query.workflow, version=query.version, status=query.status, state=query.state,
         business_key=query.business_key, cursor=query.cursor, limit=query.limit,
         created_after=query.created_after.timestamp() if query.created_after else None,

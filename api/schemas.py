@@ -123,6 +123,24 @@ class RunsQuery(BaseModel):
     limit: int = Field(default=50, ge=1, le=500)
 
 
+# GET /api/runs filters on the search fields workflows declare (`search = {...}`): a family of
+# parameters no query model can name.
+SEARCH_PARAMETERS = [
+    {"name": "search.{field}", "description": (
+        "Runs whose search field `{field}` (declared by a loaded workflow's `search`) equals the value: "
+        "`search.customer=ACME`; `true`/`false` for a bool field, an ISO 8601 time for a datetime. Given "
+        "twice, both must hold. A field no loaded workflow declares (or, with `workflow`, that one), or a "
+        "value not of its type, is a 400 problem of type urn:interlock:problem:invalid-search."),
+     "schema": {"type": "string", "maxLength": 255}},
+    {"name": "search.{field}.{op}", "description": (
+        "A comparison on search field `{field}`: `{op}` is `eq`, `gt`, `gte`, `lt` or `lte` (int, float and "
+        "datetime fields: `search.total.gte=10&search.total.lt=100`) or `prefix` (str fields, case-sensitive: "
+        "`search.customer.prefix=AC`). Combined with every other filter and the cursor. Another operator, or "
+        "one the field's type has not, is a 400 problem of type urn:interlock:problem:invalid-search."),
+     "schema": {"type": "string", "maxLength": 255}},
+]
+
+
 class ChildrenQuery(BaseModel):
     status: Status | None = None
     workflow: str | None = Field(default=None, min_length=1, max_length=200)

@@ -6,6 +6,7 @@ from datetime import datetime
 
 import click
 
+from . import search as search_fields
 from .cli_common import json_arg, open_runtime, time_arg
 from .runner import follow
 from .timeparse import iso
@@ -191,13 +192,22 @@ def retry(settings, run_id):
 @click.option("--created-before", default=None, help="ISO 8601 time")
 @click.option("--limit", type=click.IntRange(1, 500), default=50, show_default=True)
 @click.option("--cursor", default=None, help="`next` of the previous page")
+@click.option("--search", "terms", multiple=True,
+              help="A search field: customer=ACME, customer=AC* (a prefix), total>=10, total<100 (repeatable)")
 @click.option("--json", "as_json", is_flag=True)
 @click.pass_obj
 def runs(settings, workflow, version, status, state, business_key, created_after, created_before,
-         limit, cursor, as_json):
+         limit, cursor, terms, as_json):
     """List runs, newest first."""
     rt = open_runtime(settings)
-    page = rt.list_runs(workflow=workflow, version=version, status=status, state=state,
+    search = {}
+    for term in terms:
+        parsed, rest = search_fields.parse_terms(term)
+        if rest or not parsed:
+            raise click.BadParameter(f"{term!r} is not field=value, field>=value, ...", param_hint="--search")
+        for name, pairs in parsed.items():
+            search.setdefault(name, []).extend(pairs)
+    page = rt.list_runs(search=search or None, workflow=workflow, version=version, status=status, state=state,
                         business_key=business_key, limit=limit, cursor=cursor,
                         created_after=time_arg(created_after, "--created-after"),
                         created_before=time_arg(created_before, "--created-before"))

@@ -11,6 +11,7 @@ from statemachine import StateMachine
 from statemachine.exceptions import InvalidDefinition
 from statemachine.factory import StateMachineMetaclass
 
+from . import search as search_fields
 from .errors import DefinitionError
 from .specs import (ACTIVITY_NAME, MAX_VISIBILITY_TIMEOUT, PARENT_CLOSE, ActivitySpec, ChildSpec,  # noqa: F401
                     MapSpec, Recheck, StepSpec, TimerSpec, TriggerSpec, activity, after, at, child, map_,
@@ -210,6 +211,7 @@ def _check_and_collect(cls, class_name):
     cls._timers = tuple(timers)
     cls._triggers = tuple(triggers)
     cls._final_status = final_status
+    cls._search = search_fields.declared(cls, class_name)
     cls._event_ids = tuple(e.id for e in cls._events)
 
 
@@ -247,6 +249,9 @@ class Workflow(StateMachine, metaclass=WorkflowMeta):
 
     # Final states whose run status is not "succeeded": {"lost": "failed"}.
     final_status: dict = {}
+    # Data fields to index for filtering runs: {"customer": str, "total": float} (engine/search.py).
+    search: dict = {}
+    _search: dict | None = None
     # Data used by `interlock run NAME` when no --data is given.
     demo_data: dict = {}
     # Events `interlock run` sends on behalf of the outside world: {state: event or (event, data)}.

@@ -193,3 +193,18 @@ class ScheduleExists(InterlockError):
 
     def to_dict(self) -> dict:
         return {**super().to_dict(), "schedule": self.name}
+
+
+class InvalidSearch(InterlockError):
+    """A search-field filter the loaded workflows cannot answer: an undeclared field, an
+    operator its type has not, or a value not of its type. Nothing was read."""
+
+    code = "invalid-search"
+    status = 400
+
+    def __init__(self, message, field=None):
+        self.field = field
+        super().__init__(message)
+
+    def to_dict(self) -> dict:
+        return {**super().to_dict(), "field": self.field}

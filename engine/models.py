@@ -261,3 +261,22 @@ schedule_ticks = Table(
     Column("started_at", Double),
     Index(None, "run_id"),
 )
+
+# Text compared by code point on every database, as Python compares strings: PostgreSQL's "C"
+# (its default collation may ignore punctuation, and then a prefix is no range), MariaDB's
+# binary one without padding (its default folds case and ignores trailing spaces); SQLite's
+# default is already binary.
+SEARCH_TEXT = String(255).with_variant(String(255, collation="C"), "postgresql").with_variant(
+    String(255, collation="utf8mb4_nopad_bin"), "mysql", "mariadb")
+
+# Search fields a workflow declares (engine/search.py): one row per run and field with a value,
+# written with the run's data in the same transaction. A filter walks (field, value, run_id).
+run_search = Table(
+    "run_search", metadata,
+    Column("run_id", ID, primary_key=True),
+    Column("field", String(100), primary_key=True),
+    Column("text_value", SEARCH_TEXT),
+    Column("num_value", Double),
+    Index(None, "field", "text_value", "run_id"),
+    Index(None, "field", "num_value", "run_id"),
+)

@@ -3,8 +3,9 @@
 import math
 from dataclasses import asdict, dataclass
 
-from sqlalchemy import and_, false, or_, select, text
+from sqlalchemy import and_, bindparam, false, func, or_, select, text
 
+from . import search as search_fields
 from .errors import InvalidData, RunNotFound
 from .ids import ID_SLACK, id_at
 from .models import PARALLEL, history, runs
@@ -90,20 +91,30 @@ def get_history(conn, run_id, after: int = 0, limit: int | None = None) -> list[
 
 
 def list_runs(conn, *, workflow=None, version=None, status=None, state=None, business_key=None,
-              created_after=None, created_before=None, cursor=None, limit=50) -> Page:
-    """Newest first; ``cursor`` is the ``next`` of the previous page (a run id: ids sort by time)."""
+              created_after=None, created_before=None, cursor=None, limit=50, search=None,
+              id_prefix=None, business_key_nocase=None) -> Page:
+    """Newest first; ``cursor`` is the ``next`` of the previous page (a run id: ids sort by time).
+
+    ``search``: conditions on search fields (``engine.search.conditions``), each a join;
+    ``id_prefix``: runs whose id starts with it (lowercase hex), a range of the primary key;
+    ``business_key_nocase``: the business key, ignoring case as the database's ``lower()`` does
+    (SQLite: ASCII letters only). No index serves it: the walk filters runs newest first."""
     _check_limit(limit)
+    source = search_fields.joins(runs, search) if search else runs
     conditions = _equal((runs.c.workflow, workflow), (runs.c.version, version),
                         (runs.c.status, status), (runs.c.business_key, business_key))
     conditions += created_between(created_after, created_before)
     conditions += _after_cursor(cursor)
+    conditions += with_id_prefix(id_prefix)
+    if business_key_nocase is not None:
+        conditions.append(key_ignoring_case(business_key_nocase))
     if state is None:
-        rows = _newest(conn, conditions, limit + 1)
+        rows = _newest(conn, conditions, limit + 1, source)
     else:
         # No index serves an OR of LIKEs: two index walks instead, the runs in exactly this state
         # and the parallel runs (few, indexed apart) with it among their leaves. They never overlap.
-        rows = _newest(conn, [*conditions, runs.c.state == state], limit + 1)
-        rows += _newest(conn, [*conditions, _parallel(), _among_leaves(state)], limit + 1)
+        rows = _newest(conn, [*conditions, runs.c.state == state], limit + 1, source)
+        rows += _newest(conn, [*conditions, _parallel(), _among_leaves(state)], limit + 1, source)
         rows = sorted(rows, key=lambda run: run.id, reverse=True)[:limit + 1]
     more = len(rows) > limit
     rows = rows[:limit]
@@ -141,8 +152,21 @@ def _after_cursor(cursor) -> list:
     return [runs.c.id < cursor]
 
 
-def _newest(conn, conditions, limit) -> list[Run]:
-    query = select(runs).where(*conditions).order_by(runs.c.id.desc()).limit(limit)
+def key_ignoring_case(key: str):
+    return func.lower(runs.c.business_key) == func.lower(bindparam(None, key, type_=runs.c.business_key.type))
+
+
+def with_id_prefix(prefix) -> list:
+    """Ids starting with ``prefix``: the range of the primary key from it to it padded with f's."""
+    if prefix is None:
+        return []
+    if not isinstance(prefix, str) or not 1 <= len(prefix) <= 32 or not _is_hex(prefix) or prefix != prefix.lower():
+        raise InvalidData("id_prefix must be 1-32 lowercase hex digits", field="id_prefix")
+    return [runs.c.id >= prefix, runs.c.id <= prefix + "f" * (32 - len(prefix))]
+
+
+def _newest(conn, conditions, limit, source=runs) -> list[Run]:
+    query = select(runs).select_from(source).where(*conditions).order_by(runs.c.id.desc()).limit(limit)
     return [Run.from_row(r) for r in conn.execute(query).mappings()]
 
 

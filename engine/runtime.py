@@ -10,6 +10,7 @@ from sqlalchemy.orm import Session
 from . import children, maps, metrics, pauses, schedules
 from . import operations as ops
 from . import queries
+from . import search as search_fields
 from .batching import Batcher
 from .clock import Clock
 from .broker import Dispatcher, build_broker, is_in_memory, time_limit_monitor
@@ -208,9 +209,20 @@ class Interlock:
             queries.get_run(conn, run_id)
             return queries.get_history(conn, run_id, after, limit)
 
-    def list_runs(self, **filters) -> queries.Page:
+    def list_runs(self, *, search=None, **filters) -> queries.Page:
+        """Runs newest first; filters: workflow, version, status, state, business_key,
+        created_after, created_before, cursor, limit, id_prefix, and ``search`` on the search
+        fields workflows declare: ``{"customer": "ACME", "total": [(">=", 10), ("<", 100)]}``
+        (operators =, >, >=, <, <=, prefix). InvalidSearch for a filter the loaded workflows
+        cannot answer."""
+        if search:
+            filters["search"] = self.search_conditions(search, filters.get("workflow"))
         with self.db.read() as conn:
             return queries.list_runs(conn, **filters)
+
+    def search_conditions(self, search: dict, workflow: str | None = None) -> list:
+        """``search`` filters checked against the loaded workflows (engine/search.py)."""
+        return search_fields.conditions(self.registry, search, workflow)
 
     def children(self, run_id: str, **filters) -> queries.Page:
         """The run's child runs, newest first; filters: status, workflow, state (the parent's

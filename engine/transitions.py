@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from sqlalchemy import Double, and_, bindparam, func, insert, or_, select, update
 from statemachine.exceptions import TransitionNotAllowed
 
-from . import children, hotsql, pauses
+from . import children, hotsql, pauses, search
 from . import machine as m
 from .errors import (CallbackError, InterlockError, InvalidData, InvalidTransition, RunNotActive,
                      RunNotFound)
@@ -167,6 +167,7 @@ class Writes:
     def __init__(self):
         self.run_inserts, self.run_updates, self.task_updates, self.timer_updates = [], [], [], []
         self.history, self.tasks, self.timers, self.signals = [], [], [], []
+        self.search_deletes, self.search_inserts = [], []  # rows of run_search (engine/search.py)
 
     def flush(self, conn):
         with hotsql.pipelined(conn):
@@ -178,6 +179,8 @@ class Writes:
                 if rows:
                     hotsql.execute_many(conn, statement, rows)
                     rows.clear()
+            if self.search_deletes or self.search_inserts:
+                search.flush(conn, self)
 
     def flush_pending(self, conn):
         """Write the deferred task and timer updates now: an UPDATE by run or state follows."""
@@ -202,6 +205,9 @@ class Change:
         self.ctx = m.RunContext(id=row["id"], workflow=row["workflow"], version=row["version"],
                                 data=data, business_key=row["business_key"], status=row["status"])
         self.ctx.db = conn
+        # What the run's search fields hold as read (data may change in place): only fields that
+        # differ at the end are written.
+        self.search_before = search.values(cls._search, data) if cls._search is not None and not new else None
         # Ids of the active states; the machine is built only when a change needs one.
         self.configuration = list(row["configuration"])
         self.remembered = row.get("history_values") or {}  # of history pseudo-states
@@ -541,6 +547,8 @@ class Change:
             self.writes.run_inserts.append({**self.row, **values})
         else:
             self.writes.run_updates.append({"b_id": self.row["id"], **{"b_" + k: v for k, v in values.items()}})
+        if self.cls._search is not None:
+            search.sync(self)
         self.writes.history.extend(self.history_rows)
         self.writes.tasks.extend(self.new_tasks)
         self.writes.timers.extend(self.new_timers)

@@ -39,7 +39,7 @@ def serve(tmp_path, **config):
     """The app on werkzeug's threaded server on a free port, over a fresh SQLite database."""
     url = f"sqlite:///{tmp_path / 'web.db'}"
     Database(url).upgrade()
-    rt = Interlock(Settings(database_url=url, workflows="workflows", poll_interval=0.05,
+    rt = Interlock(Settings(database_url=url, workflows=config.pop("workflows", "workflows"), poll_interval=0.05,
                             api_tokens=config.pop("tokens", "")))
     app = create_app({"SECRET_KEY": "test-secret", "STREAM_KEEPALIVE_SECONDS": 1.0, **config}, interlock=rt)
     server = make_server("127.0.0.1", 0, app, threaded=True)
@@ -116,6 +116,41 @@ def test_runs_page_filters_search_and_counts(site, http):
     assert ids(to="2000-01-01") == []
     bad = http.get(site.url + "/", params={"status": "bogus"})
     assert bad.status_code == 200 and "status must be one of" in bad.text
+
+
+def test_runs_page_search_box_takes_search_fields_id_prefixes_and_keys_in_any_case(tmp_path, http):
+    with serve(tmp_path, workflows="workflows,tests.search_workflows") as site:
+        made = [site.start("test_search_order", data, key=key).id for data, key in (
+            ({"customer": "ACME", "total": 5.0}, "Order-1"),
+            ({"customer": "ACME Corp", "total": 50.0}, "order-2"),
+            ({"customer": XSS, "total": 500.0}, None))]
+        cargo = site.start(key="ACME")
+
+        def page(q, **args):
+            response = http.get(site.url + "/", params={"q": q, **args})
+            assert response.status_code == 200
+            return response.text
+
+        def ids(q, **args):
+            return row_ids(page(q, **args))
+
+        assert ids("customer:ACME") == [made[0]]
+        assert ids('customer:"ACME Corp"') == [made[1]]
+        assert ids("customer:ACME*") == [made[1], made[0]]
+        assert ids("total>=10 total<1000") == [made[2], made[1]]
+        assert ids("customer:ACME* total>10") == [made[1]]
+        assert ids("total>=10", status="waiting") == []
+        assert ids(f"customer:{XSS}") == [made[2]]
+        assert ids("ORDER-2") == [made[1]]                              # a business key, any case
+        assert ids("acme") == [cargo.id]                                # not a term: a key
+        assert ids(made[0][:16].upper()) == [made[0]]                    # the start of a run id
+        assert ids(made[0]) == [made[0]]
+        html = page("total>=10")
+        assert 'data-status="running"><span class="badge running">running</span><span class="n">2</span>' in html
+        refused = page("total>=ten")
+        assert "is not one" in refused and row_ids(refused) == sorted([*made, cargo.id], reverse=True)
+        assert 'value="total&gt;=ten"' in refused
+        assert XSS not in page(f"customer:{XSS}") and str(escape(XSS)) in page(f"customer:{XSS}")
 
 
 def test_runs_page_keyset_pagination(site, http):

@@ -9,10 +9,10 @@ import re
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta, timezone
 
-from sqlalchemy import func, select
+from sqlalchemy import and_, func, or_, select
 
-from engine import queries
-from engine.errors import InvalidData, RunNotFound
+from engine import queries, search
+from engine.errors import InvalidData
 from engine.models import history, runs
 
 from .diagram import edge_key
@@ -20,6 +20,7 @@ from .diagram import edge_key
 STATUSES = ("running", "waiting", "succeeded", "failed", "cancelled")
 PAGE = 50
 RUN_ID = re.compile(r"^[0-9a-f]{32}$")
+RUN_ID_PREFIX = re.compile(r"^[0-9a-f]{1,32}$")
 TIMELINE_LIMIT = 1000
 CHILDREN_PAGE = 50
 # A run page watches its children while one of them may still change (a failed run can be retried).
@@ -33,7 +34,7 @@ class Filters:
     state: str | None = None
     since: date | None = None   # created on or after this day (UTC)
     until: date | None = None   # created on or before this day (UTC)
-    q: str | None = None        # a business key or a run id
+    q: str | None = None        # search-field terms, a business key or the start of a run id
     cursor: str | None = None
 
     @classmethod
@@ -81,42 +82,66 @@ def _epoch(day: date) -> float:
     return datetime(day.year, day.month, day.day, tzinfo=timezone.utc).timestamp()
 
 
+def search_of(rt, f: Filters) -> tuple[list, str | None]:
+    """The search box's text as search-field conditions and the rest (a business key or a run id
+    prefix); InvalidSearch for a term the loaded workflows cannot answer."""
+    if not f.q:
+        return [], None
+    terms, rest = search.parse_terms(f.q, known=search.field_types(rt.registry))
+    return rt.search_conditions(terms, f.workflow) if terms else [], rest or None
+
+
+def id_prefix_of(text: str | None) -> str | None:
+    value = (text or "").lower()
+    return value if RUN_ID_PREFIX.match(value) else None
+
+
 def list_runs(rt, f: Filters, limit: int = PAGE) -> queries.Page:
-    """Newest first, keyset-paginated by id. ``q`` matches a business key exactly, or a run id."""
+    """Newest first, keyset-paginated by id. ``q`` holds search-field terms (``customer:ACME
+    total>=10``) and text matching a business key (ignoring case) or the start of a run id."""
     after, before = f.window
+    conds, text = search_of(rt, f)
     # Never None: the walk starts past every id, and the query has a condition.
     cursor = f.cursor or "f" * 32
-    common = dict(workflow=f.workflow, status=f.status, state=f.state,
-                  created_after=after, created_before=before)
-    page = rt.list_runs(**common, business_key=f.q, cursor=cursor, limit=limit) if f.q else \
-        rt.list_runs(**common, cursor=cursor, limit=limit)
-    if f.q and RUN_ID.match(f.q.lower()) and f.cursor is None:
-        try:
-            by_id = rt.get(f.q.lower())
-        except RunNotFound:
-            by_id = None
-        if by_id is not None and _matches(by_id, f, after, before) and all(r.id != by_id.id for r in page.runs):
-            page = queries.Page(runs=[by_id, *page.runs], next=page.next)
-    return page
+    common = dict(workflow=f.workflow, status=f.status, state=f.state, created_after=after,
+                  created_before=before, search=conds or None, cursor=cursor, limit=limit)
+    if text is None:
+        return _list(rt, common)
+    # Two walks, each keyset-paged from the same cursor: the runs with that business key and
+    # those whose id starts with the text. Their newest ``limit`` together is this page.
+    pages = [_list(rt, {**common, "business_key_nocase": text})]
+    prefix = id_prefix_of(text)
+    if prefix is not None:
+        pages.append(_list(rt, {**common, "id_prefix": prefix}))
+    found = {r.id: r for page in pages for r in page.runs}
+    rows = sorted(found.values(), key=lambda r: r.id, reverse=True)
+    more = len(rows) > limit or any(page.next is not None for page in pages)
+    rows = rows[:limit]
+    return queries.Page(runs=rows, next=rows[-1].id if more and rows else None)
 
 
-def _matches(run, f, after, before) -> bool:
-    return ((f.workflow is None or run.workflow == f.workflow) and (f.status is None or run.status == f.status)
-            and (f.state is None or f.state in run.state.split(","))
-            and (after is None or run.created_at >= after) and (before is None or run.created_at < before))
+def _list(rt, filters) -> queries.Page:
+    """``Interlock.list_runs`` with conditions already checked (``search_of``)."""
+    with rt.db.read() as conn:
+        return queries.list_runs(conn, **filters)
 
 
 def status_counts(rt, f: Filters) -> dict:
     """Runs per status under the page's filters except the status itself."""
     after, before = f.window
+    conds, text = search_of(rt, f)
     query = select(runs.c.status, func.count()).group_by(runs.c.status)
+    if conds:
+        query = query.select_from(search.joins(runs, conds))
     if f.workflow:
         query = query.where(runs.c.workflow == f.workflow)
     if f.state:
         query = query.where(queries.in_state(f.state))
     query = query.where(*queries.created_between(after, before))
-    if f.q:
-        query = query.where((runs.c.business_key == f.q) | (runs.c.id == f.q.lower()))
+    if text is not None:
+        prefix = id_prefix_of(text)
+        by_key = queries.key_ignoring_case(text)
+        query = query.where(or_(by_key, and_(*queries.with_id_prefix(prefix))) if prefix else by_key)
     with rt.db.read() as conn:
         found = dict(conn.execute(query).all())
     return {status: found.get(status, 0) for status in STATUSES}

@@ -4,7 +4,7 @@ import json
 
 from flask import abort, flash, jsonify, redirect, render_template, request, url_for
 
-from engine.errors import InterlockError, InvalidData
+from engine.errors import InterlockError, InvalidData, InvalidSearch
 from engine.explain import explain
 
 from .. import schemas as s
@@ -25,10 +25,12 @@ def runs_page():
     error = None
     try:
         f = Filters.from_args(request.args)
-    except InvalidData as exc:
-        f, error = Filters(), str(exc)
-    page = data.list_runs(rt, f)
-    ctx = {"f": f, "page": page, "counts": data.status_counts(rt, f), "error": error,
+        page, counts = data.list_runs(rt, f), data.status_counts(rt, f)
+    except (InvalidData, InvalidSearch) as exc:
+        # The search box keeps what was typed, so it can be corrected.
+        f, error = Filters(q=request.args.get("q", "")[:255] or None), str(exc)
+        page, counts = data.list_runs(rt, Filters()), data.status_counts(rt, Filters())
+    ctx = {"f": f, "page": page, "counts": counts, "error": error,
            "workflows": rt.registry.names(), "states": _state_names(rt, f.workflow),
            "statuses": data.STATUSES, "cursor": rt.clock.now() - 1.0}
     if request.headers.get("X-Interlock-Fragment"):
