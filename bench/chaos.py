@@ -12,7 +12,8 @@ a step that breaks until retried, timers read from the data; parents of child ru
 Map, bench/chaos_composition.py) through the REST API. What
 each run meets is planned from its seed and stored in its data (``data["chaos"]``): flaky
 attempts, timers set seconds ahead, external events this script sends through the API
-(engine.client.Client), cancels, operator retries of failed runs, and activity tasks that
+(engine.client.Client), cancels, operator retries of failed runs, operator pauses and resumes
+(events meanwhile sent with queue=True: bench/chaos_pauses.py), and activity tasks that
 ActivityPollers do (one more receiver drops one task per run on the floor).
 
 Meanwhile, on the printed schedule: SIGKILL a random worker and restart it, SIGKILL the API
@@ -49,7 +50,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench import chaos_composition, duplicates
+from bench import chaos_composition, chaos_pauses, duplicates
 from bench import measure as m
 from bench.chaos_checks import check
 from engine.client import ActivityPoller, ApiError, Client, ClientError
@@ -104,6 +105,7 @@ def plan_run(i: int, rng: random.Random, now: float) -> tuple[str, dict]:
     chaos = {"i": i}
     if rng.random() < 0.05:
         chaos["cancel_after"] = round(rng.uniform(0.3, 8.0), 2)
+    chaos_pauses.plan(chaos, rng)
     kind = rng.choices(["cargo", "orders", "chaos_parcel", "composed"], [30, 30, 22, 18])[0]
     if kind == "composed":
         kind, data = chaos_composition.plan(i, rng, now)
@@ -404,7 +406,7 @@ class Scenario:
         """Sends the events, retries, cancels and timer fast-forwards the plans ask for."""
         done = set()  # (run id, last seq) handled
         seen_at = {}  # run id -> when first seen in in_transit
-        cancelled = set()
+        cancelled, paused, ever_paused = set(), set(), set()
         busy = set()
         pool = ThreadPoolExecutor(8)
 
@@ -430,9 +432,11 @@ class Scenario:
                             if action is None:
                                 continue
                             key = (run["id"], run["last_seq"])
-                            if action[0] == "event":
+                            if action[0] == "event":  # queued if the run is paused now
+                                if chaos_pauses.hold_events(run["data"].get("chaos") or {}, run["id"] in ever_paused):
+                                    continue
                                 submit(key, run["id"], self.call, f"event {action[1]}",
-                                       lambda c, r=run["id"], e=action[1]: c.send(r, e))
+                                       lambda c, r=run["id"], e=action[1]: c.send(r, e, queue=True))
                             elif action[0] == "fast_forward":
                                 first = seen_at.setdefault(run["id"], time.monotonic())
                                 if time.monotonic() - first >= action[1]:
@@ -452,8 +456,19 @@ class Scenario:
                     after = plans[i][1]["chaos"].get("cancel_after")
                     if after is not None and run_id not in cancelled and now - at >= after:
                         submit(("cancel", run_id), run_id, self._cancel, run_id, cancelled)
+                    what = chaos_pauses.due(plans[i][1]["chaos"], now - at, run_id in paused)
+                    if what is not None:
+                        submit((what, run_id), run_id, self._pause, run_id, what, paused, ever_paused)
         finally:
             pool.shutdown(wait=True)
+
+    def _pause(self, run_id, what, paused, ever_paused):
+        """Pause or resume the run (a run that ended meanwhile refuses the pause: nothing to do)."""
+        ok = self.call(what, lambda c: c.pause(run_id, "chaos plan") if what == "pause" else c.resume(run_id))
+        if ok:
+            (paused.add if what == "pause" else paused.discard)(run_id)
+            ever_paused.add(run_id)
+        return ok
 
     def _cancel(self, run_id, cancelled):
         ok = self.call("cancel", lambda c: c.cancel(run_id, "chaos plan"))
@@ -525,7 +540,10 @@ class Scenario:
         for workflow, version, state, status in rows:
             if status != "failed" or not self.registry.get(workflow, version).states_map[state].final:
                 return False
-        return True
+        try:  # the ends of children, queued events: applied to runs that have ended too
+            return not self.sql("SELECT id FROM signals WHERE status = 'pending' LIMIT 1")
+        except Exception:  # noqa: BLE001
+            return False
 
     def run(self) -> dict:
         cfg = self.cfg

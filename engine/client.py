@@ -169,9 +169,13 @@ class Client:
         headers = {"Idempotency-Key": idempotency_key} if idempotency_key else None
         return self.request("POST", f"/api/workflows/{_segment(workflow)}/runs", json=body, headers=headers)
 
-    def send(self, run_id: str, event: str, data: dict | None = None) -> dict:
-        return self.request("POST", f"/api/runs/{_segment(run_id)}/events",
-                            json={"event": event, "data": data or {}})
+    def send(self, run_id: str, event: str, data: dict | None = None, queue: bool = False) -> dict:
+        """Send an event; to a paused run, refused (409 run-paused) unless ``queue``: then it is
+        applied when the run is resumed."""
+        body = {"event": event, "data": data or {}}
+        if queue:
+            body["queue"] = True
+        return self.request("POST", f"/api/runs/{_segment(run_id)}/events", json=body)
 
     def get(self, run_id: str) -> dict:
         return self.request("GET", f"/api/runs/{_segment(run_id)}")
@@ -188,6 +192,13 @@ class Client:
 
     def retry(self, run_id: str) -> dict:
         return self.request("POST", f"/api/runs/{_segment(run_id)}/retry", json={})
+
+    def pause(self, run_id: str, reason: str | None = None) -> dict:
+        """No step of the run starts and no timer fires until ``resume``."""
+        return self.request("POST", f"/api/runs/{_segment(run_id)}/pause", json={"reason": reason})
+
+    def resume(self, run_id: str) -> dict:
+        return self.request("POST", f"/api/runs/{_segment(run_id)}/resume", json={})
 
     def wait_for_completion(self, run_id: str, timeout: float | None = None, poll_interval: float = 0.5) -> dict:
         """Block until the run is no longer running or waiting; return it.

@@ -536,6 +536,7 @@ class Change:
                 self.status = "running" if self.open_tasks > 0 else "waiting"
         finished = self.row["status"] in ACTIVE and self.status not in ACTIVE
         if finished:
+            self.paused_at = None  # a step that ran on while paused ended it: nothing to resume
             children.finishing(self)
         values = {"status": self.status, "state": self.leaves(),
                   "configuration": self.configuration, "entries": self.entries,
