@@ -189,3 +189,34 @@ def test_reconnects_after_errors_and_says_so(tmp_path, browser):
         failing["on"] = False
         until(lambda: live_mode(browser) == "poll", timeout=15, message="the page to be live again")
         until(lambda: current_state(browser) == "in_transit", timeout=5, message="the missed change")
+
+
+def test_search_fields_filter_the_runs_page(tmp_path, browser):
+    with serve(tmp_path, workflows="workflows,tests.search_workflows") as site:
+        acme = [site.start("test_search_order", {"customer": "ACME", "base": 10}, key=f"A-{i}").id for i in range(2)]
+        site.start("test_search_order", {"customer": "Globex", "base": 10}, key="G-1")
+        site.start(key="ACME")  # a cargo run whose business key is the word, not a field
+        browser.get(site.url + "/")
+        box = until(lambda: css(browser, "#search"), message="the search box")[0]
+        box.send_keys("customer:ACME")
+        box.submit()
+        until(lambda: "customer" in browser.current_url, message="the search in the URL")
+        assert sorted(until(lambda: row_ids(browser), message="the results")) == sorted(acme)
+
+
+def test_the_schedules_page_lists_schedules_and_triggers_one(tmp_path, browser):
+    with serve(tmp_path, workflows="workflows,tests.schedule_workflows") as site:
+        from engine import schedules
+
+        schedules.sync_declared(site.rt)
+        browser.get(site.url + "/schedules")
+        names = until(lambda: [s.get_attribute("data-schedule") for s in css(browser, "section.schedule")],
+                      message="the schedules")
+        assert sorted(names) == ["hourly-report", "report"]  # unnamed, a schedule takes its workflow's name
+        hourly = css(browser, "section.schedule[data-schedule='hourly-report']")[0]
+        assert len(hourly.find_elements("css selector", "ol.next-times li")) == 5
+        hourly.find_element("xpath", ".//button[text()='Trigger now']").click()
+        until(lambda: css(browser, "section.schedule[data-schedule='hourly-report'] table.ticks a.mono"),
+              message="the tick's run on the page")
+        [run] = site.rt.list_runs(workflow="report").runs
+        assert css(browser, "section.schedule[data-schedule='hourly-report'] table.ticks a.mono")[0].text == run.id
