@@ -17,6 +17,8 @@ class CargoShipment(Workflow):
     """
 
     name, version = "cargo", 1
+    # Indexed: the runs page and GET /api/runs filter by them (search.destination=Rotterdam).
+    search = {"container": str, "origin": str, "destination": str}
 
     booked = State(initial=True)
     in_transit = State()

@@ -18,6 +18,7 @@ class OrderPipeline(Workflow):
     """
 
     name, version = "orders", 1
+    search = {"order_id": str, "customer": str}
 
     placed = State(initial=True)
     payment = State()
