@@ -96,6 +96,13 @@ def aim(case, draw, pools) -> None:
                      "workflow" if name == "name" else name]
         if draw(st.booleans()):
             case.path_parameters[name] = draw(st.sampled_from(pool))
+    if isinstance(case.query, dict):
+        # The document names search-field parameters by pattern: aim them at a declared text field.
+        for pattern, name in (("search.{field}", "search.destination"), ("search.{field}.{op}", "search.destination.prefix")):
+            if pattern in case.query:
+                case.query[name] = case.query.pop(pattern)
+                if "workflow" in case.query:  # one that declares it (another is a documented 400)
+                    case.query["workflow"] = "cargo"
     if isinstance(case.query, dict) and isinstance(case.query.get("wait"), (int, float)):
         case.query["wait"] = min(case.query["wait"], MAX_WAIT)
     if isinstance(case.body, dict) and isinstance(case.body.get("wait_time_seconds"), (int, float)):
