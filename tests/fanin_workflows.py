@@ -31,6 +31,8 @@ def fanin_parent(workflow_name, *, max_concurrency, tolerated_failures, on_error
                         on_error="too_many_rejected" if on_error else None, results="results",
                         business_key=lambda run, item: str(item["i"]))
 
+        demo_data = {"items": [{"i": 0}, {"i": 1}, {"i": 2}]}  # tests/test_shortcuts.py starts every workflow
+
     Parent.__name__ = Parent.__qualname__ = workflow_name.title().replace("_", "")
     return Parent
 
