@@ -1,5 +1,5 @@
 """The loop every worker runs: fire due timers, send the outbox, recover lost tasks, renew leases,
-deliver signals between runs (a child telling its parent it ended).
+deliver signals between runs (a child telling its parent it ended), delete runs past their retention.
 
 The broker only moves messages; this loop is what guarantees progress. It runs once at
 start-up and then every ``poll_interval`` seconds. Several of them may run at once (one
@@ -14,7 +14,7 @@ import threading
 
 from sqlalchemy import and_, not_, or_, select, update
 
-from . import children
+from . import children, retention
 from .errors import InterlockError
 from .explain import not_loaded
 from .models import runs, tasks, timers
@@ -49,6 +49,7 @@ class Reconciler:
         self._reported: dict[str, None] = {}  # runs already reported as not loaded here, oldest first
         self._reporting = threading.Lock()
         self._passes = 0
+        self.retention = retention.Retention(rt)
 
     def start(self) -> "Reconciler":
         self._thread = threading.Thread(target=self._loop, name="interlock-reconciler", daemon=True)
@@ -80,7 +81,10 @@ class Reconciler:
         sent = self.send_outbox()
         recovered = self.recover_lost_tasks()
         delivered = children.deliver_pending(self.rt)
-        busy = fired >= TIMER_BATCH or max(sent, recovered) >= BATCH or delivered >= children.BATCH
+        # Last, and one batch a pass: a backlog of old runs never delays the duties above.
+        deleted = self.retention.tick()
+        busy = (fired >= TIMER_BATCH or max(sent, recovered) >= BATCH or delivered >= children.BATCH
+                or deleted >= retention.BATCH)
         with self._reporting:
             look, self._passes = self._passes % UNLOADED_EVERY == 0, self._passes + 1
         if look and not busy:  # through a backlog, the runs this process can move come first
