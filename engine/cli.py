@@ -10,7 +10,7 @@ from dataclasses import asdict
 
 import click
 
-from . import cli_runs
+from . import cli_retention, cli_runs
 from .cli_common import load_registry, open_runtime
 from .config import Settings
 from .db import Database
@@ -228,6 +228,8 @@ def diagram(settings, workflow, version, fmt, run_id):
 
 for command in cli_runs.COMMANDS:
     cli.add_command(command)
+cli_runs.runs.add_command(cli_retention.purge)
+cli.add_command(cli_retention.archive)
 
 
 def main():

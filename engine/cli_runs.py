@@ -180,7 +180,7 @@ def retry(settings, run_id):
     rt.close()
 
 
-@click.command()
+@click.group(invoke_without_command=True)
 @click.option("--workflow", default=None)
 @click.option("--version", type=int, default=None)
 @click.option("--status", type=click.Choice(["running", "waiting", "succeeded", "failed", "cancelled"]))
@@ -191,11 +191,13 @@ def retry(settings, run_id):
 @click.option("--limit", type=click.IntRange(1, 500), default=50, show_default=True)
 @click.option("--cursor", default=None, help="`next` of the previous page")
 @click.option("--json", "as_json", is_flag=True)
-@click.pass_obj
-def runs(settings, workflow, version, status, state, business_key, created_after, created_before,
+@click.pass_context
+def runs(ctx, workflow, version, status, state, business_key, created_after, created_before,
          limit, cursor, as_json):
-    """List runs, newest first."""
-    rt = open_runtime(settings)
+    """List runs, newest first (or, with a command, purge them)."""
+    if ctx.invoked_subcommand is not None:
+        return
+    rt = open_runtime(ctx.obj)
     page = rt.list_runs(workflow=workflow, version=version, status=status, state=state,
                         business_key=business_key, limit=limit, cursor=cursor,
                         created_after=time_arg(created_after, "--created-after"),

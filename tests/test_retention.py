@@ -5,7 +5,11 @@ The duty is driven with an explicit ``now``: no test waits for time to pass.
 """
 
 import json
-from datetime import timedelta
+import os
+import subprocess
+import sys
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
 
 import pytest
 from sqlalchemy import func, or_, select, text
@@ -20,6 +24,7 @@ from engine.runtime import Interlock
 from tests.conftest import TEST_WORKFLOWS
 
 WORKFLOWS = f"{TEST_WORKFLOWS},tests.retention_workflows"
+ROOT = Path(__file__).resolve().parent.parent
 HOUR = 3600.0
 FAR = 10 * 365 * 86400.0  # ten years on: past every retention but timedelta.max
 
@@ -231,6 +236,73 @@ def test_a_bad_retention_fails_at_import(bad):
             go = a.to(b)
 
 
+# -- by hand -----------------------------------------------------------------------------------
+
+def interlock(rt, *args, **variables):
+    env = {k: v for k, v in os.environ.items() if not k.startswith("INTERLOCK_")}
+    env.update({"INTERLOCK_DATABASE_URL": rt.settings.database_url, "INTERLOCK_WORKFLOWS": WORKFLOWS,
+                "PYTHONPATH": str(ROOT), **variables})
+    return subprocess.run([sys.executable, "-m", "engine.cli", *args], cwd=ROOT, env=env, capture_output=True,
+                          text=True, timeout=60)
+
+
+def table_counts(rt) -> dict:
+    tables = {"runs": runs, "history": history, "tasks": tasks, "timers": timers, "signals": signals}
+    with rt.db.read() as conn:
+        return {name: conn.execute(select(func.count()).select_from(t)).scalar() for name, t in tables.items()}
+
+
+def iso_at(ts):
+    return datetime.fromtimestamp(ts, tz=timezone.utc).isoformat()
+
+
+def test_purge_dry_run_counts_what_purge_deletes_and_changes_nothing(make_rt):
+    rt = make_rt()
+    notes = [finish(rt, "ret_note") for _ in range(3)]
+    rt.start("ret_note", {})  # active
+    held = rt.start("ret_filing", {})
+    rt.send(held.id, "drop")  # finished, but its papers are active: both stay
+    done = rt.start("ret_filing", {})
+    rt.send(kid_of(rt, done.id), "sign")
+    rt.send(done.id, "store")  # finished with its finished papers: both go, papers first
+    before = table_counts(rt)
+    cutoff = iso_at(rt.clock.now() + 0.001)
+
+    dry = interlock(rt, "runs", "purge", "--finished-before", cutoff, "--dry-run")
+    assert dry.returncode == 0, dry.stderr
+    assert dry.stdout.startswith("would delete 5 run(s) finished before")
+    only_notes = interlock(rt, "runs", "purge", "--finished-before", cutoff, "--workflow", "ret_note", "--dry-run")
+    assert only_notes.stdout.startswith("would delete 3 run(s)"), only_notes.stdout + only_notes.stderr
+    assert table_counts(rt) == before
+
+    done_purge = interlock(rt, "runs", "purge", "--finished-before", cutoff)
+    assert done_purge.returncode == 0, done_purge.stderr
+    assert done_purge.stdout.startswith("deleted 5 run(s)")
+    assert not any(exists(rt, n.id) for n in notes) and exists(rt, held.id) and not exists(rt, done.id)
+    assert rt.list_runs().runs and len(rt.list_runs().runs) == 3
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--finished-before", "last tuesday"], "expected an ISO 8601 time"),
+    (["--finished-before", "2999-01-01T00:00:00Z"], "is in the future"),
+    ([], "Missing option '--finished-before'"),
+])
+def test_purge_refuses_bad_input_with_one_line_and_changes_nothing(make_rt, args, message):
+    rt = make_rt()
+    finish(rt, "ret_note")
+    before = table_counts(rt)
+    result = interlock(rt, "runs", "purge", *args)
+    assert result.returncode == 2 and message in result.stderr, result.stderr
+    assert table_counts(rt) == before
+
+
+def test_the_runs_listing_still_works_beside_purge(make_rt):
+    rt = make_rt()
+    note = finish(rt, "ret_note")
+    listed = interlock(rt, "runs", "--workflow", "ret_note", "--json")
+    assert [r["id"] for r in json.loads(listed.stdout)["runs"]] == [note.id]
+
+
 # -- the archive ---------------------------------------------------------------------------
 
 def test_the_archive_gives_back_a_run_and_its_whole_history(make_rt, tmp_path):
@@ -245,6 +317,13 @@ def test_the_archive_gives_back_a_run_and_its_whole_history(make_rt, tmp_path):
     assert sweep(rt, before.finished_at + 2 * HOUR) == 1
     assert not exists(rt, run.id)
     assert Archive(tmp_path / "archive").read(run.id) == (before, entries)
+
+    shown = interlock(rt, "archive", "read", run.id, "--dir", str(tmp_path / "archive"), "--json")
+    assert shown.returncode == 0, shown.stderr
+    got = json.loads(shown.stdout)
+    assert (got["run"], got["history"]) == (before.to_dict(), [h.to_dict() for h in entries])
+    text_form = interlock(rt, "archive", "read", run.id, INTERLOCK_ARCHIVE_DIR=str(tmp_path / "archive"))
+    assert text_form.returncode == 0 and f"run {run.id}" in text_form.stdout and "close" in text_form.stdout
 
 
 def test_the_archive_has_a_file_per_day(make_rt, tmp_path_factory):
@@ -283,6 +362,15 @@ def test_a_crash_between_archive_and_delete_archives_twice_and_reads_once(make_r
     [archived] = list(tmp_path.iterdir())
     assert len(archived.read_text().splitlines()) == 2
     assert Archive(tmp_path).read(run.id) == (run, entries)
+
+
+def test_archive_read_of_an_unknown_run_is_a_one_line_error(make_rt, tmp_path):
+    rt = make_rt()
+    missing = interlock(rt, "archive", "read", "0" * 32, "--dir", str(tmp_path))
+    assert missing.returncode == 2
+    assert missing.stderr.strip().splitlines() == [f"error: run '{'0' * 32}' is not in the archive at {tmp_path}"]
+    no_dir = interlock(rt, "archive", "read", "0" * 32)
+    assert no_dir.returncode == 2 and "--dir" in no_dir.stderr
 
 
 def test_on_postgresql_the_selection_walks_the_retention_index(pg_settings):
