@@ -386,3 +386,19 @@ def test_on_postgresql_the_selection_walks_the_retention_index(pg_settings):
         assert "ix_runs_workflow_version_finished_at" in plan, plan
     finally:
         rt.close()
+
+
+def test_on_postgresql_a_run_another_transaction_holds_is_left_for_a_later_pass(pg_settings):
+    rt = Interlock(pg_settings.replace(workflows=WORKFLOWS))
+    try:
+        held, free = finish(rt, "ret_note"), finish(rt, "ret_note")
+        later = free.finished_at + 2 * HOUR
+        with rt.db.engine.connect() as other:
+            other.execute(select(runs.c.id).where(runs.c.id == held.id).with_for_update())  # a transition, say
+            assert retention.delete_expired(rt, now=later) == 1  # did not wait for it
+            assert exists(rt, held.id) and not exists(rt, free.id)
+            other.rollback()
+        assert retention.delete_expired(rt, now=later) == 1
+        assert not exists(rt, held.id)
+    finally:
+        rt.close()
