@@ -24,7 +24,7 @@ own retention; ``interlock runs purge`` deletes by a given time, whatever the wo
 import logging
 from dataclasses import dataclass
 
-from sqlalchemy import and_, delete, distinct, exists, func, select
+from sqlalchemy import and_, delete, exists, func, select
 
 from . import metrics
 from .archive import Archive, line
@@ -191,7 +191,7 @@ def purge(rt, finished_before: float, workflow: str | None = None, now: float | 
 
 def _versions(conn, workflow) -> list[tuple]:
     """The (workflow, version) pairs that have runs: one walk of the retention index."""
-    query = select(distinct(runs.c.workflow), runs.c.version).order_by(runs.c.workflow, runs.c.version)
+    query = select(runs.c.workflow, runs.c.version).distinct().order_by(runs.c.workflow, runs.c.version)
     if workflow is not None:
         query = query.where(runs.c.workflow == workflow)
     return [tuple(row) for row in conn.execute(query)]

@@ -282,6 +282,23 @@ def test_purge_dry_run_counts_what_purge_deletes_and_changes_nothing(make_rt):
     assert rt.list_runs().runs and len(rt.list_runs().runs) == 3
 
 
+def test_purge_deletes_a_family_leaf_first_whatever_the_retention(make_rt):
+    rt = make_rt()
+    office = rt.start("ret_office", {})
+    filing = kid_of(rt, office.id)
+    papers = kid_of(rt, filing)
+    rt.send(papers, "sign")
+    rt.send(filing, "store")
+    rt.send(office.id, "close")
+    plain = finish(rt, "ret_plain")  # no retention at all: purge deletes it anyway
+    cutoff = rt.clock.now() + 0.001
+    assert retention.count_purge(rt, cutoff) == 4
+    assert retention.count_purge(rt, cutoff, "ret_office") == 0  # its descendants are not office runs
+    assert retention.purge(rt, cutoff, "ret_office") == 0
+    assert retention.purge(rt, cutoff) == 4
+    assert not any(exists(rt, r) for r in (office.id, filing, papers, plain.id))
+
+
 @pytest.mark.parametrize("args, message", [
     (["--finished-before", "last tuesday"], "expected an ISO 8601 time"),
     (["--finished-before", "2999-01-01T00:00:00Z"], "is in the future"),
