@@ -81,10 +81,10 @@ class Reconciler:
         sent = self.send_outbox()
         recovered = self.recover_lost_tasks()
         delivered = children.deliver_pending(self.rt)
-        # Last, and one batch a pass: a backlog of old runs never delays the duties above.
-        deleted = self.retention.tick()
-        busy = (fired >= TIMER_BATCH or max(sent, recovered) >= BATCH or delivered >= children.BATCH
-                or deleted >= retention.BATCH)
+        # Last, one batch a pass and paced by itself: a backlog of old runs is never a reason to
+        # go again at once, so it delays neither the duties above nor the transitions.
+        self.retention.tick()
+        busy = fired >= TIMER_BATCH or max(sent, recovered) >= BATCH or delivered >= children.BATCH
         with self._reporting:
             look, self._passes = self._passes % UNLOADED_EVERY == 0, self._passes + 1
         if look and not busy:  # through a backlog, the runs this process can move come first

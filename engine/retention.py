@@ -12,10 +12,13 @@ out, the signals it received and the ones it sent that were applied (a pending o
 its receiver). With ``INTERLOCK_ARCHIVE_DIR`` set, each batch is written to the archive
 (engine/archive.py) and made durable before the delete commits.
 
-Each batch is one transaction of at most ``BATCH`` runs. On PostgreSQL and MariaDB it locks its
+Each batch is one transaction of at most ``BATCH`` runs (``SQLITE_BATCH`` on SQLite, whose one
+writer holds every transition back while a batch runs). On PostgreSQL and MariaDB it locks its
 candidates with ``FOR UPDATE SKIP LOCKED``: a run another transaction holds (a retry, a late
-signal) is left for a later pass, and the transition path never waits behind a delete for
-more than a row it does not hold. The conditions are read again once the rows are locked.
+signal) is left for a later pass, and no transition waits behind a delete for a row it needs.
+The conditions are read again once the rows are locked. The reconciler deletes one batch a
+pass and at most one per ``poll_interval``, however busy its other duties keep it: a backlog is
+worked off at a bounded rate, between the transitions rather than ahead of them.
 
 The reconciler deletes only runs of the workflows (and versions) its process loads, with their
 own retention; ``interlock runs purge`` deletes by a given time, whatever the workflow.
@@ -33,6 +36,8 @@ from .models import history, map_items, maps, runs, signals, tasks, timers
 
 log = logging.getLogger(__name__)
 BATCH = 500
+# About 0.3 ms a run on SQLite (bench/retention.py): 100 hold the write lock some 30-50 ms.
+SQLITE_BATCH = 100
 # After a pass that found nothing to delete, the next looks this many seconds later.
 LOOK_EVERY = 10.0
 ACTIVE = ("running", "waiting")
@@ -47,8 +52,12 @@ class Group:
     version: int | None
     cutoff: float
 
-    def conditions(self) -> list:
+    def conditions(self, chosen: bool = False) -> list:
+        """``chosen``: for runs already taken from the group by id (without the workflow, a planner
+        would walk the group's index range rather than look the ids up)."""
         found = [runs.c.finished_at < self.cutoff, runs.c.status.in_(FINAL_STATUSES)]
+        if chosen:
+            return found
         if self.workflow is not None:
             found.append(runs.c.workflow == self.workflow)
         if self.version is not None:
@@ -56,11 +65,15 @@ class Group:
         return found
 
 
-def _deletable(group: Group) -> list:
+def _deletable(group: Group, chosen: bool = False) -> list:
     """``group``'s runs that may go now: parent not active, no child left."""
     child, parent = runs.alias("child"), runs.alias("parent")
-    return [*group.conditions(), ~exists().where(child.c.parent_id == runs.c.id),
+    return [*group.conditions(chosen), ~exists().where(child.c.parent_id == runs.c.id),
             ~exists().where(parent.c.id == runs.c.parent_id, parent.c.status.in_(ACTIVE))]
+
+
+def batch_size(rt) -> int:
+    return SQLITE_BATCH if rt.db.dialect == "sqlite" else BATCH
 
 
 def groups(rt, now: float) -> list[Group]:
@@ -74,23 +87,33 @@ def groups(rt, now: float) -> list[Group]:
     return found
 
 
-def delete_batch(rt, group: Group, limit: int = BATCH, now: float | None = None) -> int:
+def delete_batch(rt, group: Group, limit: int | None = None, now: float | None = None) -> int:
     """Delete up to ``limit`` of ``group``'s deletable runs (oldest finished first) in one
     transaction, archiving them first if an archive is set; how many were deleted."""
     now = rt.clock.now() if now is None else now
+    limit = batch_size(rt) if limit is None else limit
     archive = Archive(rt.settings.archive_dir) if rt.settings.archive_dir else None
 
+    # The walk of the index happens outside the transaction: on SQLite, outside the write lock,
+    # and a pass with nothing to delete takes no lock at all.
+    with rt.db.read() as conn:
+        candidates = conn.execute(select(runs.c.id).where(*_deletable(group))
+                                  .order_by(runs.c.finished_at).limit(limit)).scalars().all()
+    if not candidates:
+        return 0
+
     def work(conn):
-        query = select(runs.c.id).where(*_deletable(group)).order_by(runs.c.finished_at).limit(limit)
+        query = select(runs.c.id).where(runs.c.id.in_(candidates), *_deletable(group, chosen=True))
         if conn.dialect.name != "sqlite":  # SQLite: BEGIN IMMEDIATE, the one writer already
             query = query.with_for_update(of=runs if conn.dialect.name == "postgresql" else None,
                                           skip_locked=True)
         locked = conn.execute(query).scalars().all()
         if not locked:
             return 0
-        # Read again under the lock (each statement sees what committed before it): a run retried
-        # or given a child since the candidates were chosen stays.
-        ids = conn.execute(select(runs.c.id).where(runs.c.id.in_(locked), *_deletable(group))).scalars().all()
+        # Read again once locked (each statement sees what committed before it): a run retried
+        # or given a child since it was chosen stays.
+        ids = conn.execute(select(runs.c.id).where(runs.c.id.in_(locked), *_deletable(group, chosen=True))
+                           ).scalars().all()
         if not ids:
             return 0
         if archive is not None:
@@ -128,16 +151,18 @@ def _delete(conn, ids) -> None:
     conn.execute(delete(runs).where(runs.c.id.in_(ids)))
 
 
-def delete_expired(rt, now: float | None = None, limit: int = BATCH, start: int = 0) -> int:
-    """The reconciler's duty: up to ``limit`` runs past their retention, in batches of at most
-    ``BATCH``; the workflow versions taken in turn from ``start``. How many were deleted."""
+def delete_expired(rt, now: float | None = None, limit: int | None = None, start: int = 0) -> int:
+    """Up to ``limit`` (default: a batch) runs past their retention, in transactions of at most a
+    batch; the workflow versions taken in turn from ``start``. How many were deleted."""
     now = rt.clock.now() if now is None else now
+    batch = batch_size(rt)
+    limit = batch if limit is None else limit
     todo = groups(rt, now)
     deleted = 0
     for i in range(len(todo)):
         group = todo[(start + i) % len(todo)]
         while deleted < limit:
-            want = min(BATCH, limit - deleted)
+            want = min(batch, limit - deleted)
             got = delete_batch(rt, group, want, now)
             deleted += got
             if got < want:
@@ -146,8 +171,9 @@ def delete_expired(rt, now: float | None = None, limit: int = BATCH, start: int 
 
 
 class Retention:
-    """The duty's pace in one reconciler: a batch per pass while there is a backlog, else a look
-    every ``LOOK_EVERY`` seconds (the selection is an index range per workflow version)."""
+    """The reconciler's duty: a batch a pass while there is a backlog, at most one every
+    ``poll_interval``; after a pass that found less, a look every ``LOOK_EVERY`` seconds (the
+    selection is an index range per workflow version)."""
 
     def __init__(self, rt):
         self.rt = rt
@@ -158,15 +184,16 @@ class Retention:
         now = self.rt.clock.now() if now is None else now
         if self._next_at is not None and now < self._next_at:
             return 0
+        batch = batch_size(self.rt)
         try:
-            deleted = delete_expired(self.rt, now, BATCH, self._start)
+            deleted = delete_expired(self.rt, now, batch, self._start)
         except Exception:  # an archive directory not writable, a lost connection: later, not every pass
             log.warning("deleting runs past their retention failed; trying again in %g s", LOOK_EVERY,
                         exc_info=True)
             self._next_at = now + LOOK_EVERY
             return 0
         self._start += 1
-        self._next_at = now if deleted >= BATCH else now + LOOK_EVERY
+        self._next_at = now + (self.rt.settings.poll_interval if deleted >= batch else LOOK_EVERY)
         return deleted
 
 
@@ -182,7 +209,7 @@ def purge(rt, finished_before: float, workflow: str | None = None, now: float | 
         deleted = 0
         for name, version in pairs:
             group = Group(name, version, finished_before)
-            while (got := delete_batch(rt, group, BATCH, now)) > 0:
+            while (got := delete_batch(rt, group, None, now)) > 0:
                 deleted += got
         total += deleted
         if deleted == 0:

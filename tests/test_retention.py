@@ -183,16 +183,19 @@ def test_finished_ancestors_of_an_active_run_are_kept(make_rt):
     assert not any(exists(rt, r) for r in (office.id, filing, papers))
 
 
-def test_the_reconciler_deletes_a_batch_a_pass_and_then_looks_less_often(make_rt, monkeypatch):
+def test_the_duty_deletes_a_batch_a_poll_interval_and_then_looks_less_often(make_rt, monkeypatch):
     rt = make_rt()
     monkeypatch.setattr(retention, "BATCH", 3)
+    monkeypatch.setattr(retention, "SQLITE_BATCH", 3)
     notes = [finish(rt, "ret_note") for _ in range(7)]
     duty = retention.Retention(rt)
-    now = notes[-1].finished_at + 2 * HOUR
-    assert [duty.tick(now) for _ in range(4)] == [3, 3, 1, 0]
+    now, pause = notes[-1].finished_at + 2 * HOUR, rt.settings.poll_interval
+    assert duty.tick(now) == 3
+    assert duty.tick(now) == 0  # one batch per poll interval, however often the reconciler passes
+    assert [duty.tick(now + i * pause) for i in (1, 2, 3)] == [3, 1, 0]
     finish(rt, "ret_note")
-    assert duty.tick(now + 1) == 0  # looked at `now`: the next look is LOOK_EVERY later
-    assert duty.tick(now + retention.LOOK_EVERY) == 1
+    assert duty.tick(now + 2 * pause + 1) == 0  # found less than a batch: the next look is LOOK_EVERY later
+    assert duty.tick(now + 2 * pause + retention.LOOK_EVERY) == 1
 
 
 def test_the_reconcilers_pass_runs_the_duty(make_rt):
@@ -394,8 +397,7 @@ def test_on_postgresql_the_selection_walks_the_retention_index(pg_settings):
     rt = Interlock(pg_settings.replace(workflows=WORKFLOWS))
     try:
         group = retention.Group("ret_note", 1, rt.clock.now())
-        query = (select(runs.c.id).where(*retention._deletable(group)).order_by(runs.c.finished_at).limit(500)
-                 .with_for_update(of=runs, skip_locked=True))
+        query = select(runs.c.id).where(*retention._deletable(group)).order_by(runs.c.finished_at).limit(500)
         compiled = query.compile(rt.db.engine, compile_kwargs={"literal_binds": True})
         with rt.db.engine.connect() as conn:
             conn.execute(text("SET enable_seqscan = off"))  # an empty table: ask whether the index serves it
