@@ -182,7 +182,7 @@ def retry(settings, run_id):
     rt.close()
 
 
-@click.command()
+@click.group(invoke_without_command=True)
 @click.option("--workflow", default=None)
 @click.option("--version", type=int, default=None)
 @click.option("--status", type=click.Choice(["running", "waiting", "succeeded", "failed", "cancelled"]))
@@ -195,11 +195,13 @@ def retry(settings, run_id):
 @click.option("--search", "terms", multiple=True,
               help="A search field: customer=ACME, customer=AC* (a prefix), total>=10, total<100 (repeatable)")
 @click.option("--json", "as_json", is_flag=True)
-@click.pass_obj
-def runs(settings, workflow, version, status, state, business_key, created_after, created_before,
+@click.pass_context
+def runs(ctx, workflow, version, status, state, business_key, created_after, created_before,
          limit, cursor, terms, as_json):
-    """List runs, newest first."""
-    rt = open_runtime(settings)
+    """List runs, newest first (or, with a command, purge them)."""
+    if ctx.invoked_subcommand is not None:
+        return
+    rt = open_runtime(ctx.obj)
     search = {}
     for term in terms:
         parsed, rest = search_fields.parse_terms(term)

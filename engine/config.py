@@ -6,6 +6,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, fields, replace
 
 from .errors import ConfigurationError
+from .timeparse import parse_duration
 
 PREFIX = "INTERLOCK_"
 
@@ -36,6 +37,12 @@ class Settings:
     # A process whose clock differs from the database server's by more than this many seconds
     # says so in its log (durable times are corrected by the offset either way).
     clock_skew_warn: float = 1.0
+    # Finished runs older than this many seconds (since they finished) are deleted by the
+    # reconciler, with their history, tasks, timers and signals, unless their workflow sets its
+    # own ``retention``; None: kept forever. The variable takes seconds or "30d", "12h", "1h30m".
+    retention: float | None = None
+    # When set, deleted runs are first written here (JSON Lines, a file per day): engine/archive.py.
+    archive_dir: str = ""
 
     @classmethod
     def from_env(cls, environ=None, **overrides) -> "Settings":
@@ -73,6 +80,14 @@ class Settings:
 
 
 def _convert(f, raw: str):
+    if f.name == "retention":
+        if raw.strip().lower() in ("none", "forever"):
+            return None
+        seconds = parse_duration(raw)
+        if seconds is None:
+            raise ConfigurationError(f"{PREFIX}RETENTION={raw!r} is not a duration: give seconds or amounts "
+                                     "with units, like 30d, 12h or 1h30m (none: keep runs forever)")
+        return seconds
     kind = f.type if isinstance(f.type, type) else {"float": float, "int": int}.get(f.type, str)
     try:
         value = kind(raw)

@@ -6,6 +6,7 @@ definition fails at import with a :class:`DefinitionError`, not on the first run
 """
 
 import inspect
+from datetime import timedelta
 
 from statemachine import StateMachine
 from statemachine.exceptions import InvalidDefinition
@@ -205,6 +206,7 @@ def _check_and_collect(cls, class_name):
             raise DefinitionError(f"{class_name}: final_status names {state_id!r}, which is not a final state")
         if status not in FINAL_STATUSES:
             raise DefinitionError(f"{class_name}: final_status {status!r} is not one of {FINAL_STATUSES}")
+    cls._retention_seconds = _check_retention(class_name, getattr(cls, "retention", None))
     cls._steps = steps
     cls._activities = activities
     cls._children = children
@@ -213,6 +215,17 @@ def _check_and_collect(cls, class_name):
     cls._final_status = final_status
     cls._search = search_fields.declared(cls, class_name)
     cls._event_ids = tuple(e.id for e in cls._events)
+
+
+def _check_retention(class_name, retention) -> float | None:
+    """Seconds a finished run is kept, from ``retention`` (a timedelta, or None for the default)."""
+    if retention is None:
+        return None
+    if not isinstance(retention, timedelta) or retention <= timedelta(0):
+        raise DefinitionError(f"{class_name}: retention must be a timedelta longer than 0 (how long finished "
+                              f"runs are kept, e.g. timedelta(days=30)) or None for INTERLOCK_RETENTION, "
+                              f"got {retention!r}")
+    return retention.total_seconds()
 
 
 def _bind_state(cls, class_name, spec, attr, finals, taken: dict, plural: str) -> None:
@@ -256,6 +269,9 @@ class Workflow(StateMachine, metaclass=WorkflowMeta):
     demo_data: dict = {}
     # Events `interlock run` sends on behalf of the outside world: {state: event or (event, data)}.
     demo_events: dict = {}
+    # How long finished runs are kept (then deleted with their history: engine/retention.py);
+    # None: INTERLOCK_RETENTION, and with that unset, forever. timedelta.max keeps them forever.
+    retention: timedelta | None = None
 
     @classmethod
     def step_for(cls, state_id) -> "StepSpec | ActivitySpec | None":
@@ -274,3 +290,8 @@ class Workflow(StateMachine, metaclass=WorkflowMeta):
     @classmethod
     def status_of_final(cls, state_id) -> str:
         return cls._final_status.get(state_id, "succeeded")
+
+    @classmethod
+    def retention_seconds(cls, default: float | None) -> float | None:
+        """Seconds a finished run of this workflow is kept: its ``retention``, else ``default``."""
+        return default if cls._retention_seconds is None else cls._retention_seconds

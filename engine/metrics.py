@@ -28,6 +28,8 @@ queue_lag = Histogram("interlock_queue_lag_seconds", "Task committed (or due) un
 timers_fired = Counter("interlock_timers_fired", "Timers fired", ["workflow"])
 timer_lag = Histogram("interlock_timer_lag_seconds", "Timer due time until it fired", ["workflow"],
                       buckets=(.01, .05, .1, .25, .5, 1, 2, 5, 30, float("inf")))
+runs_deleted = Counter("interlock_runs_deleted", "Finished runs deleted by retention or purge (archived "
+                       "first when INTERLOCK_ARCHIVE_DIR is set)", ["workflow"])
 open_streams = Gauge("interlock_open_streams", "Open long-poll and SSE requests", ["kind"])
 
 

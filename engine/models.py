@@ -62,6 +62,8 @@ runs = Table(
     Index(None, "created_at"),
     # A parent's children, newest first.
     Index(None, "parent_id", "id"),
+    # Retention: a workflow version's runs finished before a time, oldest first (active: NULL).
+    Index(None, "workflow", "version", "finished_at"),
 )
 
 history = Table(
@@ -150,6 +152,8 @@ signals = Table(
     Column("applied_at", Double),
     Index(None, "status", "created_at"),
     Index(None, "run_id", "status"),
+    # Retention: the signals a deleted run sent.
+    Index(None, "source_id"),
 )
 
 # One row per worker process, with a heartbeat: the tasks a dead worker sent (or ran eagerly)

@@ -1,5 +1,6 @@
 """The loop every worker runs: fire due timers, send the outbox, recover lost tasks, renew leases,
-deliver signals between runs (a child telling its parent it ended), fire due schedule ticks.
+deliver signals between runs (a child telling its parent it ended), fire due schedule ticks,
+delete runs past their retention.
 
 The broker only moves messages; this loop is what guarantees progress. It runs once at
 start-up and then every ``poll_interval`` seconds. Several of them may run at once (one
@@ -14,7 +15,7 @@ import threading
 
 from sqlalchemy import and_, not_, or_, select, update
 
-from . import children, pauses, schedules
+from . import children, pauses, retention, schedules
 from .errors import InterlockError
 from .explain import not_loaded
 from .models import runs, tasks, timers
@@ -49,6 +50,7 @@ class Reconciler:
         self._reported: dict[str, None] = {}  # runs already reported as not loaded here, oldest first
         self._reporting = threading.Lock()
         self._passes = 0
+        self.retention = retention.Retention(rt)
 
     def start(self) -> "Reconciler":
         self._thread = threading.Thread(target=self._loop, name="interlock-reconciler", daemon=True)
@@ -81,6 +83,9 @@ class Reconciler:
         recovered = self.recover_lost_tasks()
         delivered = children.deliver_pending(self.rt)
         scheduled = schedules.fire_due(self.rt)
+        # Last, one batch a pass and paced by itself: a backlog of old runs is never a reason to
+        # go again at once, so it delays neither the duties above nor the transitions.
+        self.retention.tick()
         busy = (fired >= TIMER_BATCH or max(sent, recovered) >= BATCH or delivered >= children.BATCH
                 or scheduled >= schedules.BATCH)
         with self._reporting:

@@ -1,5 +1,7 @@
-"""Reading a point in time from run data: ISO 8601 text or epoch seconds."""
+"""Reading a point in time from run data (ISO 8601 text or epoch seconds), and a duration from a setting."""
 
+import math
+import re
 from datetime import datetime, timezone
 
 
@@ -24,3 +26,21 @@ def iso(ts: float | None) -> str | None:
     if ts is None:
         return None
     return datetime.fromtimestamp(ts, tz=timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+_UNITS = {"w": 604800.0, "d": 86400.0, "h": 3600.0, "m": 60.0, "s": 1.0}
+_DURATION = re.compile(r"(\d+(?:\.\d+)?)([wdhms])")
+
+
+def parse_duration(value: str) -> float | None:
+    """Seconds in ``value``: a number of seconds ("3600") or amounts with units, largest first
+    ("30d", "1h30m", "2w"); None when it is not one (or not more than 0)."""
+    text = value.strip().lower()
+    try:
+        seconds = float(text)
+    except ValueError:
+        parts = _DURATION.findall(text)
+        if not parts or "".join(n + u for n, u in parts) != text or len({u for _, u in parts}) != len(parts):
+            return None
+        seconds = sum(float(n) * _UNITS[u] for n, u in parts)
+    return seconds if math.isfinite(seconds) and seconds > 0 else None
