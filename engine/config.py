@@ -36,6 +36,9 @@ class Settings:
     # A process whose clock differs from the database server's by more than this many seconds
     # says so in its log (durable times are corrected by the offset either way).
     clock_skew_warn: float = 1.0
+    # Runs a bulk action (engine/batches.py) handles per chunk: the cursor moves once per chunk,
+    # and a reconciler pass works one chunk, so its other duties wait no longer than that.
+    batch_chunk: int = 200
 
     @classmethod
     def from_env(cls, environ=None, **overrides) -> "Settings":
