@@ -100,6 +100,13 @@ def a_schedule(rt, paused=False):
     return name
 
 
+def a_batch(rt):
+    from engine import batches
+
+    counter(rt)
+    return batches.create(rt, "cancel", {"workflow": "test_counter"})["id"]
+
+
 # endpoint -> rt -> (path parameters, JSON body or None, query, status with a valid token)
 SCENARIOS = {
     "docs.index": lambda rt: ({}, None, {}, 200),
@@ -124,6 +131,11 @@ SCENARIOS = {
     "pauses.resume_workflow": lambda rt: ({"name": (rt.pause_workflow("test_counter"), "test_counter")[1]}, {}, {},
                                           200),
     "pauses.list_pauses": lambda rt: ({}, None, {}, 200),
+    "batches.create_batch": lambda rt: ({}, {"action": "cancel", "filter": {"workflow": "test_counter"}}, {}, 202),
+    "batches.list_batches": lambda rt: ({}, None, {"limit": 10}, 200),
+    "batches.get_batch": lambda rt: ({"batch_id": a_batch(rt)}, None, {}, 200),
+    "batches.batch_items": lambda rt: ({"batch_id": a_batch(rt)}, None, {"outcome": "refused"}, 200),
+    "batches.cancel_batch": lambda rt: ({"batch_id": a_batch(rt)}, {}, {}, 200),
     "streams.history": lambda rt: ({"run_id": counter(rt)}, None, {"after": 0, "wait": 0}, 200),
     "streams.run_stream": lambda rt: ({"run_id": finished(rt)}, None, {}, 200),  # ends after its history
     "streams.all_stream": lambda rt: ({}, None, {}, 200),

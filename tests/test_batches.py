@@ -207,3 +207,46 @@ def test_the_reconciler_works_batches(rt):
     wait_until(lambda: (reconciler.tick(), batches.get(rt, batch["id"])["status"] == "done")[1],
                message="the batch to finish")
     assert {rt.get(r).status for r in ids} == {"cancelled"}
+
+
+# -- the REST API -----------------------------------------------------------------------------
+
+def test_the_api_creates_a_batch_reports_progress_and_pages_refusals(rt):
+    from api import create_app
+
+    client = create_app(interlock=rt).test_client()
+    ids = parcels(rt, 9)
+    rt.send(ids[0], "hold")
+    dry = client.post("/api/batches", json={"action": "send", "event": "hold", "dry_run": True,
+                                            "filter": {"workflow": "batch_parcel", "search": {"weight": ["gte", 3]}}})
+    assert dry.status_code == 200 and dry.json["total_estimate"] == 6
+    assert client.get("/api/batches").json == {"batches": [], "next": None}
+    made = client.post("/api/batches", json={"action": "send", "event": "hold", "filter": {"workflow": "batch_parcel"}})
+    assert made.status_code == 202 and made.json["status"] == "pending" and made.json["total_estimate"] == 9
+    drain(rt)
+    got = client.get(f"/api/batches/{made.json['id']}").json
+    assert (got["status"], got["done"], got["refused"], got["handled"]) == ("done", 8, 1, 9)
+    refused = client.get(f"/api/batches/{made.json['id']}/items", query_string={"outcome": "refused"}).json
+    assert [i["run_id"] for i in refused["items"]] == [ids[0]]
+    assert [b["id"] for b in client.get("/api/batches").json["batches"]] == [made.json["id"]]
+    stopped = client.post(f"/api/batches/{made.json['id']}/cancel", json={})
+    assert stopped.status_code == 200 and stopped.json["status"] == "done"  # it had finished
+    assert client.get("/api/batches/" + "0" * 32).status_code == 404
+
+
+@pytest.mark.parametrize("body,status,kind", [
+    ({"action": "cancel", "filter": {}}, 422, "invalid-data"),
+    ({"action": "cancel", "filter": {"colour": "red"}}, 422, "validation-error"),
+    ({"action": "nuke", "filter": {"workflow": "batch_parcel"}}, 422, "validation-error"),
+    ({"action": "send", "filter": {"workflow": "batch_parcel"}}, 422, "invalid-data"),
+    ({"action": "cancel", "filter": {"search": {"nope": "x"}}}, 400, "invalid-search"),
+    ({"action": "cancel", "filter": {"search": {"weight": ["between", 1]}}}, 400, "invalid-search"),
+])
+def test_the_api_refuses_a_bad_batch_and_creates_nothing(rt, body, status, kind):
+    from api import create_app
+
+    client = create_app(interlock=rt).test_client()
+    response = client.post("/api/batches", json=body)
+    assert response.status_code == status, response.json
+    assert response.json["type"] == f"urn:interlock:problem:{kind}"
+    assert batches.list_batches(rt)["batches"] == []
