@@ -11,7 +11,7 @@ from dataclasses import asdict
 
 import click
 
-from . import cli_pauses, cli_runs, cli_schedules
+from . import cli_batches, cli_pauses, cli_runs, cli_schedules
 from .cli_common import load_registry, open_runtime
 from .config import Settings
 from .db import Database
@@ -230,6 +230,7 @@ def diagram(settings, workflow, version, fmt, run_id):
 for command in [*cli_runs.COMMANDS, *cli_pauses.COMMANDS]:
     cli.add_command(command)
 cli.add_command(cli_schedules.group)
+cli.add_command(cli_batches.group)
 
 
 def main():

@@ -182,7 +182,7 @@ def retry(settings, run_id):
     rt.close()
 
 
-@click.command()
+@click.group(invoke_without_command=True)
 @click.option("--workflow", default=None)
 @click.option("--version", type=int, default=None)
 @click.option("--status", type=click.Choice(["running", "waiting", "succeeded", "failed", "cancelled"]))
@@ -195,18 +195,16 @@ def retry(settings, run_id):
 @click.option("--search", "terms", multiple=True,
               help="A search field: customer=ACME, customer=AC* (a prefix), total>=10, total<100 (repeatable)")
 @click.option("--json", "as_json", is_flag=True)
-@click.pass_obj
-def runs(settings, workflow, version, status, state, business_key, created_after, created_before,
+@click.pass_context
+def runs(ctx, workflow, version, status, state, business_key, created_after, created_before,
          limit, cursor, terms, as_json):
-    """List runs, newest first."""
+    """List runs, newest first; or act on every run a filter selects (`interlock runs cancel
+    --workflow cargo --state in_transit`: see each command's --help)."""
+    if ctx.invoked_subcommand is not None:
+        return  # a bulk action (engine/cli_batches.py): its own options
+    settings = ctx.obj
     rt = open_runtime(settings)
-    search = {}
-    for term in terms:
-        parsed, rest = search_fields.parse_terms(term)
-        if rest or not parsed:
-            raise click.BadParameter(f"{term!r} is not field=value, field>=value, ...", param_hint="--search")
-        for name, pairs in parsed.items():
-            search.setdefault(name, []).extend(pairs)
+    search = search_terms(terms)
     page = rt.list_runs(search=search or None, workflow=workflow, version=version, status=status, state=state,
                         business_key=business_key, limit=limit, cursor=cursor,
                         created_after=time_arg(created_after, "--created-after"),
@@ -222,6 +220,18 @@ def runs(settings, workflow, version, status, state, business_key, created_after
         if page.next:
             click.echo(f"more: --cursor {page.next}")
     rt.close()
+
+
+def search_terms(terms) -> dict:
+    """``--search`` values (``customer=ACME``, ``total>=10``) as ``list_runs`` takes them."""
+    search: dict = {}
+    for term in terms:
+        parsed, rest = search_fields.parse_terms(term)
+        if rest or not parsed:
+            raise click.BadParameter(f"{term!r} is not field=value, field>=value, ...", param_hint="--search")
+        for name, pairs in parsed.items():
+            search.setdefault(name, []).extend(pairs)
+    return search
 
 
 @click.command()

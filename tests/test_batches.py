@@ -250,3 +250,42 @@ def test_the_api_refuses_a_bad_batch_and_creates_nothing(rt, body, status, kind)
     assert response.status_code == status, response.json
     assert response.json["type"] == f"urn:interlock:problem:{kind}"
     assert batches.list_batches(rt)["batches"] == []
+
+
+# -- the CLI --------------------------------------------------------------------------------------
+
+def test_the_cli_acts_on_runs_in_bulk_and_still_lists_them(rt):
+    from click.testing import CliRunner
+
+    from engine.cli import cli
+
+    ids = parcels(rt, 6) + parcels(rt, 2, customer="Globex")
+    rt.send(ids[0], "hold")
+    runner = CliRunner()
+    settings = rt.settings
+    env = {"INTERLOCK_DATABASE_URL": settings.database_url, "INTERLOCK_WORKFLOWS": WORKFLOWS,
+           "INTERLOCK_BROKER_URL": settings.broker_url, "INTERLOCK_QUEUE": settings.queue,
+           "INTERLOCK_BATCH_CHUNK": "3"}
+    listed = runner.invoke(cli, ["runs", "--workflow", "batch_parcel", "--search", "customer=Globex"], env=env)
+    assert listed.exit_code == 0 and len(listed.output.splitlines()) == 2
+    dry = runner.invoke(cli, ["runs", "cancel", "--workflow", "batch_parcel", "--state", "waiting",
+                              "--search", "customer=ACME", "--dry-run"], env=env)
+    assert dry.exit_code == 0, dry.output
+    assert dry.output.splitlines()[0] == "would cancel 5 run(s)"
+    assert rt.get(ids[1]).status == "waiting"
+    done = runner.invoke(cli, ["runs", "cancel", "--workflow", "batch_parcel", "--state", "waiting",
+                               "--search", "customer=ACME", "--reason", "recall", "--wait"], env=env)
+    assert done.exit_code == 0, done.output
+    assert "done: 5 done, 0 refused, 0 skipped of ~5" in done.output
+    assert [rt.get(r).status for r in ids] == ["waiting"] + ["cancelled"] * 5 + ["waiting"] * 2
+    sent = runner.invoke(cli, ["runs", "send", "release", "--workflow", "batch_parcel", "--status", "waiting",
+                               "--wait", "--json"], env=env)
+    assert sent.exit_code == 0, sent.output
+    import json
+    out = json.loads(sent.output)
+    assert (out["done"], out["refused"]) == (1, 2)
+    shown = runner.invoke(cli, ["batches", "show", out["id"], "--refusals"], env=env)
+    assert shown.exit_code == 0 and shown.output.count("release") == 2
+    assert len(runner.invoke(cli, ["batches"], env=env).output.splitlines()) == 2
+    bad = runner.invoke(cli, ["runs", "cancel", "--search", "nope=1"], env=env)
+    assert bad.exit_code != 0
