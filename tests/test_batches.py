@@ -289,3 +289,42 @@ def test_the_cli_acts_on_runs_in_bulk_and_still_lists_them(rt):
     assert len(runner.invoke(cli, ["batches"], env=env).output.splitlines()) == 2
     bad = runner.invoke(cli, ["runs", "cancel", "--search", "nope=1"], env=env)
     assert bad.exit_code != 0
+
+
+# -- a real worker killed mid-batch (PostgreSQL) ------------------------------------------------------
+
+def test_a_bulk_cancel_interrupted_by_killing_its_worker_resumes_and_cancels_each_run_once(pg_settings, tmp_path):
+    """A worker process is SIGKILLed while it works a bulk cancel; another takes the batch over
+    once the lease has expired, and every run ends with exactly one `cancelled` entry."""
+    from tests.processes import Process, env_for
+
+    settings = pg_settings.replace(workflows=WORKFLOWS, lease_seconds=2.0)
+    rt = Interlock(settings)
+    try:
+        ids = parcels(rt, 1500)
+        batch = batches.create(rt, "cancel", {"workflow": "batch_parcel", "status": "waiting"})
+        env = env_for(settings, INTERLOCK_BATCH_CHUNK="20")
+        first = Process("worker", "--threads", "1", env=env, log_path=tmp_path / "first.log")
+        try:
+            wait_until(lambda: batches.get(rt, batch["id"])["done"] >= 100, timeout=60,
+                       message="the first worker to be part-way through")
+            first.kill()
+        finally:
+            first.stop()
+        mid = batches.get(rt, batch["id"])
+        assert mid["status"] == "running" and mid["done"] < 1500, mid
+        second = Process("worker", "--threads", "1", env=env, log_path=tmp_path / "second.log")
+        try:
+            wait_until(lambda: batches.get(rt, batch["id"])["status"] == "done", timeout=120,
+                       message="the second worker to finish the batch")
+        finally:
+            second.stop()
+        done = batches.get(rt, batch["id"])
+        assert (done["done"], done["refused"], done["skipped"]) == (1500, 0, 0)
+        assert_counts_match_items(rt, done)
+        with rt.db.read() as conn:
+            cancelled = dict(conn.execute(select(history.c.run_id, func.count()).where(
+                history.c.kind == "cancelled").group_by(history.c.run_id)).all())
+        assert cancelled == {run_id: 1 for run_id in ids}
+    finally:
+        rt.close()
