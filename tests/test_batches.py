@@ -328,3 +328,44 @@ def test_a_bulk_cancel_interrupted_by_killing_its_worker_resumes_and_cancels_eac
         assert cancelled == {run_id: 1 for run_id in ids}
     finally:
         rt.close()
+
+
+# -- the runs page -------------------------------------------------------------------------------------
+
+def test_the_runs_page_selects_runs_and_acts_on_them_in_bulk(tmp_path):
+    import requests
+
+    from tests.test_web import csrf_of, serve
+
+    with serve(tmp_path, workflows=WORKFLOWS) as site, requests.Session() as http:
+        rt = site.rt
+        ids = parcels(rt, 4) + parcels(rt, 3, customer="Globex")
+        page = http.get(f"{site.url}/", params={"workflow": "batch_parcel"}).text
+        assert page.count('name="run_id"') == 7 and 'id="bulk"' in page
+        token = csrf_of(page)
+        # The selected rows: a confirmation first (nothing changes), then the batch and its page.
+        form = {"csrf_token": token, "action": "pause", "scope": "selected", "run_id": ids[:2], "reason": "audit"}
+        confirm = http.post(f"{site.url}/batches", data=form)
+        assert confirm.status_code == 200 and "Pause 2 run(s)?" in confirm.text
+        assert batches.list_batches(rt)["batches"] == []
+        made = http.post(f"{site.url}/batches", data={**form, "confirm": "yes"}, allow_redirects=False)
+        assert made.status_code == 303 and "/batches/" in made.headers["Location"]
+        drain(rt)
+        shown = http.get(site.url + made.headers["Location"]).text
+        assert 'data-status="done"' in shown and "<strong>2</strong> done" in shown
+        assert [rt.get(r).paused_at is not None for r in ids] == [True, True] + [False] * 5
+        # Every run the filters match (search field terms in the box), with refusals listed.
+        everything = {"csrf_token": token, "action": "send", "event": "release", "scope": "all",
+                      "workflow": "batch_parcel", "q": "customer:Globex", "confirm": "yes"}
+        made = http.post(f"{site.url}/batches", data=everything, allow_redirects=False)
+        assert made.status_code == 303
+        drain(rt)
+        shown = http.get(site.url + made.headers["Location"]).text
+        assert "<strong>3</strong> refused" in shown and shown.count("release") >= 3
+        # Nothing selected: refused with a message, nothing created.
+        before = len(batches.list_batches(rt)["batches"])
+        none = http.post(f"{site.url}/batches", data={"csrf_token": token, "action": "cancel", "confirm": "yes"})
+        assert "select at least one run" in none.text
+        assert len(batches.list_batches(rt)["batches"]) == before
+        forged = http.post(f"{site.url}/batches", data={**form, "csrf_token": "forged", "confirm": "yes"})
+        assert forged.status_code == 403
