@@ -77,19 +77,29 @@ class BatchItem:
     op: object
     filter: dict
     outcome: str | None = field(default=None)
+    # A chunk in one transaction: the items its runs already have, read with their locks, and
+    # the new ones, inserted together before the commit. Alone: read and written here.
+    known: dict | None = None
+    new_items: list | None = None
 
     def perform(self, change):
         conn, run_id = change.conn, change.row["id"]
-        self.outcome = conn.execute(select(batch_items.c.outcome).where(
-            batch_items.c.batch_id == self.batch_id, batch_items.c.run_id == run_id)).scalar()
+        if self.known is not None:
+            self.outcome = self.known.get(run_id)
+        else:
+            self.outcome = conn.execute(select(batch_items.c.outcome).where(
+                batch_items.c.batch_id == self.batch_id, batch_items.c.run_id == run_id)).scalar()
         if self.outcome is not None:
             return  # handled by this batch already
         why = skip_reason(self.action, change, self.filter)
         if why is None:
             self.op.perform(change)
         self.outcome = "applied" if why is None else "skipped"
-        conn.execute(insert(batch_items).values(batch_id=self.batch_id, run_id=run_id, outcome=self.outcome,
-                                                error=why, at=change.now))
+        row = {"batch_id": self.batch_id, "run_id": run_id, "outcome": self.outcome, "error": why, "at": change.now}
+        if self.new_items is not None:
+            self.new_items.append(row)
+        else:
+            conn.execute(insert(batch_items).values(**row))
 
 
 def work(rt) -> int:
@@ -158,7 +168,19 @@ def _chunk(rt, batch, ids) -> None:
     def work(conn):
         rows = conn.execute(select(runs).where(runs.c.id.in_(ids)).order_by(runs.c.id)
                             .with_for_update()).mappings().all()
-        return perform_locked(rt, conn, [(dict(row), None, _item(batch)) for row in rows])
+        # Read after the locks: a twin that handled one of these runs has committed its item.
+        known = dict(conn.execute(select(batch_items.c.run_id, batch_items.c.outcome).where(
+            batch_items.c.batch_id == batch["id"], batch_items.c.run_id.in_(ids))).all())
+        new_items: list = []
+        locked = []
+        for row in rows:
+            item = _item(batch)
+            item.known, item.new_items = known, new_items
+            locked.append((dict(row), None, item))
+        outcomes = perform_locked(rt, conn, locked)
+        if new_items:
+            conn.execute(insert(batch_items), new_items)
+        return outcomes
 
     for outcome in rt.db.transaction(work):
         rt.after_commit(outcome)

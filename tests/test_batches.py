@@ -142,7 +142,7 @@ def test_a_bulk_cancel_interrupted_mid_batch_resumes_and_cancels_each_run_once(r
     assert batch_work.work(rt) == 7  # the first chunk
     assert batch_work.work(rt) == 0  # the second dies after four runs: logged, tried again
     mid = batches.get(rt, batch["id"])
-    assert mid["done"] == 7 and mid["cursor"] == ids[::-1][6]
+    assert mid["done"] == 7 and mid["cursor"] == sorted(ids, reverse=True)[6]
     assert sum(rt.get(r).status == "cancelled" for r in ids) == 10
     monkeypatch.setattr(batch_work, "_chunk", real_chunk)
     monkeypatch.setattr(batch_work, "one", real_one)
@@ -162,8 +162,8 @@ def test_a_batch_whose_lease_expired_is_taken_over_and_a_late_owner_counts_nothi
         conn.execute(batches.batches.update().values(lease_until=0.0))
     second = batch_work.claim(rt, "worker-b")
     assert second is not None and second["owner"] == "worker-b"
-    batch_work.act_on(rt, first, ids[::-1][:7])  # the old owner's chunk still lands, once per run
-    assert batch_work.advance(rt, first, "worker-a", ids[::-1][6], end=False) is False
+    batch_work.act_on(rt, first, sorted(ids, reverse=True)[:7])  # the old owner's chunk still lands, once per run
+    assert batch_work.advance(rt, first, "worker-a", sorted(ids, reverse=True)[6], end=False) is False
     drain_owner(rt, "worker-b")
     batch = batches.get(rt, batch["id"])
     assert (batch["status"], batch["done"]) == ("done", 10)
