@@ -508,3 +508,100 @@ class Resumed(BaseModel):
     workflow: str
     version: int | None
     resumed: bool = Field(description="false: it was not paused")
+
+
+# -- bulk actions (engine/batches.py) ------------------------------------------------
+
+BatchAction = Literal["cancel", "retry", "send", "pause", "resume"]
+
+
+class BatchFilter(Strict):
+    """The runs to act on: the filters of GET /api/runs, or a selection of run ids."""
+
+    workflow: str | None = Field(default=None, min_length=1, max_length=200, pattern=NO_NUL)
+    version: int | None = Field(default=None, ge=1, le=2**31 - 1)
+    status: Status | None = None
+    state: str | None = Field(default=None, min_length=1, max_length=200, pattern=NO_NUL)
+    business_key: str | None = Key
+    created_after: Time = Field(default=None, description="ISO 8601; UTC unless it has an offset")
+    created_before: Time = Field(default=None, description="ISO 8601; UTC unless it has an offset")
+    search: dict[str, Any] | None = Field(default=None, description=(
+        "search fields: {\"customer\": \"ACME\"} (equality), {\"total\": [\"gte\", 10]} or "
+        "{\"total\": [[\"gte\", 10], [\"lt\", 100]]}; operators as GET /api/runs's search.<field>.<op>"))
+    run_ids: list[Annotated[str, Field(pattern=r"^[0-9a-f]{32}$")]] | None = Field(
+        default=None, min_length=1, max_length=1000, description="only these runs (a selection)")
+
+
+class CreateBatch(Strict):
+    action: BatchAction
+    filter: BatchFilter
+    event: str | None = Field(default=None, min_length=1, max_length=200, pattern=NO_NUL,
+                              description="the event to send (action send)")
+    data: JsonObject | None = Field(default=None, description="the event's data (action send)")
+    reason: str | None = Field(default=None, max_length=1000, pattern=NO_NUL, description="cancel and pause")
+    dry_run: bool = Field(default=False, description="only count the runs the filter selects now: nothing "
+                                                     "is created or changed")
+
+
+class BatchOut(BaseModel):
+    """A bulk action and its progress; the reconcilers work it in chunks."""
+
+    id: str
+    action: BatchAction
+    filter: dict[str, Any] = Field(description="as stored: times in epoch seconds, created_before at most "
+                                               "the batch's creation (runs started later are not its)")
+    args: dict[str, Any]
+    status: Literal["pending", "running", "done", "cancelled"]
+    cursor: str | None = Field(description="the last run handled (runs are taken newest first)")
+    total_estimate: int = Field(description="runs the filter selected when the batch was created")
+    done: int = Field(description="runs the action was applied to")
+    refused: int = Field(description="runs that refused it (see the items)")
+    skipped: int = Field(description="runs it did not apply to (ended, already paused, not failed…)")
+    handled: int
+    owner: str | None
+    created_at: str
+    updated_at: str
+    finished_at: str | None
+    lease_until: str | None
+
+
+class DryRun(BaseModel):
+    """What a batch would act on (nothing created)."""
+
+    dry_run: bool
+    action: BatchAction
+    filter: dict[str, Any]
+    args: dict[str, Any]
+    total_estimate: int
+    sample: list[str] = Field(description="up to 20 of the runs, newest first")
+
+
+class BatchPage(BaseModel):
+    batches: list[BatchOut]
+    next: str | None
+
+
+class BatchesQuery(BaseModel):
+    status: Literal["pending", "running", "done", "cancelled"] | None = None
+    cursor: str | None = Field(default=None, pattern=r"^[0-9a-f]{32}$", description="`next` of the previous page")
+    limit: int = Field(default=50, ge=1, le=500)
+
+
+class BatchItemsQuery(BaseModel):
+    outcome: Literal["applied", "refused", "skipped"] | None = None
+    after: str | None = Field(default=None, pattern=r"^[0-9a-f]{32}$", description="`next` of the previous page")
+    limit: int = Field(default=100, ge=1, le=500)
+
+
+class BatchItemOut(BaseModel):
+    run_id: str
+    outcome: Literal["applied", "refused", "skipped"]
+    error: str | None
+    at: str
+
+
+class BatchItemsPage(BaseModel):
+    """The runs a batch handled, by run id."""
+
+    items: list[BatchItemOut]
+    next: str | None

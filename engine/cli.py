@@ -11,7 +11,7 @@ from dataclasses import asdict
 
 import click
 
-from . import cli_pauses, cli_retention, cli_runs, cli_schedules
+from . import cli_batches, cli_pauses, cli_retention, cli_runs, cli_schedules
 from .cli_common import load_registry, open_runtime
 from .config import Settings
 from .db import Database
@@ -232,6 +232,7 @@ for command in [*cli_runs.COMMANDS, *cli_pauses.COMMANDS]:
 cli.add_command(cli_schedules.group)
 cli_runs.runs.add_command(cli_retention.purge)
 cli.add_command(cli_retention.archive)
+cli.add_command(cli_batches.group)
 
 
 def main():

@@ -198,17 +198,13 @@ def retry(settings, run_id):
 @click.pass_context
 def runs(ctx, workflow, version, status, state, business_key, created_after, created_before,
          limit, cursor, terms, as_json):
-    """List runs, newest first (or, with a command, purge them)."""
+    """List runs, newest first; or act on every run a filter selects (`interlock runs cancel
+    --workflow cargo --state in_transit`: see each command's --help)."""
     if ctx.invoked_subcommand is not None:
-        return
-    rt = open_runtime(ctx.obj)
-    search = {}
-    for term in terms:
-        parsed, rest = search_fields.parse_terms(term)
-        if rest or not parsed:
-            raise click.BadParameter(f"{term!r} is not field=value, field>=value, ...", param_hint="--search")
-        for name, pairs in parsed.items():
-            search.setdefault(name, []).extend(pairs)
+        return  # a bulk action (engine/cli_batches.py): its own options
+    settings = ctx.obj
+    rt = open_runtime(settings)
+    search = search_terms(terms)
     page = rt.list_runs(search=search or None, workflow=workflow, version=version, status=status, state=state,
                         business_key=business_key, limit=limit, cursor=cursor,
                         created_after=time_arg(created_after, "--created-after"),
@@ -224,6 +220,18 @@ def runs(ctx, workflow, version, status, state, business_key, created_after, cre
         if page.next:
             click.echo(f"more: --cursor {page.next}")
     rt.close()
+
+
+def search_terms(terms) -> dict:
+    """``--search`` values (``customer=ACME``, ``total>=10``) as ``list_runs`` takes them."""
+    search: dict = {}
+    for term in terms:
+        parsed, rest = search_fields.parse_terms(term)
+        if rest or not parsed:
+            raise click.BadParameter(f"{term!r} is not field=value, field>=value, ...", param_hint="--search")
+        for name, pairs in parsed.items():
+            search.setdefault(name, []).extend(pairs)
+    return search
 
 
 @click.command()

@@ -43,6 +43,9 @@ class Settings:
     retention: float | None = None
     # When set, deleted runs are first written here (JSON Lines, a file per day): engine/archive.py.
     archive_dir: str = ""
+    # Runs a bulk action (engine/batches.py) handles per chunk: the cursor moves once per chunk,
+    # and a reconciler pass works one chunk, so its other duties wait no longer than that.
+    batch_chunk: int = 200
 
     @classmethod
     def from_env(cls, environ=None, **overrides) -> "Settings":

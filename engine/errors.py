@@ -208,3 +208,15 @@ class InvalidSearch(InterlockError):
 
     def to_dict(self) -> dict:
         return {**super().to_dict(), "field": self.field}
+
+
+class BatchNotFound(InterlockError):
+    code = "batch-not-found"
+    status = 404
+
+    def __init__(self, batch_id):
+        self.batch_id = batch_id
+        super().__init__(f"unknown batch {batch_id!r}")
+
+    def to_dict(self) -> dict:
+        return {**super().to_dict(), "batch_id": self.batch_id}

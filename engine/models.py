@@ -284,3 +284,38 @@ run_search = Table(
     Index(None, "field", "text_value", "run_id"),
     Index(None, "field", "num_value", "run_id"),
 )
+
+# Bulk actions (engine/batches.py): one row per batch, its filter and its cursor (the last run id
+# it handled: the walk is newest first, ``runs.id < cursor``), its counters and the lease of the
+# reconciler working it.
+batches = Table(
+    "batches", metadata,
+    Column("id", ID, primary_key=True),
+    Column("action", String(16), nullable=False),  # cancel, retry, send, pause, resume
+    Column("filter", JSON, nullable=False),
+    Column("args", JSON, nullable=False),  # event, data, reason
+    # pending, running, done, cancelled
+    Column("status", String(16), nullable=False),
+    Column("cursor", ID),
+    Column("total_estimate", Integer, nullable=False),
+    Column("done", Integer, nullable=False),
+    Column("refused", Integer, nullable=False),
+    Column("skipped", Integer, nullable=False),
+    Column("owner", ID),  # the worker process working it, until lease_until
+    Column("lease_until", Double),
+    Column("created_at", Double, nullable=False),
+    Column("updated_at", Double, nullable=False),
+    Column("finished_at", Double),
+    Index(None, "status", "created_at"),
+)
+
+# One row per run a batch handled, written in the run's own transaction: its primary key is
+# what makes a batch act on a run once, however often a chunk is worked again.
+batch_items = Table(
+    "batch_items", metadata,
+    Column("batch_id", ID, primary_key=True),
+    Column("run_id", ID, primary_key=True),
+    Column("outcome", String(16), nullable=False),  # applied, refused, skipped
+    Column("error", Text),
+    Column("at", Double, nullable=False),
+)

@@ -92,22 +92,20 @@ def get_history(conn, run_id, after: int = 0, limit: int | None = None) -> list[
 
 def list_runs(conn, *, workflow=None, version=None, status=None, state=None, business_key=None,
               created_after=None, created_before=None, cursor=None, limit=50, search=None,
-              id_prefix=None, business_key_nocase=None) -> Page:
+              id_prefix=None, business_key_nocase=None, ids=None) -> Page:
     """Newest first; ``cursor`` is the ``next`` of the previous page (a run id: ids sort by time).
 
     ``search``: conditions on search fields (``engine.search.conditions``), each a join;
     ``id_prefix``: runs whose id starts with it (lowercase hex), a range of the primary key;
     ``business_key_nocase``: the business key, ignoring case as the database's ``lower()`` does
-    (SQLite: ASCII letters only). No index serves it: the walk filters runs newest first."""
+    (SQLite: ASCII letters only). No index serves it: the walk filters runs newest first;
+    ``ids``: only these runs (a selection)."""
     _check_limit(limit)
-    source = search_fields.joins(runs, search) if search else runs
-    conditions = _equal((runs.c.workflow, workflow), (runs.c.version, version),
-                        (runs.c.status, status), (runs.c.business_key, business_key))
-    conditions += created_between(created_after, created_before)
+    source, conditions = run_filter(workflow=workflow, version=version, status=status,
+                                    business_key=business_key, created_after=created_after,
+                                    created_before=created_before, search=search, id_prefix=id_prefix,
+                                    business_key_nocase=business_key_nocase, ids=ids)
     conditions += _after_cursor(cursor)
-    conditions += with_id_prefix(id_prefix)
-    if business_key_nocase is not None:
-        conditions.append(key_ignoring_case(business_key_nocase))
     if state is None:
         rows = _newest(conn, conditions, limit + 1, source)
     else:
@@ -119,6 +117,32 @@ def list_runs(conn, *, workflow=None, version=None, status=None, state=None, bus
     more = len(rows) > limit
     rows = rows[:limit]
     return Page(runs=rows, next=rows[-1].id if more else None)
+
+
+def run_filter(*, workflow=None, version=None, status=None, business_key=None, created_after=None,
+               created_before=None, search=None, id_prefix=None, business_key_nocase=None, ids=None,
+               state=None) -> tuple:
+    """The runs ``list_runs`` filters by, as (the runs table joined to the search fields'
+    rows, conditions): what ``list_runs``, ``count_runs`` and bulk actions select with. ``state``
+    here is one condition (an OR over the leaves); ``list_runs`` walks its two halves apart."""
+    source = search_fields.joins(runs, search) if search else runs
+    conditions = _equal((runs.c.workflow, workflow), (runs.c.version, version),
+                        (runs.c.status, status), (runs.c.business_key, business_key))
+    conditions += created_between(created_after, created_before)
+    conditions += with_id_prefix(id_prefix)
+    if business_key_nocase is not None:
+        conditions.append(key_ignoring_case(business_key_nocase))
+    if ids is not None:
+        conditions.append(runs.c.id.in_(list(ids)))
+    if state is not None:
+        conditions.append(in_state(state))
+    return source, conditions
+
+
+def count_runs(conn, **filters) -> int:
+    """How many runs ``run_filter(**filters)`` selects."""
+    source, conditions = run_filter(**filters)
+    return conn.execute(select(func.count()).select_from(source).where(*conditions)).scalar_one()
 
 
 def list_children(conn, parent_id, *, status=None, workflow=None, state=None, cursor=None,

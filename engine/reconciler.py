@@ -1,6 +1,6 @@
 """The loop every worker runs: fire due timers, send the outbox, recover lost tasks, renew leases,
 deliver signals between runs (a child telling its parent it ended), fire due schedule ticks,
-delete runs past their retention.
+delete runs past their retention, work a chunk of a bulk action (engine/batch_work.py).
 
 The broker only moves messages; this loop is what guarantees progress. It runs once at
 start-up and then every ``poll_interval`` seconds. Several of them may run at once (one
@@ -15,7 +15,7 @@ import threading
 
 from sqlalchemy import and_, not_, or_, select, update
 
-from . import children, pauses, retention, schedules
+from . import batch_work, children, pauses, retention, schedules
 from .errors import InterlockError
 from .explain import not_loaded
 from .models import runs, tasks, timers
@@ -83,11 +83,12 @@ class Reconciler:
         recovered = self.recover_lost_tasks()
         delivered = children.deliver_pending(self.rt)
         scheduled = schedules.fire_due(self.rt)
+        batched = batch_work.work(self.rt)
         # Last, one batch a pass and paced by itself: a backlog of old runs is never a reason to
         # go again at once, so it delays neither the duties above nor the transitions.
         self.retention.tick()
         busy = (fired >= TIMER_BATCH or max(sent, recovered) >= BATCH or delivered >= children.BATCH
-                or scheduled >= schedules.BATCH)
+                or scheduled >= schedules.BATCH or batched > 0)
         with self._reporting:
             look, self._passes = self._passes % UNLOADED_EVERY == 0, self._passes + 1
         if look and not busy:  # through a backlog, the runs this process can move come first

@@ -100,6 +100,13 @@ def a_schedule(rt, paused=False):
     return name
 
 
+def a_batch(rt):
+    from engine import batches
+
+    counter(rt)
+    return batches.create(rt, "cancel", {"workflow": "test_counter"})["id"]
+
+
 # endpoint -> rt -> (path parameters, JSON body or None, query, status with a valid token)
 SCENARIOS = {
     "docs.index": lambda rt: ({}, None, {}, 200),
@@ -124,6 +131,11 @@ SCENARIOS = {
     "pauses.resume_workflow": lambda rt: ({"name": (rt.pause_workflow("test_counter"), "test_counter")[1]}, {}, {},
                                           200),
     "pauses.list_pauses": lambda rt: ({}, None, {}, 200),
+    "batches.create_batch": lambda rt: ({}, {"action": "cancel", "filter": {"workflow": "test_counter"}}, {}, 202),
+    "batches.list_batches": lambda rt: ({}, None, {"limit": 10}, 200),
+    "batches.get_batch": lambda rt: ({"batch_id": a_batch(rt)}, None, {}, 200),
+    "batches.batch_items": lambda rt: ({"batch_id": a_batch(rt)}, None, {"outcome": "refused"}, 200),
+    "batches.cancel_batch": lambda rt: ({"batch_id": a_batch(rt)}, {}, {}, 200),
     "streams.history": lambda rt: ({"run_id": counter(rt)}, None, {"after": 0, "wait": 0}, 200),
     "streams.run_stream": lambda rt: ({"run_id": finished(rt)}, None, {}, 200),  # ends after its history
     "streams.all_stream": lambda rt: ({}, None, {}, 200),
@@ -226,10 +238,12 @@ def web_routes(app):
                   for method in rule.methods - {"HEAD", "OPTIONS"})
 
 
-PAGES = {"web.runs_page", "web.run_page", "web.workflows_page", "web.workflow_page", "web.schedules_page"}
+PAGES = {"web.runs_page", "web.run_page", "web.workflows_page", "web.workflow_page", "web.schedules_page",
+         "web.batch_page"}
 LIVE = {"web.changes", "web.run_history", "web.run_stream", "web.all_runs_stream"}
 ACTIONS = {"web.send_event", "web.cancel_run", "web.retry_run", "web.pause_run", "web.resume_run"}
 SCHEDULE_ACTIONS = {"web.pause_schedule", "web.resume_schedule", "web.trigger_schedule", "web.delete_schedule"}
+BATCH_ACTIONS = {"web.bulk_action"}
 PUBLIC = {"web.login", "web.logout"}
 
 
@@ -250,8 +264,8 @@ def test_web_pages_redirect_to_sign_in_and_actions_need_a_read_write_session(sit
     every action with 403; a read-write session performs them."""
     rt, app, base = site
     routes = web_routes(app)
-    assert {endpoint for endpoint, _, _ in routes} == PAGES | LIVE | ACTIONS | SCHEDULE_ACTIONS | PUBLIC, \
-        "a web route is not covered here: add it to PAGES, LIVE, ACTIONS, SCHEDULE_ACTIONS or PUBLIC"
+    assert {endpoint for endpoint, _, _ in routes} == PAGES | LIVE | ACTIONS | SCHEDULE_ACTIONS | BATCH_ACTIONS | PUBLIC, \
+        "a web route is not covered here: add it to PAGES, LIVE, ACTIONS, SCHEDULE_ACTIONS, BATCH_ACTIONS or PUBLIC"
     reader, writer = signed_in(base, RO), signed_in(base, RW)
     anonymous = requests.Session()
     wrong = anonymous.post(f"{base}/login", data={"csrf_token": csrf_of(anonymous.get(f"{base}/login").text),
@@ -264,6 +278,8 @@ def test_web_pages_redirect_to_sign_in_and_actions_need_a_read_write_session(sit
         params = {"run_id": run.id, "name": "cargo"}
         if endpoint in SCHEDULE_ACTIONS:
             params["name"] = a_schedule(rt, paused=endpoint == "web.resume_schedule")
+        if endpoint == "web.batch_page":
+            params["batch_id"] = a_batch(rt)
         before = dump(rt)
         response, text = web_call(anonymous, base, rule, method, params)
         if endpoint in LIVE:
@@ -283,6 +299,17 @@ def test_web_pages_redirect_to_sign_in_and_actions_need_a_read_write_session(sit
             form["csrf_token"] = csrf_of(writer.get(f"{base}/schedules", timeout=10).text)
             response, text = web_call(writer, base, rule, method, params, form)
             assert response.status_code == 303, (rule, response.status_code, text[:300])
+            assert dump(rt) != before, f"{rule} changed nothing with a read-write session"
+        elif endpoint in BATCH_ACTIONS:
+            form = {"csrf_token": csrf_of(reader.get(f"{base}/", timeout=10).text), "action": "cancel",
+                    "run_id": run.id, "confirm": "yes"}
+            response, text = web_call(reader, base, rule, method, params, form)
+            assert response.status_code == 403, (rule, response.status_code)
+            assert dump(rt) == before
+            form["csrf_token"] = csrf_of(writer.get(f"{base}/", timeout=10).text)
+            response, text = web_call(writer, base, rule, method, params, form)
+            assert response.status_code == 303, (rule, response.status_code, text[:300])
+            assert "/batches/" in response.headers["Location"]
             assert dump(rt) != before, f"{rule} changed nothing with a read-write session"
         elif endpoint in ACTIONS:
             page = reader.get(f"{base}/runs/{run.id}", timeout=10).text

@@ -117,4 +117,4 @@ def duration(seconds) -> str:
     return f"{sign}{d} d {h} h"
 
 
-from . import catalog, live, pages, schedules  # noqa: E402,F401  (routes)
+from . import bulk, catalog, live, pages, schedules  # noqa: E402,F401  (routes)

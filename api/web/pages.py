@@ -32,7 +32,7 @@ def runs_page():
         page, counts = data.list_runs(rt, Filters()), data.status_counts(rt, Filters())
     ctx = {"f": f, "page": page, "counts": counts, "error": error,
            "workflows": rt.registry.names(), "states": _state_names(rt, f.workflow),
-           "statuses": data.STATUSES, "cursor": rt.clock.now() - 1.0}
+           "statuses": data.STATUSES, "cursor": rt.clock.now() - 1.0, "may_write": security.may_write()}
     if request.headers.get("X-Interlock-Fragment"):
         return jsonify(rows=render_template("_runs_rows.html", **ctx),
                        counts=render_template("_counts.html", **ctx),
