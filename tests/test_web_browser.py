@@ -220,3 +220,29 @@ def test_the_schedules_page_lists_schedules_and_triggers_one(tmp_path, browser):
               message="the tick's run on the page")
         [run] = site.rt.list_runs(workflow="report").runs
         assert css(browser, "section.schedule[data-schedule='hourly-report'] table.ticks a.mono")[0].text == run.id
+
+
+def test_the_runs_page_cancels_the_selected_runs_as_one_batch(tmp_path, browser):
+    with serve(tmp_path) as site:
+        from engine import batch_work
+
+        picked = [site.start(key=f"BULK-{i}").id for i in range(2)]
+        kept = site.start(key="BULK-KEEP").id
+        browser.get(site.url + "/")
+        until(lambda: len(css(browser, "input[name='run_id']")) == 3, message="a checkbox per run")
+        for run_id in picked:
+            css(browser, f"input[name='run_id'][value='{run_id}']")[0].click()
+        bulk = css(browser, "form#bulk")[0]
+        bulk.find_element("css selector", "select[name='action'] option[value='cancel']").click()
+        bulk.find_element("css selector", "button[type='submit']").click()
+        confirm = until(lambda: [b for b in css(browser, "button.primary") if b.text == "Confirm"],
+                        message="the confirmation page")[0]
+        assert "2" in browser.find_element("css selector", "main").text  # how many runs it will cancel
+        confirm.click()
+        until(lambda: css(browser, "section#batch"), message="the batch's page")
+        while batch_work.work(site.rt):  # what a worker's reconciler does, chunk by chunk
+            pass
+        assert [site.rt.get(r).status for r in picked] == ["cancelled", "cancelled"]
+        assert site.rt.get(kept).status != "cancelled"
+        browser.refresh()
+        until(lambda: css(browser, "section#batch[data-status='done']"), message="the batch shown done")
