@@ -162,7 +162,7 @@ def hostile_requests(ids) -> list[tuple[str, str, str, dict, int]]:
     """(label, method, path, requests arguments, expected status): none of them may change anything."""
     run, done, token = ids["waiting"], ids["finished"], ids["token"]
     events = f"/api/runs/{run}/events"
-    writes = [op.path.format(run_id=run, name="test_counter", key="K-1", token=token)
+    writes = [op.path.format(run_id=run, name="test_counter", key="K-1", token=token, batch_id="0" * 32)
               .replace("/activities/test_counter/", "/activities/customs_review/")
               for op in API.operations if op.method == "post"]
     cases = []
