@@ -108,3 +108,5 @@ class Batch(Workflow):
 
     papers = map_(signing, items="items", workflow="ret_papers", max_concurrency=2, on_done="all_signed",
                   results="signed")
+
+    demo_data = {"items": [{"n": 0}, {"n": 1}]}  # tests/test_shortcuts.py starts every workflow

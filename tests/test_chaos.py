@@ -260,9 +260,11 @@ COMPOSED_DAMAGE = {
 def test_the_composition_checks_pass_an_undamaged_database(composed_db, tmp_path):
     report = damaged(composed_db, tmp_path)
     assert report.violations == 0, report.render()
-    assert report.children == 11  # 5 + 3 crates in the maps (B2 cancelled, B3-B4 never started), 3 dispatched
+    # 5 + 2 or 3 crates in the maps (B0 and B1 fail; B2 starts only if their ends reached the map
+    # in two transactions, and is then cancelled; B3-B4 never start), 3 dispatched.
+    assert report.children in (10, 11)
     checked = {i.name: i.checked for i in report.invariants}
-    assert checked["no child orphaned"] == 11 and checked["map concurrency within its limit"] == 2
+    assert checked["no child orphaned"] == report.children and checked["map concurrency within its limit"] == 2
     assert checked["collected results match children"] == 3  # two maps, one child() result
     assert "1 outlived a parent that abandons them" in report.render()
 
