@@ -105,7 +105,6 @@ def plan_run(i: int, rng: random.Random, now: float) -> tuple[str, dict]:
     chaos = {"i": i}
     if rng.random() < 0.05:
         chaos["cancel_after"] = round(rng.uniform(0.3, 8.0), 2)
-    chaos_pauses.plan(chaos, rng)
     kind = rng.choices(["cargo", "orders", "chaos_parcel", "composed"], [30, 30, 22, 18])[0]
     if kind == "composed":
         kind, data = chaos_composition.plan(i, rng, now)
@@ -135,6 +134,7 @@ def plan_run(i: int, rng: random.Random, now: float) -> tuple[str, dict]:
                 "broken_until": round(now + rng.uniform(1, 6), 3) if rng.random() < 0.25 else 0,
                 "label_deadline": round(now + (3600 if rng.random() < 0.5 else rng.uniform(2, 8)), 3),
                 "pickup_deadline": round(now + (3600 if chaos["pickup"] == "pickup" else rng.uniform(4, 12)), 3)}
+    chaos_pauses.plan(chaos, kind, i)
     data["chaos"] = chaos
     return kind, data
 
