@@ -12,8 +12,7 @@ a step that breaks until retried, timers read from the data; parents of child ru
 Map, bench/chaos_composition.py) through the REST API. What
 each run meets is planned from its seed and stored in its data (``data["chaos"]``): flaky
 attempts, timers set seconds ahead, external events this script sends through the API
-(engine.client.Client), cancels, operator retries of failed runs, operator pauses and resumes
-(events meanwhile sent with queue=True: bench/chaos_pauses.py), and activity tasks that
+(engine.client.Client), cancels, operator retries of failed runs, and activity tasks that
 ActivityPollers do (one more receiver drops one task per run on the floor).
 
 Meanwhile, on the printed schedule: SIGKILL a random worker and restart it, SIGKILL the API
@@ -134,7 +133,6 @@ def plan_run(i: int, rng: random.Random, now: float) -> tuple[str, dict]:
                 "broken_until": round(now + rng.uniform(1, 6), 3) if rng.random() < 0.25 else 0,
                 "label_deadline": round(now + (3600 if rng.random() < 0.5 else rng.uniform(2, 8)), 3),
                 "pickup_deadline": round(now + (3600 if chaos["pickup"] == "pickup" else rng.uniform(4, 12)), 3)}
-    chaos_pauses.plan(chaos, kind, i)
     data["chaos"] = chaos
     return kind, data
 
