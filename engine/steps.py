@@ -5,8 +5,9 @@ claimed (queued -> running under a lease) only when the step is still running af
 ``claim_after`` seconds; a claimed task whose worker dies is found by its expired lease.
 
 A delivery that may race another copy of its message claims before it runs the function:
-one of a task sent more than once, or one that waited since it was sent longer than half
-the safety re-send interval (the reconciler re-sends a live sender's task only after that
+one of a task sent more than once, one of a retry (the failed attempt's own message can come
+back beside the retry's: its acknowledgement may be lost with the broker connection), or one
+that waited since it was sent longer than half the safety re-send interval (the reconciler re-sends a live sender's task only after that
 whole interval, by when a lazily run first copy has long claimed it). Of two copies that
 claim, one wins and the other is dropped unrun; a delivery that finds the task claimed or
 done is dropped. The attempt number and the claim's start time are the fencing token
@@ -129,7 +130,7 @@ class StepExecutor:
             return None
         row["attempt"] += 1
         waited = now - max(row["sent_at"] or now, row["available_at"])
-        claim = row["sends"] > 1 or waited > self.rt.settings.resend_after / 2
+        claim = row["sends"] > 1 or row["attempt"] > 1 or waited > self.rt.settings.resend_after / 2
         return self._begin(row, now, "broker", claim)
 
     def _begin(self, row: dict, now: float, via: str, claim: bool = False):
@@ -224,7 +225,7 @@ class StepExecutor:
                "attempt": task["attempt"] + 1, "entry_seq": task["entry_seq"],
                "available_at": task["available_at"], "workflow": run["workflow"],
                "version": run["version"], "data": run["data"], "business_key": run["business_key"]}
-        self._once(task["id"], lambda: self._begin(row, self.rt.clock.now(), "eager"), limit)
+        self._once(task["id"], lambda: self._begin(row, self.rt.clock.now(), "eager", row["attempt"] > 1), limit)
 
     def run(self, loaded, limit=None) -> None:
         """Call the step and hand its result over; the task is released once it is applied."""

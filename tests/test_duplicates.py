@@ -114,6 +114,31 @@ def test_two_copies_of_a_re_sent_task_run_it_once(rt):
     assert _ignored(rt, run.id) == []
 
 
+def test_a_retry_attempt_claims_so_a_copy_of_the_failed_attempts_message_does_not_run_it_again(rt, tmp_path):
+    # The failed attempt's message can come back (its acknowledgement lost with the broker
+    # connection) beside the retry's own: of the two, one runs the retry.
+    flag = tmp_path / "jammed"
+    flag.write_text("")
+    run = rt.start("test_flaky", {"flag": str(flag)})
+    rt.executor.run(rt.executor.load(_task(rt, run.id)["id"]))  # get_ready
+    task_id = _task(rt, run.id)["id"]
+    rt.executor.run(rt.executor.load(task_id))  # work, attempt 1: fails, a retry is queued
+    flag.unlink()
+    _set_task(rt, task_id, sends=1, sent_at=time.time(), available_at=time.time())
+    other = Interlock(rt.settings)
+    try:
+        retry = rt.executor.load(task_id)
+        assert _task(rt, run.id)["status"] == "running"  # claimed before it runs
+        assert other.executor.load(task_id) is None  # the twin finds it claimed: dropped unrun
+        rt.executor.run(retry)
+    finally:
+        other.close()
+    assert rt.get(run.id).state == "done"
+    assert [(h.kind, h.detail.get("attempt")) for h in rt.history(run.id) if h.kind.startswith("step_")][-3:] == [
+        ("step_failed", 1), ("step_started", 2), ("step_succeeded", 2)]
+    assert _ignored(rt, run.id) == []
+
+
 def test_a_task_waiting_longer_than_half_the_interval_claims_before_it_runs(rt):
     run = rt.start("test_pipeline")
     task_id = _task(rt, run.id)["id"]
