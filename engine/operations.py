@@ -225,6 +225,8 @@ class TimerFired:
             timer = dict(found) if found else None
         if timer is None or timer["status"] != "armed":
             return
+        if change.held():  # paused since the timer was read as due: it fires on resume
+            return
         change.fire_timer(timer["id"])
         detail = {"timer": timer["name"], "timer_id": timer["id"], "kind": timer["kind"],
                   "due_at": timer["due_at"], "lag": round(change.now - timer["due_at"], 6)}

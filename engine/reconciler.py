@@ -107,6 +107,7 @@ class Reconciler:
         with self.rt.db.read() as conn:
             due = conn.execute(select(timers.c.id, timers.c.run_id).join(runs, runs.c.id == timers.c.run_id).where(
                 timers.c.status == "armed", timers.c.due_at <= self.rt.clock.now(), of_loaded_workflows(self.rt.registry),
+                pauses.not_held(),
             ).order_by(timers.c.due_at).limit(TIMER_BATCH)).all()
         for timer_id, run_id in due:
             try:

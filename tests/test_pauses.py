@@ -56,6 +56,28 @@ def test_a_paused_runs_due_timer_fires_only_on_resume(rt):
     assert [e.detail for e in rt.history(run_id) if e.kind == "paused"] == [{"reason": "inspection"}]
 
 
+def test_a_timer_read_as_due_before_the_pause_committed_does_not_fire_while_paused(rt):
+    # A reconciler reads the due timers, then fires each under its run's lock (one by one when
+    # a batch failed): what the run says once locked decides.
+    from engine.models import timers
+    from engine.operations import TimerFired
+    from engine.transitions import apply
+
+    run_id = _boiling(rt)
+    rt.executor.execute(_task(rt, run_id)["id"])
+    fast_forward(rt, run_id)
+    with rt.db.read() as conn:
+        timer_id = conn.execute(select(timers.c.id).where(timers.c.run_id == run_id,
+                                                          timers.c.status == "armed")).scalar_one()
+    rt.pause(run_id)
+    apply(rt, run_id, TimerFired(timer_id))
+    assert rt.get(run_id).state == "cooling"
+    assert "timer_fired" not in [e.kind for e in rt.history(run_id)]
+    rt.resume(run_id)
+    assert Reconciler(rt).fire_due_timers() == 1
+    assert rt.get(run_id).status == "succeeded"
+
+
 def test_a_paused_runs_step_is_handed_back_unrun_and_sent_on_resume(rt):
     run_id = _boiling(rt)
     task = _task(rt, run_id)
