@@ -301,8 +301,10 @@ class _Ticking:
 
     def fire(self, t: float, cause: str) -> None:
         """One tick at fire time ``t``: its row, and by the overlap policy its run."""
-        previous = self._active_run()
         overlap = self.spec.overlap
+        if overlap == "buffer_one" and self._current("buffered_at") is not None and self._active_run() is None:
+            self.start_buffered()  # the run it waited for has ended: the earlier tick starts first
+        previous = self._active_run()
         status = "started"
         if previous is not None and overlap == "skip":
             status = "skipped"
@@ -325,7 +327,7 @@ class _Ticking:
         self._write()
 
     def start_buffered(self) -> None:
-        t = self.row["buffered_at"]
+        t = self._current("buffered_at")
         if t is None or not self.loaded or self._active_run() is not None:
             return
         tick = {"status": "started", "run_id": None, "error": None, "started_at": None}
@@ -337,7 +339,7 @@ class _Ticking:
 
     def _start(self, tick) -> None:
         """Start the tick's run through the one start path; its idempotency key is the tick."""
-        t = tick.get("fire_time", self.row["buffered_at"])
+        t = tick.get("fire_time", self._current("buffered_at"))
         key = f"schedule:{self.spec.name}:{iso(t)}"
         try:
             cls = self.rt.registry.get(self.spec.workflow, self.spec.version)

@@ -12,6 +12,7 @@ from sqlalchemy import func, select
 from engine import schedules
 from engine.errors import InvalidData, ScheduleExists, ScheduleNotFound, WorkflowNotFound
 from engine.models import runs, schedule_ticks
+from engine.models import schedules as schedules_table
 from engine.runtime import Interlock
 from engine.schedule_times import local, schedule
 
@@ -176,6 +177,19 @@ def test_overlap_policies_while_the_previous_run_is_active(rt, overlap, statuses
         after = runs_of(rt, "o")
         assert [(r["fire_time"] - T0, r["status"]) for r in after] == [(0, "succeeded"), (60, "waiting")]
         assert schedules.get(rt, "o")["buffered_at"] is None
+
+
+def test_buffer_one_starts_the_buffered_tick_before_a_later_one(rt):
+    schedules.create(rt, now=T0 - 1, name="b", workflow="report", every=60, overlap="buffer_one")
+    schedules.fire_due(rt, now=T0 + 1)
+    schedules.fire_due(rt, now=T0 + 61)  # buffered: the first run is active
+    finish(rt, runs_of(rt, "b")[0]["run"])
+    # A reconciler that found the schedule due, and no buffered tick to start (it read before the
+    # run ended), fires the next tick: the buffered one still goes first.
+    schedules._locked(rt, "b", lambda s, conn, row: schedules._Ticking(rt, s, conn, row, T0 + 121).fire_due())
+    assert tick_statuses(rt, "b") == ["started", "started", "buffered"]
+    assert [(r["fire_time"] - T0, r["status"]) for r in runs_of(rt, "b")] == [(0, "succeeded"), (60, "waiting")]
+    assert schedules.get(rt, "b")["buffered_at"] == T0 + 120
 
 
 def test_skip_starts_again_once_the_previous_run_ended(rt):
@@ -403,17 +417,36 @@ def test_the_chaos_invariant_finds_no_tick_with_two_runs_and_finds_a_planted_one
     schedules.create(rt, now=T0 - 1, name="c", workflow="report", every=60, overlap="allow")
     for k in range(3):
         schedules.fire_due(rt, now=T0 + 60 * k + 1)
-    (healthy,) = check(rt.settings.database_url, Invariant)
-    assert (healthy.checked, healthy.violations) == (3, 0)
+    healthy = check(rt.settings.database_url, Invariant)
+    assert [(i.name, i.checked, i.violations) for i in healthy] == [
+        ("schedule ticks start one run each", 3, 0), ("no schedule tick lost", 1, 0), ("overlap policy kept", 1, 0)]
     first, second = runs_of(rt, "c")[:2]
     with rt.db.write() as conn:  # damage: the second tick names the first tick's run
         conn.execute(update(schedule_ticks).where(schedule_ticks.c.fire_time == second["fire_time"])
                      .values(run_id=first["run"]))
         conn.execute(insert(schedule_ticks).values(schedule="c", fire_time=T0 + 600, cause="schedule",
                                                    status="skipped", run_id=first["run"], created_at=T0))
-    (damaged,) = check(rt.settings.database_url, Invariant)
+    damaged, lost, _overlap = check(rt.settings.database_url, Invariant)
+    assert dict(lost.problems) == {"a tick missing": 1}  # the planted tick is 8 minutes after the last
     assert dict(damaged.problems) == {"a tick's run has another tick's key": 1, "a skipped tick names a run": 1,
                                       "a run named by two ticks": 1}
+
+
+def test_the_chaos_invariant_finds_runs_of_a_skip_schedule_active_at_once(rt):
+    from sqlalchemy import update
+
+    from bench.chaos_checks import Invariant
+    from bench.chaos_schedules import check
+
+    schedules.create(rt, now=T0 - 1, name="c", workflow="report", every=60, overlap="allow")
+    for k in range(3):  # nothing runs the runs here: all three stay active
+        schedules.fire_due(rt, now=T0 + 60 * k + 1)
+    *_, allowed = check(rt.settings.database_url, Invariant)
+    assert allowed.violations == 0 and "allow overlapped 2 times" in allowed.notes[0]
+    with rt.db.write() as conn:  # damage: as if the schedule had said skip all along
+        conn.execute(update(schedules_table).where(schedules_table.c.name == "c").values(overlap="skip"))
+    *_, damaged = check(rt.settings.database_url, Invariant)
+    assert dict(damaged.problems) == {"two runs of a skip schedule active at once": 2}
 
 
 def test_workers_starting_together_sync_the_declared_schedules_once(db_settings):
