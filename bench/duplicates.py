@@ -66,7 +66,7 @@ def count(url: str) -> Executions:
             executions[key].append(at)
             reasons[key].append(detail.get("reason"))
         elif kind == "step_failed" and detail.get("lost") and str(detail.get("error")).startswith("WorkerLost"):
-            lost.append((*key, at))
+            lost.append((*key, at - (detail.get("duration") or 0.0)))  # recorded when the lease ran out
     duplicates = [Duplicate(*key, sorted(set(starts)), reasons[key]) for key, starts in executions.items()
                   if len(set(starts)) > 1]
     return Executions(steps, sorted(duplicates, key=lambda d: d.starts[-1]), lost)
