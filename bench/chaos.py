@@ -12,7 +12,11 @@ a step that breaks until retried, timers read from the data; parents of child ru
 Map, bench/chaos_composition.py) through the REST API. What
 each run meets is planned from its seed and stored in its data (``data["chaos"]``): flaky
 attempts, timers set seconds ahead, external events this script sends through the API
-(engine.client.Client), cancels, operator retries of failed runs, and activity tasks that
+(engine.client.Client), cancels, operator retries of failed runs, operator pauses and resumes
+(events meanwhile sent with queue=True: bench/chaos_pauses.py), schedules ticking every second or
+two under each overlap policy (bench/chaos_schedules.py), one of them issuing runs that
+retention archives and deletes two seconds after they end (bench/chaos_retention.py), a bulk
+cancel of the runs a search field selects (bench/chaos_batches.py), and activity tasks that
 ActivityPollers do (one more receiver drops one task per run on the floor).
 
 Meanwhile, on the printed schedule: SIGKILL a random worker and restart it, SIGKILL the API
@@ -49,7 +53,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench import chaos_composition, chaos_pauses, duplicates
+from bench import chaos_batches, chaos_composition, chaos_pauses, chaos_retention, chaos_schedules, duplicates
 from bench import measure as m
 from bench.chaos_checks import check
 from engine.client import ActivityPoller, ApiError, Client, ClientError
@@ -133,6 +137,8 @@ def plan_run(i: int, rng: random.Random, now: float) -> tuple[str, dict]:
                 "broken_until": round(now + rng.uniform(1, 6), 3) if rng.random() < 0.25 else 0,
                 "label_deadline": round(now + (3600 if rng.random() < 0.5 else rng.uniform(2, 8)), 3),
                 "pickup_deadline": round(now + (3600 if chaos["pickup"] == "pickup" else rng.uniform(4, 12)), 3)}
+    chaos_pauses.plan(chaos, kind, i)
+    chaos_batches.plan(chaos, kind, data, i)
     data["chaos"] = chaos
     return kind, data
 
@@ -202,12 +208,14 @@ class Scenario:
             INTERLOCK_DATABASE_URL=m.pg_url(self.dbname, "postgresql+psycopg"), INTERLOCK_BROKER_URL=self.broker_url,
             INTERLOCK_WORKFLOWS=WORKFLOWS, INTERLOCK_QUEUE=self.queue, INTERLOCK_LEASE_SECONDS=cfg.lease_seconds,
             INTERLOCK_RESEND_AFTER=cfg.resend_after, INTERLOCK_POLL_INTERVAL=cfg.poll_interval,
-            INTERLOCK_WORKER_THREADS=cfg.threads)
+            INTERLOCK_WORKER_THREADS=cfg.threads, INTERLOCK_ARCHIVE_DIR=self.tmp / "archive")
         self.registry = Registry().load_modules(WORKFLOWS.split(","))
         self.api = None
         self.workers: list = [None] * cfg.workers
         self.launches = Counter()
         self.stop = threading.Event()
+        self.load_done = threading.Event()  # the last run started and the last fault injected
+        self.batches_done = threading.Event()  # every bulk cancel created is done
         self.lock = threading.Lock()
         self.started: dict = {}  # run id -> (plan index, monotonic start)
         self.stats = Counter()
@@ -431,7 +439,9 @@ class Scenario:
                                 continue
                             key = (run["id"], run["last_seq"])
                             if action[0] == "event":  # queued if the run is paused now
-                                if chaos_pauses.hold_events(run["data"].get("chaos") or {}, run["id"] in ever_paused):
+                                plan = run["data"].get("chaos") or {}
+                                if chaos_pauses.hold_events(plan, run["id"] in ever_paused) or \
+                                        chaos_batches.hold_decision(plan, self.batches_done.is_set()):
                                     continue
                                 submit(key, run["id"], self.call, f"event {action[1]}",
                                        lambda c, r=run["id"], e=action[1]: c.send(r, e, queue=True))
@@ -454,11 +464,42 @@ class Scenario:
                     after = plans[i][1]["chaos"].get("cancel_after")
                     if after is not None and run_id not in cancelled and now - at >= after:
                         submit(("cancel", run_id), run_id, self._cancel, run_id, cancelled)
-                    what = chaos_pauses.due(plans[i][1]["chaos"], now - at, run_id in paused)
+                    what = chaos_pauses.due(plans[i][1]["chaos"], now - at, run_id in paused, run_id in ever_paused)
                     if what is not None:
                         submit((what, run_id), run_id, self._pause, run_id, what, paused, ever_paused)
         finally:
             pool.shutdown(wait=True)
+
+    def schedule_ticks(self):
+        """Create the schedules through the API, then pause them once the load is over (so the
+        runs can end). A create that is refused (409: a retried create that did land) is done."""
+        specs = [*chaos_schedules.SCHEDULES, chaos_retention.SCHEDULE]
+        for spec in specs:
+            while not self.stop.is_set() and not self.call(
+                    "schedule created", lambda c, s=spec: c.request("POST", "/api/schedules", json=s)):
+                self.stop.wait(0.2)
+        self.load_done.wait()
+        for spec in specs:
+            while not self.stop.is_set() and not self.call(
+                    "schedule paused", lambda c, s=spec: c.request("POST", f"/api/schedules/{s['name']}/pause", json={})):
+                self.stop.wait(0.2)
+
+    def bulk_cancel(self):
+        """Create the batch (bench/chaos_batches.py) part way through the load. A create whose
+        answer was lost (the API killed) is retried: a second batch then finds those runs done."""
+        if self.stop.wait(chaos_batches.AT * self.cfg.load_seconds):
+            return
+        while not self.stop.is_set() and not self.call(
+                "batch created", lambda c: c.request("POST", "/api/batches", json=chaos_batches.BATCH)):
+            self.stop.wait(0.2)
+        while not self.stop.wait(0.5):  # then the runs no batch took get their decision
+            try:
+                listed = self.client().request("GET", "/api/batches")["batches"]
+            except (ApiError, ClientError):
+                continue
+            if listed and all(b["status"] == "done" for b in listed):
+                self.batches_done.set()
+                return
 
     def _pause(self, run_id, what, paused, ever_paused):
         """Pause or resume the run (a run that ended meanwhile refuses the pause: nothing to do)."""
@@ -560,7 +601,9 @@ class Scenario:
                    threading.Thread(target=self.activity_worker, args=(1,), name="poller-1"),
                    threading.Thread(target=self.activity_worker, args=(2,), name="poller-2"),
                    threading.Thread(target=self.abandoner, name="abandoner"),
-                   threading.Thread(target=self.progress, args=(cfg.runs,), name="progress")]
+                   threading.Thread(target=self.progress, args=(cfg.runs,), name="progress"),
+                   threading.Thread(target=self.bulk_cancel, name="batches"),
+                   threading.Thread(target=self.schedule_ticks, name="schedules")]
         for th in threads:
             th.daemon = True
             th.start()
@@ -568,6 +611,8 @@ class Scenario:
         try:
             threads[0].join()
             threads[2].join()
+            self.load_done.set()
+            threads[-1].join()
             last_fault = self.faults[-1] if self.faults else None
             settle_from = time.monotonic()
             deadline = settle_from + cfg.settle_timeout
@@ -588,11 +633,11 @@ class Scenario:
             for child in [self.api, *self.workers]:
                 if child is not None:
                     child.stop()
-        report = check(m.pg_url(self.dbname, "postgresql+psycopg"), self.registry)
+        report = check(m.pg_url(self.dbname, "postgresql+psycopg"), self.registry, archive_dir=self.tmp / "archive")
         executions = duplicates.count(m.pg_url(self.dbname, "postgresql+psycopg"))
         report.invariants.append(duplicates.attribute(executions, self.faults, cfg.resend_after))
         result.update(
-            runs=report.runs, children=report.children, transitions=report.transitions, violations=report.violations,
+            runs=report.runs, children=report.children, scheduled=report.scheduled, transitions=report.transitions, violations=report.violations,
             invariants=[{"name": i.name, "checked": i.checked, "what": i.checked_what, "violations": i.violations,
                          "problems": dict(i.problems), "notes": i.notes} for i in report.invariants],
             duplicates={"steps": executions.steps, "extra_executions": executions.extra,
@@ -642,7 +687,7 @@ def render(result, report) -> str:
     lines = [f"-- {result['label']}: invariants (from the database alone)", report.render()]
     outcomes = ", ".join(f"{k} {v}" for k, v in result["outcomes"].items())
     faults = ", ".join(f"{k} {v}" for k, v in sorted(result["fault_counts"].items())) or "none"
-    lines.append(f"-- summary: {result['runs']} runs ({result['children']} started by a parent), "
+    lines.append(f"-- summary: {result['runs']} runs ({result['children']} started by a parent, {result['scheduled']} by a schedule), "
                  f"{result['transitions']} transitions, "
                  f"{len(result['faults'])} faults injected ({faults})")
     lines.append(f"   outcomes: {outcomes}")

@@ -23,8 +23,12 @@ Each invariant counts what it looked at and what broke it:
    follows its ``timer_fired`` row.
 6-9. Child runs and Map (``no child orphaned``, ``fan-in counted once``, ``collected results
    match children``, ``map concurrency within its limit``): see bench/chaos_composition.py.
-(bench/chaos_pauses.py holds two invariants for operator pauses, not yet in the run: with
-   pauses planned, one RabbitMQ run ended with a run stuck, not yet explained.)
+10-11. Operator pauses (``no timer fired while paused``, ``queued events applied once``): see
+   bench/chaos_pauses.py.
+12-14. Schedules (``schedule ticks start one run each``, ``no schedule tick lost``, ``overlap
+   policy kept``): see bench/chaos_schedules.py.
+15. Retention (``retention deletes whole finished runs``): see bench/chaos_retention.py.
+16. Bulk actions (``bulk cancel acts on each run once``): see bench/chaos_batches.py.
 
 Flat workflows only (a history row's source and target are leaf states).
 """
@@ -34,7 +38,7 @@ from dataclasses import dataclass, field
 
 from sqlalchemy import create_engine, select, text
 
-from bench import chaos_composition
+from bench import chaos_batches, chaos_composition, chaos_pauses, chaos_retention, chaos_schedules
 from engine.db import normalize_url
 from engine.models import history, runs, tasks, timers
 
@@ -83,6 +87,7 @@ class Report:
     transitions: int
     outcomes: Counter
     children: int = 0  # of the runs, those started by a parent run
+    scheduled: int = 0  # of the runs, those started by a schedule's tick
 
     @property
     def violations(self) -> int:
@@ -125,7 +130,7 @@ def allowed_outcomes(workflow: str, data: dict) -> set:
                    "no_pickup": {"returned"}}.get(plan.get("pickup"), {"delivered", "returned"})
     else:
         return set()  # a workflow the chaos run does not start: any final state will do
-    if plan.get("cancel_after") is not None:
+    if plan.get("cancel_after") is not None or plan.get("bulk_cancel"):
         allowed = allowed | {CANCEL}
     return allowed
 
@@ -164,7 +169,7 @@ def load(url: str):
                 conn.execute(text("SET application_name = 'interlock-chaos'"))
             run_rows = [dict(r) for r in conn.execute(select(
                 runs.c.id, runs.c.workflow, runs.c.version, runs.c.status, runs.c.state, runs.c.data,
-                runs.c.last_seq, runs.c.parent_id)).mappings()]
+                runs.c.last_seq, runs.c.parent_id, runs.c.idempotency_key)).mappings()]
             by_run = defaultdict(list)
             for r in conn.execute(select(
                     history.c.run_id, history.c.seq, history.c.kind, history.c.event, history.c.source,
@@ -184,7 +189,7 @@ def load(url: str):
 
 # -- the checks ----------------------------------------------------------------------------
 
-def check(url: str, registry, now: float | None = None) -> Report:
+def check(url: str, registry, now: float | None = None, archive_dir=None) -> Report:
     import time
 
     now = time.time() if now is None else now
@@ -263,8 +268,15 @@ def check(url: str, registry, now: float | None = None) -> Report:
     if fault_ended:
         finals.notes.append(f"{fault_ended} ended through on_error after attempts lost to injected faults")
     composition = chaos_composition.check(url, registry, by_run, Invariant)
-    return Report([finals, contiguous, once, steps, timer_check, *composition], len(run_rows), transitions,
-                  outcomes, children=sum(r["parent_id"] is not None for r in run_rows))
+    paused = chaos_pauses.check(by_run, Invariant)
+    archived = chaos_retention.archived(archive_dir) if archive_dir is not None else {}
+    scheduled = chaos_schedules.check(url, Invariant, {rid: copies[-1]["run"] for rid, copies in archived.items()})
+    retained = chaos_retention.check(url, archived, Invariant)
+    bulk = chaos_batches.check(url, Invariant)
+    return Report([finals, contiguous, once, steps, timer_check, *composition, *paused, *scheduled, *retained, *bulk],
+                  len(run_rows),
+                  transitions, outcomes, children=sum(r["parent_id"] is not None for r in run_rows),
+                  scheduled=sum((r["idempotency_key"] or "").startswith("schedule:") for r in run_rows))
 
 
 def _why_not_final(run, cls, open_tasks, armed, now) -> str:

@@ -273,18 +273,6 @@ def _results(inv, run_rows, map_rows, items, children, by_run, spec_of):
     inv.notes.append(f"{on_done} maps collected on_done, {single} child() results")
 
 
-def most_at_once(kids) -> int:
-    """The most runs active at one moment, from their created_at and finished_at (an end
-    before a start at the same instant: the next child starts after the last one ended)."""
-    moments = sorted([(k["created_at"], 1) for k in kids] +
-                     [(k["finished_at"], -1) for k in kids if k["finished_at"] is not None])
-    active = peak = 0
-    for _, step in moments:
-        active += step
-        peak = max(peak, active)
-    return peak
-
-
 def counted_at_once(entries, row) -> int:
     """The most children of the map entry ``row`` running at once as its parent counts them:
     started and not yet ended, in the order of the parent's history. (Times would not do: a

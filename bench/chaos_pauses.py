@@ -34,12 +34,14 @@ def hold_events(chaos: dict, was_paused: bool) -> bool:
     return chaos.get("pause_after") == 0.0 and not was_paused
 
 
-def due(chaos: dict, age: float, paused: bool) -> str | None:
-    """What the script does now to a run ``age`` seconds after its start: pause, resume or nothing."""
+def due(chaos: dict, age: float, paused: bool, was_paused: bool) -> str | None:
+    """What the script does now to a run ``age`` seconds after its start: pause, resume or nothing.
+    A pause the API could not take in time (it was down) is made late rather than never: the
+    run's events wait for it (``hold_events``)."""
     after = chaos.get("pause_after")
     if after is None:
         return None
-    if not paused and after <= age < after + chaos["pause_for"]:
+    if not paused and not was_paused and age >= after:
         return "pause"
     if paused and age >= after + chaos["pause_for"]:
         return "resume"

@@ -143,3 +143,22 @@ class ChaosLooseDispatch(ChaosDispatch):
 
     crate = child(ChaosDispatch.crating, workflow="chaos_crate", data=lambda run: run.data["crate"],
                   on_done="crated", on_error="crate_failed", result="crate", parent_close="abandon")
+
+
+# -- retention: bench/chaos_retention.py checks what it deletes ------------------------------
+
+class ChaosReceipt(Workflow):
+    """A receipt a schedule issues every second: one quick step, and deleted (archived first)
+    two seconds after it ends, while the faults go on."""
+
+    name, version = "chaos_receipt", 1
+    retention = timedelta(seconds=2)
+
+    issuing = State(initial=True)
+    issued = State(final=True)
+
+    done = issuing.to(issued)
+
+    @step(issuing, retries=3, backoff=timedelta(seconds=0.1))
+    def issue(self, run):
+        return "done", {"issued_by": f"attempt-{run.attempt}"}
