@@ -20,8 +20,9 @@ dev: $(STAMP)  # `make dev PORT=8123` listens there instead of 8000 (like INTERL
 	$(BIN)/interlock db upgrade
 	$(BIN)/interlock dev $(if $(PORT),--port $(PORT))
 
-test: $(STAMP)
-	$(BIN)/pytest -q
+test: $(STAMP)  # two processes, then alone the tests that restart the brokers or time lateness
+	$(BIN)/pytest -q -n 2 -m "not serial"
+	$(BIN)/pytest -q -m serial
 
 screenshots: $(STAMP)  # docs/*.png of the web pages (needs Debian's chromium and chromium-driver)
 	$(BIN)/python scripts/screenshot.py

@@ -17,7 +17,7 @@ from engine.testing import Harness
 from .conftest import require_server
 from .processes import ROOT, clean_env
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.serial]  # it restarts Redis and RabbitMQ
 CHAOS = [sys.executable, str(ROOT / "bench" / "chaos.py")]
 INVARIANTS = ["final states", "history contiguous", "transitions once per state entry",
               "step results applied once", "timers only in their state entry", "no child orphaned",

@@ -131,6 +131,7 @@ def _available_at(rt, history, started) -> float:
 
 
 @pytest.mark.slow
+@pytest.mark.serial  # its bounds on lateness are a second: alone, not beside other tests
 # Each direction once, each broker once: the clock is the database's whatever the broker.
 @pytest.mark.parametrize("backend, shift", [("postgres-redis", SHIFT), ("postgres-rabbitmq", -SHIFT)],
                          ids=["ahead-postgres-redis", "behind-postgres-rabbitmq"])
