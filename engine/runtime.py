@@ -7,7 +7,7 @@ from sqlalchemy import event
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from . import children, maps, metrics, pauses, schedules
+from . import bindings, children, maps, metrics, pauses, schedules
 from . import operations as ops
 from . import queries
 from . import search as search_fields
@@ -70,6 +70,7 @@ class Interlock:
         # The id of this process's row in ``workers`` while a worker runs here: the sender of
         # the tasks it commits (None: tasks are re-sent only by the long safety interval).
         self.worker_id: str | None = None
+        bindings.attach_all(self)  # models bound in the workflows modules (engine/bindings.py)
 
     def keep_clock(self) -> None:
         """Measure the clock's offset to the database's if the last measurement is old (every
@@ -133,6 +134,23 @@ class Interlock:
         in between cannot make the run's update fail with "database is locked".
         """
         return Session(self.db.write_engine, **kwargs)
+
+    def bind(self, model, *, workflow: str, **options) -> bindings.Binding:
+        """Bind ``model``'s rows to ``workflow`` in this process (``engine.bindings.Binding``):
+        their flushes start, drive and cancel its runs, and its transitions write ``state_column``.
+
+        Workers in other processes write the state column only for bindings their workflows
+        modules declare: declare it there (``engine.bind(...)`` at module level) instead. The
+        model's table must already be in this Interlock's database."""
+        self.registry.get(workflow)
+        binding = bindings.Binding(model, workflow=workflow, **options)
+        try:
+            binding.attach(self, strict=True)
+            self.registry.add_binding(binding)
+        except Exception:
+            binding.forget()
+            raise
+        return binding
 
     # -- changing runs -------------------------------------------------------------
 
@@ -247,6 +265,7 @@ class Interlock:
     def close(self) -> None:
         if self._worker is not None:
             self._worker.stop()
+        bindings.detach_all(self)
         self.notifier.close()
         self.broker.close()
         self.db.dispose()
