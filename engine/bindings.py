@@ -58,6 +58,8 @@ class Binding:
         if mapper is None or not hasattr(mapper, "local_table"):
             raise DefinitionError(f"bind() takes a mapped SQLAlchemy model class, not {model!r}")
         self.model, self.name, self.workflow = model, model.__name__, workflow
+        if model in _BY_MODEL:
+            raise DefinitionError(f"{self.name} is bound twice (to {_BY_MODEL[model].workflow!r} and {workflow!r})")
         self.table = mapper.local_table
         if len(mapper.primary_key) != 1:
             raise DefinitionError(f"{self.name} has a composite primary key: a bound model needs one column")
@@ -96,8 +98,6 @@ class Binding:
         if attribute is not None and hasattr(model, attribute):
             raise DefinitionError(f"{self.name} already has an attribute {attribute!r}: "
                                   "give bind(attribute=...) another name for its run")
-        if model in _BY_MODEL:
-            raise DefinitionError(f"{self.name} is bound twice (to {_BY_MODEL[model].workflow!r} and {workflow!r})")
         for attr in self.triggers:
             # The old value is loaded when the attribute is set, so the condition sees it.
             event.listen(getattr(model, attr), "set", _keep_old, active_history=True)
