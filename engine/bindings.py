@@ -17,6 +17,7 @@ workflows (workers, the API, the application) knows the model, its table and its
   business key shown beside it.
 """
 
+import functools
 import os
 import weakref
 from datetime import date, datetime
@@ -26,6 +27,7 @@ from sqlalchemy import bindparam, event, inspect, select, update
 from sqlalchemy.orm import Session, object_session
 from sqlalchemy.orm.attributes import set_committed_value
 
+from . import hotsql
 from .db import WRITE
 from .errors import (BindingError, DefinitionError, InterlockError, InvalidTransition, RunNotActive,
                      RunPaused, StateColumnWritten)
@@ -35,7 +37,11 @@ from .models import runs
 # data) always fails the flush.
 REFUSALS = (InvalidTransition, RunNotActive, RunPaused)
 _ERROR = "interlock_binding_error"  # session.info: an error of before_flush, raised in after_flush
+_STATE_SET = "interlock_state_set"  # InstanceState.info: the state a flush gave a new row
+_STARTED = "interlock_binding_started"  # session.info: rows whose runs before_flush started
 _BY_MODEL: dict[type, "Binding"] = {}
+_RUN_OF_ROW = hotsql.Statement(lambda _dialect, _keys: select(runs).where(
+    runs.c.workflow == bindparam("b_workflow"), runs.c.idempotency_key == bindparam("b_key")))
 _installed = False
 
 
@@ -57,7 +63,7 @@ class Binding:
         mapper = inspect(model, raiseerr=False)
         if mapper is None or not hasattr(mapper, "local_table"):
             raise DefinitionError(f"bind() takes a mapped SQLAlchemy model class, not {model!r}")
-        self.model, self.name, self.workflow = model, model.__name__, workflow
+        self.model, self.mapper, self.name, self.workflow = model, mapper, model.__name__, workflow
         if model in _BY_MODEL:
             raise DefinitionError(f"{self.name} is bound twice (to {_BY_MODEL[model].workflow!r} and {workflow!r})")
         self.table = mapper.local_table
@@ -144,13 +150,12 @@ class Binding:
 
     def runtime_for(self, session):
         """The attached Interlock on the database ``session`` writes this model to."""
-        engine = session.get_bind(mapper=inspect(self.model)).engine
-        url = engine.url
+        bind = session.get_bind(mapper=self.mapper)
+        url = bind.engine.url
         live = [rt for rt in (ref() for ref in self._runtimes) if rt is not None]
         for rt in reversed(live):
             if _same_database(rt.db.engine.url, url):
-                if rt.db.dialect == "sqlite" and not session.get_bind(mapper=inspect(self.model)) \
-                        .get_execution_options().get(WRITE):
+                if rt.db.dialect == "sqlite" and not bind.get_execution_options().get(WRITE):
                     # A transaction that takes the write lock at its first write would read the
                     # run unlocked: a worker could change it in between.
                     raise BindingError(f"on SQLite, write {self.name} rows with interlock.session() (or a "
@@ -179,22 +184,37 @@ class Binding:
         except ValueError:
             return None
 
+    def run_of(self, conn, pk) -> dict | None:
+        """The row's run (its stored columns), or None."""
+        found = hotsql.fetch(conn, _RUN_OF_ROW, {"b_workflow": self.workflow, "b_key": self.run_key(pk)})
+        return found[0] if found else None
+
     def run_id(self, conn, pk) -> str | None:
-        return conn.execute(select(runs.c.id).where(
-            runs.c.workflow == self.workflow, runs.c.idempotency_key == self.run_key(pk))).scalar()
+        run = self.run_of(conn, pk)
+        return None if run is None else run["id"]
 
     # -- the flush ------------------------------------------------------------------------
 
-    def started(self, session, row) -> None:
-        """After the INSERT: start the row's run (or find the one an earlier flush started)."""
+    def started(self, session, row, inserted: bool) -> None:
+        """Start the row's run (or find the one an earlier flush started for its primary key) and
+        give the row its state: before the INSERT, in the row itself (one statement fewer); after
+        it (a primary key the database assigns), with an UPDATE."""
+        from . import operations as ops
+        from .transitions import apply, check_data
+
         rt = self.runtime_for(session)
         pk = getattr(row, self.pk_attr)
-        run, created = rt.start_run(self.workflow, self.data(row), business_key=_key_text(self.key(row)),
-                                    idempotency_key=self.run_key(pk), session=session)
-        if self.state_column is not None:
-            if not created:  # the transition that wrote the state was for an earlier row
-                session.connection().execute(self.update_state, {"b_pk": pk, "b_state": run.state})
-            set_committed_value(row, self.state_column, run.state)
+        start = ops.Start(rt.registry.get(self.workflow), check_data(self.data(row)),
+                          _key_text(self.key(row)), self.run_key(pk))
+        run = apply(rt, None, _StartRow(self, start, pk), session=session).run
+        if self.state_column is None:
+            return
+        if inserted:
+            session.connection().execute(self.update_state, {"b_pk": pk, "b_state": run["state"]})
+            set_committed_value(row, self.state_column, run["state"])
+        else:
+            setattr(row, self.state_column, run["state"])
+            inspect(row).info[_STATE_SET] = run["state"]  # ours: a flush tried again does not refuse it
 
     def changed(self, session, row) -> None:
         """Before the UPDATE: refuse a state column the application set; send the triggers' events."""
@@ -243,12 +263,25 @@ class Binding:
         from .transitions import ACTIVE, apply
 
         rt = self.runtime_for(session)
-        run_id = self.run_id(session.connection(), getattr(row, self.pk_attr))
-        if run_id is None:
-            return
-        status = session.connection().execute(select(runs.c.status).where(runs.c.id == run_id)).scalar()
-        if status in ACTIVE:
-            apply(rt, run_id, ops.Cancel(f"{self.name} {getattr(row, self.pk_attr)} was deleted"), session=session)
+        run = self.run_of(session.connection(), getattr(row, self.pk_attr))
+        if run is not None and run["status"] in ACTIVE:
+            apply(rt, run["id"], ops.Cancel(f"{self.name} {getattr(row, self.pk_attr)} was deleted"), session=session)
+
+
+class _StartRow:
+    """``operations.Start`` for a row: finds an earlier run of the row with one prepared statement."""
+
+    def __init__(self, binding, start, pk):
+        self.binding, self.start, self.pk = binding, start, pk
+
+    def existing(self, rt, conn):
+        return self.binding.run_of(conn, self.pk)
+
+    def begin(self, rt, conn, now):
+        return self.start.begin(rt, conn, now)
+
+    def perform(self, change):
+        self.start.perform(change)
 
 
 class Refused:
@@ -272,9 +305,10 @@ def bind(model, *, workflow: str, **options) -> Binding:
 
 def sync(change, state: str) -> None:
     """Write the run's state to its row's state column, in the transition's transaction, when it
-    changed (or the run is new): an UPDATE by primary key, which locks the row."""
+    changed: an UPDATE by primary key, which locks the row. (A new run's row is given its state
+    by the flush that inserts it: ``Binding.started``.)"""
     binding = change.rt.registry.bindings.get(change.cls.workflow_name)
-    if binding is None or binding.state_column is None or (state == change.row["state"] and not change.new):
+    if binding is None or binding.state_column is None or change.new or state == change.row["state"]:
         return
     pk = binding.row_of(change.row["idempotency_key"])
     if pk is not None:
@@ -300,14 +334,21 @@ def _bound(objects):
 
 
 def _before_flush(session, _context, _instances):
-    """Events and cancellations before the flush writes the rows. An error is kept and raised in
-    ``after_flush``: raised there, it rolls the whole transaction back, the rows' changes with it."""
+    """Starts of rows whose primary key is known, events and cancellations, before the flush
+    writes the rows. An error is kept and raised in ``after_flush``: raised there, it rolls the
+    whole transaction back, the rows' changes with it."""
+    session.info.pop(_ERROR, None)
     try:
+        started = set()
         for binding, row in _bound(session.new):
             if binding.state_column is not None and inspect(row).attrs[binding.state_column].history.added:
                 value = getattr(row, binding.state_column)
-                if value is not None:
+                if value is not None and inspect(row).info.get(_STATE_SET) != value:
                     raise StateColumnWritten(binding.name, binding.state_column, getattr(row, binding.pk_attr), value)
+            if binding.start_on == "insert" and getattr(row, binding.pk_attr) is not None:
+                binding.started(session, row, inserted=False)
+                started.add(id(row))
+        session.info[_STARTED] = started
         for binding, row in _bound(session.dirty):
             if session.is_modified(row, include_collections=False):
                 binding.changed(session, row)
@@ -319,12 +360,14 @@ def _before_flush(session, _context, _instances):
 
 
 def _after_flush(session, _context):
+    """Raise what ``before_flush`` refused; start the runs of rows the INSERT gave a primary key."""
     error = session.info.pop(_ERROR, None)
+    started = session.info.pop(_STARTED, ())
     if error is not None:
         raise error
     for binding, row in _bound(session.new):
-        if binding.start_on == "insert":
-            binding.started(session, row)
+        if binding.start_on == "insert" and id(row) not in started:
+            binding.started(session, row, inserted=True)
 
 
 def _orm_execute(state):
@@ -459,7 +502,9 @@ def _python_type(column):
 
 
 def _key_text(value) -> str | None:
-    return None if value is None else str(value)
+    from .runtime import _check_key
+
+    return None if value is None else _check_key(str(value), "business_key")
 
 
 def _jsonable(value):
@@ -470,6 +515,7 @@ def _jsonable(value):
     return value
 
 
+@functools.lru_cache(maxsize=256)
 def _same_database(a, b) -> bool:
     """Whether two URLs name one database (the same file, for SQLite)."""
     if a.get_backend_name() != b.get_backend_name():

@@ -121,6 +121,16 @@ def test_a_retried_flush_starts_no_second_run(rt, app):
         s.add(Ticket(id=ticket_id, ref="T-1"))
         s.commit()
     assert len(runs_of(rt)) == 1 and in_step(rt, ticket_id) == "received"
+    with Session(app) as s:  # a row with its own key, its flush failed and tried again
+        note = Note(id="N-1")
+        s.add_all([note, Ticket(ref="T-1")])  # the ticket's INSERT fails: T-1 exists
+        with pytest.raises(IntegrityError):
+            s.commit()
+        s.rollback()
+        assert runs_of(rt, "test_bound_notes") == []
+        s.add(note)
+        s.commit()
+    assert len(runs_of(rt, "test_bound_notes")) == 1 and stored(rt, Note, "N-1")["state"] == "draft"
 
 
 def test_a_rollback_leaves_no_run_no_event_and_no_task(rt, app):

@@ -60,9 +60,6 @@ class BoundOrder(Workflow):
     final_status = {"cancelled": "cancelled"}
     unpaid = after(timedelta(days=7), placed, send="expire")
 
-    def on_total_changed(self, run, new):
-        run.data["total"] = new  # the row's new total, as the binding's event carries it
-
     @step(shipping, retries=5, backoff=timedelta(seconds=0.2))
     def ship(self, run):
         return "shipped", {"tracking": simulators.reference("TRK", run.id)}
