@@ -24,12 +24,14 @@ from datetime import date, datetime
 from decimal import Decimal
 
 from sqlalchemy import bindparam, event, inspect, select, update
-from sqlalchemy.orm import Session, object_session
+from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.orm import Session
 from sqlalchemy.orm.attributes import set_committed_value
 
 from . import hotsql
+from .bound_runs import RunOf
 from .db import WRITE
-from .errors import (BindingError, DefinitionError, InterlockError, InvalidTransition, RunNotActive,
+from .errors import (BindingError, DefinitionError, InvalidTransition, RunNotActive,
                      RunPaused, StateColumnWritten)
 from .models import runs
 
@@ -109,8 +111,9 @@ class Binding:
             event.listen(getattr(model, attr), "set", _keep_old, active_history=True)
         self.attribute = attribute
         if attribute is not None:
-            setattr(model, attribute, _RunOf(self))
+            setattr(model, attribute, RunOf(self))
         self._runtimes: list = []  # weak references to the Interlocks attached, newest last
+        self._last = None  # (the engine a session last wrote to, the Interlock found for it)
         _BY_MODEL[model] = self
         _install()
 
@@ -123,9 +126,15 @@ class Binding:
         """Let ``rt`` drive this binding's runs. ``strict``: the table must already be in its database."""
         if rt.db.dialect not in ("sqlite", "postgresql", "mysql", "mariadb"):
             raise BindingError(f"bound models work on SQLite, PostgreSQL and MariaDB, not {rt.db.dialect}")
-        tables = inspect(rt.db.engine)
-        if tables.has_table(self.table.name, schema=self.table.schema):
-            found = {c["name"] for c in tables.get_columns(self.table.name, schema=self.table.schema)}
+        try:
+            tables = inspect(rt.db.engine)
+            exists = tables.has_table(self.table.name, schema=self.table.schema)
+            found = {c["name"] for c in tables.get_columns(self.table.name, schema=self.table.schema)} if exists else set()
+        except SQLAlchemyError:
+            if strict:
+                raise
+            exists, found = False, set()  # the database is not reachable now: checked at the flush
+        if exists:
             missing = [c.name for c in self.table.columns if c.name not in found]
             if missing:
                 raise BindingError(f"table {self.table.name} in Interlock's database has no column "
@@ -137,20 +146,30 @@ class Binding:
                 "write in one transaction (create it there first)")
         self._runtimes = [ref for ref in self._runtimes if ref() is not None and ref() is not rt]
         self._runtimes.append(weakref.ref(rt))
+        self._last = None
 
     def forget(self) -> None:
         """Undo the declaration (a binding refused when attached)."""
         if _BY_MODEL.get(self.model) is self:
             del _BY_MODEL[self.model]
-            if isinstance(self.model.__dict__.get(self.attribute), _RunOf):
+            if isinstance(self.model.__dict__.get(self.attribute), RunOf):
                 delattr(self.model, self.attribute)
 
     def detach(self, rt) -> None:
         self._runtimes = [ref for ref in self._runtimes if ref() is not None and ref() is not rt]
+        self._last = None
 
     def runtime_for(self, session):
         """The attached Interlock on the database ``session`` writes this model to."""
         bind = session.get_bind(mapper=self.mapper)
+        last = self._last  # attach and detach forget it
+        if last is not None and last[0] is bind and last[1]() is not None:
+            return last[1]()
+        rt = self._resolve(bind)
+        self._last = (bind, weakref.ref(rt))
+        return rt
+
+    def _resolve(self, bind):
         url = bind.engine.url
         live = [rt for rt in (ref() for ref in self._runtimes) if rt is not None]
         for rt in reversed(live):
@@ -385,111 +404,6 @@ def _orm_execute(state):
 
 def _keep_old(target, value, oldvalue, initiator):
     return value
-
-
-# -- a row's run ---------------------------------------------------------------------------------
-
-class _RunOf:
-    """``order.workflow``: the row's run, read and sent events in the row's own session."""
-
-    def __init__(self, binding):
-        self.binding = binding
-
-    def __get__(self, row, owner=None):
-        return self if row is None else BoundRun(self.binding, row)
-
-
-class BoundRun:
-    """The run a row drives. Reads and ``send`` go through the row's session (its uncommitted
-    changes, the run's with them); a row outside any session reads what is committed."""
-
-    def __init__(self, binding, row):
-        self.binding, self.row = binding, row
-        self.session = object_session(row)
-        self.rt = None
-
-    def _runtime(self):
-        if self.rt is None:
-            if self.session is not None:
-                self.rt = self.binding.runtime_for(self.session)
-            else:
-                live = [rt for rt in (ref() for ref in self.binding._runtimes) if rt is not None]
-                if not live:
-                    raise BindingError(f"no Interlock in this process loads {self.binding.workflow!r}")
-                self.rt = live[-1]
-        return self.rt
-
-    def _read(self, work):
-        if self.session is not None:
-            return work(self.session.connection())
-        return self._runtime().db.query(work)
-
-    @property
-    def id(self) -> str | None:
-        self._runtime()
-        return self._read(lambda conn: self.binding.run_id(conn, getattr(self.row, self.binding.pk_attr)))
-
-    def get(self):
-        """The run (``engine.queries.Run``), or None if the row has none."""
-        from .queries import get_run
-
-        run_id = self.id
-        return None if run_id is None else self._read(lambda conn: get_run(conn, run_id))
-
-    @property
-    def state(self) -> str | None:
-        run = self.get()
-        return None if run is None else run.state
-
-    @property
-    def status(self) -> str | None:
-        run = self.get()
-        return None if run is None else run.status
-
-    @property
-    def allowed_events(self) -> list[str]:
-        """Events the run accepts now (before guards); none once it has ended."""
-        from . import machine as m
-        from .transitions import ACTIVE
-
-        run = self.get()
-        if run is None or run.status not in ACTIVE:
-            return []
-        cls = self._runtime().registry.get(run.workflow, run.version)
-        ctx = m.RunContext(id=run.id, workflow=run.workflow, version=run.version, data=dict(run.data),
-                           business_key=run.business_key, status=run.status)
-        return m.accepted_events(m.restore(cls, ctx, list(run.configuration)))
-
-    def history(self) -> list:
-        from .queries import get_history
-
-        run_id = self.id
-        return [] if run_id is None else self._read(lambda conn: get_history(conn, run_id))
-
-    def explain(self) -> dict:
-        """What the run waits for, as ``GET /api/runs/<id>/explain`` says (its committed state)."""
-        from .explain import explain
-
-        return explain(self._runtime(), self._required_id())
-
-    def send(self, event: str, data=None, **options):
-        """Send the run an event in the row's session (committed with it); the row's state
-        attribute follows."""
-        rt, run_id = self._runtime(), self._required_id()
-        run = rt.send(run_id, event, data, session=self.session, **options)
-        if self.binding.state_column is not None:
-            set_committed_value(self.row, self.binding.state_column, run.state)
-        return run
-
-    def _required_id(self) -> str:
-        run_id = self.id
-        if run_id is None:
-            raise BindingError(f"{self.binding.name} {getattr(self.row, self.binding.pk_attr)!r} has no run")
-        return run_id
-
-    def __repr__(self):
-        run = self.get()
-        return f"<run of {self.binding.name}: {run.id} {run.status} in {run.state}>" if run else "<no run>"
 
 
 # -- helpers ---------------------------------------------------------------------------------------
