@@ -44,6 +44,25 @@ def _check_event(name):
     return name
 
 
+def _dispatch_pending(session) -> None:
+    """After a Session's commit: what ``start``/``send(session=...)`` committed in it goes out
+    (a SAVEPOINT released is not the commit: it waits for the transaction's)."""
+    if session.in_nested_transaction():
+        return
+    for rt, outcome in session.info.pop(_PENDING, ()):
+        rt.after_commit(outcome)
+
+
+def _drop_pending(session) -> None:
+    session.info.pop(_PENDING, None)
+
+
+# Listening on the Session class once costs a dict lookup per commit; listening on each session
+# per transaction cost a third of a millisecond.
+event.listen(Session, "after_commit", _dispatch_pending)
+event.listen(Session, "after_rollback", _drop_pending)
+
+
 class Interlock:
     """Start, drive and inspect runs. Every change goes through ``transitions.apply``."""
 
@@ -109,23 +128,7 @@ class Interlock:
 
     def after_session_commit(self, session, outcome) -> None:
         """Dispatch only once the caller's transaction commits; forget it if it rolls back."""
-        pending = session.info.setdefault(_PENDING, [])
-        if not pending:
-            event.listen(session, "after_commit", self._flush_session, once=True)
-            event.listen(session, "after_rollback", self._drop_session, once=True)
-        pending.append(outcome)
-
-    def _flush_session(self, session) -> None:
-        outcomes = session.info.pop(_PENDING, [])
-        if event.contains(session, "after_rollback", self._drop_session):
-            event.remove(session, "after_rollback", self._drop_session)
-        for outcome in outcomes:
-            self.after_commit(outcome)
-
-    def _drop_session(self, session) -> None:
-        session.info.pop(_PENDING, None)
-        if event.contains(session, "after_commit", self._flush_session):
-            event.remove(session, "after_commit", self._flush_session)
+        session.info.setdefault(_PENDING, []).append((self, outcome))
 
     def session(self, **kwargs) -> Session:
         """A Session for your own writes that ``start``/``send(session=...)`` join.

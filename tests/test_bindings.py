@@ -70,13 +70,18 @@ def in_step(rt, ticket_id):
     return run.state
 
 
-def opened(rt, app):
-    """A ticket whose run took its step: in ``open``."""
+def inserted(app, ref="T-1") -> int:
+    """A ticket inserted by plain session code, committed: its id."""
     with Session(app) as s:
-        ticket = Ticket(ref="T-1", total=5.0)
+        ticket = Ticket(ref=ref, total=5.0)
         s.add(ticket)
         s.commit()
-        ticket_id = ticket.id
+        return ticket.id
+
+
+def opened(rt, app):
+    """A ticket whose run took its step: in ``open``."""
+    ticket_id = inserted(app)
     with rt.worker(2):
         wait_until(lambda: runs_of(rt)[0].state == "open", message="the triage step")
     return ticket_id
@@ -180,11 +185,7 @@ def test_the_state_column_follows_every_step_event_and_timer(rt, app):
 def test_the_state_column_follows_a_worker_in_another_process(rt, app, tmp_path):
     worker = Process("worker", "--threads", "2", env=env_for(rt.settings), log_path=tmp_path / "worker.log")
     try:
-        with Session(app) as s:
-            ticket = Ticket(ref="T-1", total=5.0)
-            s.add(ticket)
-            s.commit()
-            ticket_id = ticket.id
+        ticket_id = inserted(app)
 
         def row_in(state):
             return lambda: stored(rt, Ticket, ticket_id)["stage"] == state
@@ -202,11 +203,9 @@ def test_the_state_column_follows_a_worker_in_another_process(rt, app, tmp_path)
 
 
 def test_an_event_the_run_refuses_fails_the_flush_and_rolls_the_change_back(rt, app):
+    ticket_id = inserted(app)
     with Session(app) as s:
-        ticket = Ticket(ref="T-1", total=5.0)
-        s.add(ticket)
-        s.commit()
-        ticket_id = ticket.id
+        ticket = s.get(Ticket, ticket_id)
         ticket.total = 900.0  # escalate: the run is still in ``received`` (no worker took the step)
         with pytest.raises(InvalidTransition) as refused:
             s.commit()
