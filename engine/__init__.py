@@ -6,19 +6,22 @@ Workflows are written with the names below; everything else is imported by modul
 
 from statemachine import State
 
+from .bindings import bind
 from .definitions import Workflow, activity, after, at, child, map_, recheck, step, trigger
-from .errors import (CallbackError, DefinitionError, InterlockError, InvalidData, InvalidTransition,
-                     RunNotActive, RunNotFound, SchemaOutOfDate, StaleTaskToken, WorkflowNotFound)
+from .errors import (BindingError, CallbackError, DefinitionError, InterlockError, InvalidData,
+                     InvalidTransition, RunNotActive, RunNotFound, SchemaOutOfDate, StaleTaskToken,
+                     StateColumnWritten, WorkflowNotFound)
 from .runtime import Interlock
 from .schedule_times import schedule
 
 __all__ = [
     # defining workflows
     "Workflow", "State", "step", "activity", "child", "map_", "after", "at", "trigger", "recheck",
-    "schedule",
+    "schedule", "bind",
     # running them
     "Interlock",
     # errors
     "InterlockError", "DefinitionError", "WorkflowNotFound", "RunNotFound", "InvalidData",
     "InvalidTransition", "RunNotActive", "CallbackError", "SchemaOutOfDate", "StaleTaskToken",
+    "BindingError", "StateColumnWritten",
 ]

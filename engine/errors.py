@@ -220,3 +220,27 @@ class BatchNotFound(InterlockError):
 
     def to_dict(self) -> dict:
         return {**super().to_dict(), "batch_id": self.batch_id}
+
+
+class BindingError(InterlockError):
+    """A model bound to a workflow (engine/bindings.py) is declared or used in a way that cannot work."""
+
+    code = "binding-error"
+
+
+class StateColumnWritten(BindingError):
+    """The application wrote a bound model's state column: only the run's transitions write it."""
+
+    code = "state-column-written"
+    status = 409
+
+    def __init__(self, model: str, column: str, key, value):
+        self.model, self.column, self.key, self.value = model, column, key, value
+        which = f"{model} {key!r}" if key is not None else f"{model} rows"
+        super().__init__(
+            f"{which}: {column} is the state of its run and only the run's transitions write it "
+            f"(the application set it to {value!r}); send the run an event instead "
+            f"(order.workflow.send(...))")
+
+    def to_dict(self) -> dict:
+        return {**super().to_dict(), "model": self.model, "column": self.column}

@@ -7,6 +7,7 @@ import sysconfig
 import traceback
 from pathlib import Path
 
+from .bindings import Binding
 from .definitions import Workflow
 from .errors import DefinitionError, InterlockError, WorkflowNotFound
 from .schedule_times import Schedule
@@ -50,6 +51,8 @@ class Registry:
         self._by_key: dict[tuple[str, int], type[Workflow]] = {}
         # Schedules declared at module level (``nightly = schedule(...)``), by name.
         self.schedules: dict[str, Schedule] = {}
+        # Models bound to workflows (``bind(...)`` at module level), by workflow name.
+        self.bindings: dict[str, Binding] = {}
 
     def add(self, cls: type[Workflow]) -> type[Workflow]:
         key = (cls.workflow_name, cls.version)
@@ -79,11 +82,24 @@ class Registry:
                         self.add(obj)
                 for _, obj in inspect.getmembers(mod, lambda o: isinstance(o, Schedule)):
                     self.add_schedule(obj, mod.__name__)
+                for _, obj in inspect.getmembers(mod, lambda o: isinstance(o, Binding)):
+                    self.add_binding(obj)
         for spec in self.schedules.values():
             if spec.workflow not in self.names():
                 raise DefinitionError(f"schedule {spec.name!r} names workflow {spec.workflow!r}, "
                                       "which no loaded module defines")
+        for binding in self.bindings.values():
+            if binding.workflow not in self.names():
+                raise DefinitionError(f"{binding.name} is bound to workflow {binding.workflow!r}, "
+                                      "which no loaded module defines")
         return self
+
+    def add_binding(self, binding: Binding) -> None:
+        """A model bound to a workflow: one per workflow (its runs' rows are one table's)."""
+        known = self.bindings.get(binding.workflow)
+        if known is not None and known is not binding:
+            raise DefinitionError(f"workflow {binding.workflow!r} is bound to {known.name} and to {binding.name}")
+        self.bindings[binding.workflow] = binding
 
     def add_schedule(self, spec: Schedule, module: str) -> None:
         known = self.schedules.get(spec.name)

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from sqlalchemy import Double, and_, bindparam, func, insert, or_, select, update
 from statemachine.exceptions import TransitionNotAllowed
 
-from . import children, hotsql, pauses, search
+from . import bindings, children, hotsql, pauses, search
 from . import machine as m
 from .errors import (CallbackError, InterlockError, InvalidData, InvalidTransition, RunNotActive,
                      RunNotFound)
@@ -550,6 +550,7 @@ class Change:
             self.writes.run_updates.append({"b_id": self.row["id"], **{"b_" + k: v for k, v in values.items()}})
         if self.cls._search is not None:
             search.sync(self)
+        bindings.sync(self, values["state"])
         self.writes.history.extend(self.history_rows)
         self.writes.tasks.extend(self.new_tasks)
         self.writes.timers.extend(self.new_timers)

@@ -11,7 +11,8 @@ Every code block of the `## A five-minute tour` section runs, in order:
 
 The directory has a `.venv` link to the checkout's, so `.venv/bin/interlock` runs as written.
 Then it checks what the user would look at: the URLs the banner prints answer, the shipment ends
-`delivered`, history and diagram show it, the order of the session snippet is stored with its run.
+`delivered`, history and diagram show it, the order of the session snippet is stored with its run,
+and the bound model's row follows its run to `delivered`.
 """
 
 import json
@@ -135,6 +136,17 @@ def test_the_readme_tour_works_as_written(directory):
         wait_until(order_completed, timeout=30, interval=0.2, message="the order to complete")
         with sqlite3.connect(directory / "interlock.db") as db:
             assert db.execute("SELECT id, customer FROM orders").fetchall() == [("A-1001", "ada@example.com")]
+
+        # The bound model: its row's status is its run's state, the worker's changes too.
+        assert "review ['approve', 'reject']" in tour.stdout and "\nshipping\n" in tour.stdout
+
+        def bound_order_delivered():
+            with sqlite3.connect(directory / "interlock.db") as db:
+                return db.execute("SELECT id, status FROM bound_orders").fetchall() == [("B-7", "delivered")]
+
+        wait_until(bound_order_delivered, timeout=30, interval=0.2, message="the bound order's row to say delivered")
+        [bound] = interlock_json(directory, env, "runs", "--workflow", "bound_orders")["runs"]
+        assert (bound["status"], bound["state"], bound["business_key"]) == ("succeeded", "delivered", "B-7")
     finally:
         os.killpg(dev.pid, signal.SIGINT)  # Ctrl-C in the first terminal
         try:
