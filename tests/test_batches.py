@@ -6,7 +6,7 @@ from sqlalchemy import func, select
 
 from engine import batch_work, batches
 from engine.errors import InvalidData, InvalidSearch
-from engine.models import batch_items, history
+from engine.models import batch_chunks, batch_items, history
 from engine.reconciler import Reconciler
 from engine.runtime import Interlock
 from tests.conftest import TEST_WORKFLOWS, wait_until
@@ -118,7 +118,7 @@ def test_a_chunk_worked_again_acts_on_no_run_twice(rt):
     for _ in range(2):
         batch_work.act_on(rt, row, ids)
     assert [rt.get(r).data.get("count") for r in ids] == [1] * 5
-    batch_work.advance(rt, row, "worker-a", ids[-1], end=True)
+    assert batch_work.finish(rt, row, "worker-a") is True
     batch = batches.get(rt, batch["id"])
     assert (batch["status"], batch["done"]) == ("done", 5)
 
@@ -153,17 +153,18 @@ def test_a_bulk_cancel_interrupted_mid_batch_resumes_and_cancels_each_run_once(r
     assert [kinds_count(rt, r, "cancelled") for r in ids] == [1] * 40
 
 
-def test_a_batch_whose_lease_expired_is_taken_over_and_a_late_owner_counts_nothing(rt):
+def test_a_chunk_whose_lease_expired_is_taken_over_and_a_late_owner_counts_nothing(rt):
     ids = parcels(rt, 10)
     batch = batches.create(rt, "pause", {"run_ids": ids}, reason="audit")
     first = batch_work.claim(rt, "worker-a")
-    assert batch_work.claim(rt, "worker-b") is None  # a live lease
+    other = batch_work.claim(rt, "worker-b")  # a live lease: the next chunk, not worker-a's
+    assert (first["chunk"]["hi"], other["chunk"]["hi"]) == (max(ids), sorted(ids, reverse=True)[7])
     with rt.db.write() as conn:
-        conn.execute(batches.batches.update().values(lease_until=0.0))
+        conn.execute(batch_chunks.update().values(lease_until=0.0))
     second = batch_work.claim(rt, "worker-b")
-    assert second is not None and second["owner"] == "worker-b"
+    assert second is not None and second["chunk"] == first["chunk"]
     batch_work.act_on(rt, first, sorted(ids, reverse=True)[:7])  # the old owner's chunk still lands, once per run
-    assert batch_work.advance(rt, first, "worker-a", sorted(ids, reverse=True)[6], end=False) is False
+    assert batch_work.finish(rt, first, "worker-a") is False
     drain_owner(rt, "worker-b")
     batch = batches.get(rt, batch["id"])
     assert (batch["status"], batch["done"]) == ("done", 10)
