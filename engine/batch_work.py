@@ -30,6 +30,7 @@ read every remaining run for that, and every item of the batch for ``run_id IN (
 """
 
 import logging
+import time
 import uuid
 from dataclasses import dataclass, field
 
@@ -126,6 +127,17 @@ def work(rt) -> int:
     except Exception:
         log.exception("batch %s: a chunk failed; it is worked again on the next pass", lease["id"])
         return 0
+
+
+def work_for(rt, seconds: float) -> int:
+    """Chunks one after another for up to ``seconds`` (the reconciler's pass): the runs they read."""
+    deadline = time.monotonic() + seconds
+    total = 0
+    while True:
+        read = work(rt)
+        total += read
+        if read == 0 or time.monotonic() >= deadline:
+            return total
 
 
 def claim(rt, owner) -> dict | None:
