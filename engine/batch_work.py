@@ -34,11 +34,11 @@ import time
 import uuid
 from dataclasses import dataclass, field
 
-from sqlalchemy import and_, func, insert, or_, select, update
+from sqlalchemy import and_, bindparam, func, insert, or_, select, update
 from sqlalchemy.dialects import mysql, postgresql, sqlite
 
+from . import hotsql, queries
 from . import operations as ops
-from . import queries
 from .batches import list_filters
 from .errors import InterlockError, RunNotFound
 from .models import batch_chunks, batch_items, batches, runs
@@ -152,7 +152,8 @@ def claim(rt, owner) -> dict | None:
         batch = dict(batch)
         lease = _take_chunk(rt, batch, owner, now)
         if lease is None and batch["planned_at"] is None:
-            lease = plan(rt, batch, owner, now)
+            # Another reconciler may plan the page first: then one of its chunks is free.
+            lease = plan(rt, batch, owner, now) or _take_chunk(rt, batch, owner, now)
         if lease is not None:
             return lease
     return None
@@ -257,6 +258,11 @@ def act_on(rt, batch: dict, ids: list) -> None:
         one(rt, batch, run_id)
 
 
+# A chunk's new items: on PostgreSQL one statement over arrays (an executemany was a statement per item).
+_INSERT_ITEMS = hotsql.Statement(lambda _dialect, keys: insert(batch_items).values({k: bindparam(k) for k in keys}),
+                                 lambda keys: hotsql.Arrays.insert(batch_items, keys))
+
+
 def _item(batch):
     return BatchItem(batch["id"], batch["action"], operation(batch["action"], batch["args"]), batch["filter"])
 
@@ -281,7 +287,7 @@ def _chunk(rt, batch, ids) -> None:
             locked.append((dict(row), None, item))
         outcomes = perform_locked(rt, conn, locked)
         if new_items:
-            conn.execute(insert(batch_items), new_items)
+            hotsql.execute_many(conn, _INSERT_ITEMS, new_items)
         return outcomes
 
     for outcome in rt.db.transaction(work):
@@ -320,7 +326,7 @@ def finish(rt, lease: dict, owner: str) -> bool:
         conn.execute(update(batches).where(batches.c.id == batch_id).values(updated_at=now))
         moved = conn.execute(update(batch_chunks).where(
             batch_chunks.c.batch_id == batch_id, batch_chunks.c.hi == chunk["hi"], batch_chunks.c.owner == owner,
-            batch_chunks.c.status == "pending").values(status="done", owner=None, lease_until=None,
+            batch_chunks.c.status == "pending").values(status="done", lease_until=None,
                                                        finished_at=now)).rowcount
         if moved:
             counts = dict(conn.execute(select(batch_items.c.outcome, func.count()).where(

@@ -323,7 +323,7 @@ batch_chunks = Table(
     Column("lo", ID, nullable=False),
     Column("runs", Integer, nullable=False),  # selected when it was planned
     Column("status", String(16), nullable=False),  # pending, done
-    Column("owner", ID),
+    Column("owner", ID),  # the worker process that holds it (until lease_until), or did it
     Column("lease_until", Double),
     Column("finished_at", Double),
     Index(None, "batch_id", "status", "hi"),

@@ -331,6 +331,56 @@ def test_a_bulk_cancel_interrupted_by_killing_its_worker_resumes_and_cancels_eac
         rt.close()
 
 
+def test_two_worker_processes_share_a_batch_and_the_chunk_of_one_killed_is_taken_over(pg_settings, tmp_path):
+    """Two worker processes work one bulk cancel at once (each holds a chunk of it); one is
+    SIGKILLed, the other takes its chunk once the lease has expired and finishes the batch:
+    every run has exactly one `cancelled` entry and the counters equal the items."""
+    from engine.models import workers
+    from tests.processes import Process, env_for
+
+    settings = pg_settings.replace(workflows=WORKFLOWS, lease_seconds=2.0)
+    rt = Interlock(settings)
+
+    def owners(status):
+        with rt.db.read() as conn:
+            return set(conn.execute(select(batch_chunks.c.owner).where(
+                batch_chunks.c.status == status, batch_chunks.c.owner.is_not(None))).scalars())
+
+    try:
+        ids = parcels(rt, 1500)
+        batch = batches.create(rt, "cancel", {"workflow": "batch_parcel", "status": "waiting"})
+        env = env_for(settings, INTERLOCK_BATCH_CHUNK="20")
+        first = Process("worker", "--threads", "1", env=env, log_path=tmp_path / "first.log")
+        second = Process("worker", "--threads", "1", env=env, log_path=tmp_path / "second.log")
+        try:
+            wait_until(lambda: len(owners("done")) == 2 and len(owners("pending")) == 2, timeout=60,
+                       message="both workers to have done a chunk and to hold one at once")
+            first.kill()
+            with rt.db.read() as conn:
+                killed = conn.execute(select(workers.c.id).where(workers.c.pid == first.proc.pid)).scalar_one()
+                left = conn.execute(select(batch_chunks.c.hi).where(
+                    batch_chunks.c.owner == killed, batch_chunks.c.status == "pending")).scalars().all()
+            assert batches.get(rt, batch["id"])["done"] < 1500
+            wait_until(lambda: batches.get(rt, batch["id"])["status"] == "done", timeout=120,
+                       message="the other worker to finish the batch")
+        finally:
+            first.stop()
+            second.stop()
+        done = batches.get(rt, batch["id"])
+        assert (done["done"], done["refused"], done["skipped"]) == (1500, 0, 0)
+        assert_counts_match_items(rt, done)
+        with rt.db.read() as conn:
+            cancelled = dict(conn.execute(select(history.c.run_id, func.count()).where(
+                history.c.kind == "cancelled").group_by(history.c.run_id)).all())
+            owners = dict(conn.execute(select(batch_chunks.c.hi, batch_chunks.c.owner)).all())
+        assert cancelled == {run_id: 1 for run_id in ids}
+        assert killed in owners.values() and len(set(owners.values())) == 2
+        # A chunk the killed worker held (it is killed mid-chunk unless between two) was finished by the other.
+        assert all(owners[hi] != killed for hi in left)
+    finally:
+        rt.close()
+
+
 # -- the runs page -------------------------------------------------------------------------------------
 
 def test_the_runs_page_selects_runs_and_acts_on_them_in_bulk(tmp_path):
@@ -370,3 +420,63 @@ def test_the_runs_page_selects_runs_and_acts_on_them_in_bulk(tmp_path):
         assert len(batches.list_batches(rt)["batches"]) == before
         forged = http.post(f"{site.url}/batches", data={**form, "csrf_token": "forged", "confirm": "yes"})
         assert forged.status_code == 403
+
+
+# -- several workers on one batch ------------------------------------------------------------------
+
+def work_until_done(rt, owner, batch_id, start):
+    """What one worker's reconciler does, chunk after chunk, until the batch is done."""
+    start.wait()
+    worked = 0
+    while batches.get(rt, batch_id)["status"] != "done":
+        lease = batch_work.claim(rt, owner)
+        if lease is not None:
+            batch_work.work_chunk(rt, lease, owner)
+            worked += 1
+    return worked
+
+
+def test_two_workers_working_one_batch_at_once_cancel_each_run_exactly_once(rt, monkeypatch):
+    import threading
+    from concurrent.futures import ThreadPoolExecutor
+
+    monkeypatch.setattr(batch_work, "PLAN_PAGE", 3)  # several planning steps, raced for too
+    ids = parcels(rt, 120)
+    batch = batches.create(rt, "cancel", {"workflow": "batch_parcel"}, reason="recall")
+    start = threading.Barrier(2)
+    with ThreadPoolExecutor(2) as pool:
+        worked = list(pool.map(lambda owner: work_until_done(rt, owner, batch["id"], start), ["worker-a", "worker-b"]))
+    assert sum(worked) == 18  # 120 runs in chunks of 7: each chunk worked once
+    batch = batches.get(rt, batch["id"])
+    assert (batch["status"], batch["done"], batch["refused"], batch["skipped"]) == ("done", 120, 0, 0)
+    assert batch["cursor"] == min(ids)
+    assert_counts_match_items(rt, batch)
+    assert [kinds_count(rt, r, "cancelled") for r in ids] == [1] * 120
+    with rt.db.read() as conn:
+        chunks = conn.execute(select(batch_chunks.c.lo, batch_chunks.c.hi, batch_chunks.c.runs, batch_chunks.c.status)
+                              .order_by(batch_chunks.c.hi.desc())).all()
+    ordered = sorted(ids, reverse=True)
+    assert [tuple(c) for c in chunks] == [(ordered[min(i + 6, 119)], ordered[i], min(7, 120 - i), "done")
+                                          for i in range(0, 120, 7)]
+
+
+def test_a_worker_that_dies_mid_chunk_has_its_chunk_taken_over_and_each_run_changed_once(rt):
+    """worker-a changes part of its chunk and dies before finishing it; worker-b takes the chunk
+    once its lease has expired and the batch ends with every run paused once."""
+    ids = parcels(rt, 20)
+    batch = batches.create(rt, "pause", {"workflow": "batch_parcel"})
+    lease = batch_work.claim(rt, "worker-a")
+    mine = sorted(ids, reverse=True)[:7]
+    assert (lease["chunk"]["hi"], lease["chunk"]["lo"]) == (mine[0], mine[-1])
+    for run_id in mine[:3]:
+        batch_work.one(rt, lease, run_id)  # then it dies
+    drain_owner(rt, "worker-b")  # the lease is alive: worker-b works the other chunks
+    assert batches.get(rt, batch["id"])["status"] == "running"
+    assert sum(rt.get(r).paused_at is not None for r in ids) == 16
+    with rt.db.write() as conn:
+        conn.execute(batch_chunks.update().values(lease_until=0.0))
+    drain_owner(rt, "worker-b")
+    batch = batches.get(rt, batch["id"])
+    assert (batch["status"], batch["done"], batch["skipped"]) == ("done", 20, 0)
+    assert_counts_match_items(rt, batch)
+    assert [kinds_count(rt, r, "paused") for r in ids] == [1] * 20
