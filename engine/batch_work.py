@@ -2,9 +2,9 @@
 
 A batch is **planned** into chunks, ``INTERLOCK_BATCH_CHUNK`` runs each, newest first: a row of
 ``batch_chunks`` per chunk, its id range ``lo <= runs.id <= hi``. Planning reads the filter's run
-ids ``PLAN_PAGE`` chunks at a time below ``batches.planned``, in a short transaction that holds
-the batch row (one planner at a time) and moves ``planned`` on; the page that comes out short
-sets ``planned_at``. Each chunk is **leased** apart (``owner``, ``lease_until``): several
+ids ``PLAN_PAGE`` chunks at a time below ``batches.planned``, then writes them in a short
+transaction fenced by ``planned`` (a second planner of the same page writes nothing); the
+page that comes out short sets ``planned_at``. Each chunk is **leased** apart (``owner``, ``lease_until``): several
 reconcilers work one batch at once, and a dead worker's chunk is taken over once its lease has
 expired. A pass takes one chunk (of its own, free, or expired; otherwise it plans the next
 page, keeping the page's first chunk), reads the runs of its range that the filter selects now
@@ -199,12 +199,14 @@ def plan(rt, batch, owner, now) -> dict | None:
         conditions = [*conditions, runs.c.id < old]
     fence = [batches.c.id == batch["id"], batches.c.status.in_(("pending", "running")),
              batches.c.planned_at.is_(None), batches.c.planned.is_(None) if old is None else batches.c.planned == old]
-    with rt.db.write() as conn:
-        # The row lock first: a second planner waits here, then finds ``planned`` moved on.
-        if not conn.execute(update(batches).where(*fence).values(status="running", updated_at=now)).rowcount:
-            return None
+    # Read before the batch row is locked: chunks finishing meanwhile do not wait for the read.
+    with rt.db.read() as conn:
         ids = conn.execute(select(runs.c.id).select_from(source).where(*conditions)
                            .order_by(runs.c.id.desc()).limit(size * PLAN_PAGE)).scalars().all()
+    with rt.db.write() as conn:
+        # A second planner of this page waits for the row here, then finds ``planned`` moved on.
+        if not conn.execute(update(batches).where(*fence).values(status="running", updated_at=now)).rowcount:
+            return None
         rows = [{"batch_id": batch["id"], "hi": part[0], "lo": part[-1], "runs": len(part), "status": "pending",
                  "owner": None, "lease_until": None, "finished_at": None}
                 for part in (ids[i:i + size] for i in range(0, len(ids), size))]
