@@ -294,6 +294,17 @@ def test_the_cli_acts_on_runs_in_bulk_and_still_lists_them(rt):
 
 # -- a real worker killed mid-batch (PostgreSQL) ------------------------------------------------------
 
+def assert_each_cancelled_once(rt, batch_id, ids):
+    """The batch is done, every run of ``ids`` has exactly one `cancelled` entry, counters = items."""
+    done = batches.get(rt, batch_id)
+    assert (done["status"], done["done"], done["refused"], done["skipped"]) == ("done", len(ids), 0, 0)
+    assert_counts_match_items(rt, done)
+    with rt.db.read() as conn:
+        cancelled = dict(conn.execute(select(history.c.run_id, func.count()).where(
+            history.c.kind == "cancelled").group_by(history.c.run_id)).all())
+    assert cancelled == {run_id: 1 for run_id in ids}
+
+
 def test_a_bulk_cancel_interrupted_by_killing_its_worker_resumes_and_cancels_each_run_once(pg_settings, tmp_path):
     """A worker process is SIGKILLed while it works a bulk cancel; another takes the batch over
     once the lease has expired, and every run ends with exactly one `cancelled` entry."""
@@ -320,13 +331,7 @@ def test_a_bulk_cancel_interrupted_by_killing_its_worker_resumes_and_cancels_eac
                        message="the second worker to finish the batch")
         finally:
             second.stop()
-        done = batches.get(rt, batch["id"])
-        assert (done["done"], done["refused"], done["skipped"]) == (1500, 0, 0)
-        assert_counts_match_items(rt, done)
-        with rt.db.read() as conn:
-            cancelled = dict(conn.execute(select(history.c.run_id, func.count()).where(
-                history.c.kind == "cancelled").group_by(history.c.run_id)).all())
-        assert cancelled == {run_id: 1 for run_id in ids}
+        assert_each_cancelled_once(rt, batch["id"], ids)
     finally:
         rt.close()
 
@@ -366,14 +371,9 @@ def test_two_worker_processes_share_a_batch_and_the_chunk_of_one_killed_is_taken
         finally:
             first.stop()
             second.stop()
-        done = batches.get(rt, batch["id"])
-        assert (done["done"], done["refused"], done["skipped"]) == (1500, 0, 0)
-        assert_counts_match_items(rt, done)
+        assert_each_cancelled_once(rt, batch["id"], ids)
         with rt.db.read() as conn:
-            cancelled = dict(conn.execute(select(history.c.run_id, func.count()).where(
-                history.c.kind == "cancelled").group_by(history.c.run_id)).all())
             owners = dict(conn.execute(select(batch_chunks.c.hi, batch_chunks.c.owner)).all())
-        assert cancelled == {run_id: 1 for run_id in ids}
         assert killed in owners.values() and len(set(owners.values())) == 2
         # A chunk the killed worker held (it is killed mid-chunk unless between two) was finished by the other.
         assert all(owners[hi] != killed for hi in left)
