@@ -123,7 +123,8 @@ def work(rt) -> int:
     if lease is None:
         return 0
     try:
-        return max(1, work_chunk(rt, lease, owner))
+        read = work_chunk(rt, lease, owner)
+        return 0 if read is None else max(1, read)
     except Exception:
         log.exception("batch %s: a chunk failed; it is worked again on the next pass", lease["id"])
         return 0
@@ -230,14 +231,15 @@ def _open_chunks(conn, batch_id):
         batch_chunks.c.batch_id == batch_id, batch_chunks.c.status == "pending")).scalar()
 
 
-def work_chunk(rt, lease: dict, owner: str) -> int:
-    """Act on the runs of the leased chunk's range the filter selects now, then finish it."""
+def work_chunk(rt, lease: dict, owner: str) -> int | None:
+    """Act on the runs of the leased chunk's range the filter selects now, then finish it: how
+    many runs it read (None: the filter cannot be read here; the lease runs out for another)."""
     chunk = lease["chunk"]
     try:
         source, conditions = _selected(rt, lease)
     except InterlockError as exc:  # a search field no workflow loaded here declares any more
         log.warning("batch %s cannot be read here: %s", lease["id"], exc)
-        return 0
+        return None
     with rt.db.read() as conn:
         ids = conn.execute(select(runs.c.id).select_from(source).where(
             *conditions, runs.c.id >= chunk["lo"], runs.c.id <= chunk["hi"])

@@ -480,3 +480,22 @@ def test_a_worker_that_dies_mid_chunk_has_its_chunk_taken_over_and_each_run_chan
     assert (batch["status"], batch["done"], batch["skipped"]) == ("done", 20, 0)
     assert_counts_match_items(rt, batch)
     assert [kinds_count(rt, r, "paused") for r in ids] == [1] * 20
+
+
+def test_a_process_that_cannot_read_the_filter_leaves_the_batch_to_one_that_can(rt):
+    """A reconciler that does not load the workflow declaring the filter's search field neither
+    works nor loops on the batch; one that does finishes it."""
+    ids = parcels(rt, 10)
+    batch = batches.create(rt, "cancel", {"workflow": "batch_parcel", "search": {"customer": "ACME"}})
+    assert batch_work.claim(rt, "worker-a") is not None  # planned here; its lease then runs out
+    with rt.db.write() as conn:
+        conn.execute(batch_chunks.update().values(lease_until=0.0))
+    other = Interlock(rt.settings.replace(workflows=TEST_WORKFLOWS))
+    try:
+        assert batch_work.work_for(other, 5.0) == 0
+    finally:
+        other.close()
+    assert batches.get(rt, batch["id"])["done"] == 0
+    drain(rt)
+    assert batches.get(rt, batch["id"])["status"] == "done"
+    assert {rt.get(r).status for r in ids} == {"cancelled"}
