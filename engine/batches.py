@@ -3,9 +3,10 @@
 A batch is a row (``batches``): the action and its arguments, the filter (the filters of
 ``GET /api/runs``, search fields included, or a selection of run ids), a cursor and counters.
 The reconcilers work it (engine/batch_work.py) in chunks of ``INTERLOCK_BATCH_CHUNK`` runs,
-newest first (``runs.id < cursor``), each run changed by ``transitions.apply`` with the
-ordinary operation, a ``batch_items`` row written in that run's transaction. The batch
-selects the runs created before it was: runs started later are not taken.
+newest first (id ranges, each leased to one reconciler: several work a batch at once), each
+run changed by ``transitions.apply`` with the ordinary operation, a ``batch_items`` row
+written in that run's transaction. The batch selects the runs created before it was: runs
+started later are not taken.
 
 Creating, reading, listing and stopping batches is here; working them is in ``batch_work``.
 """
@@ -135,7 +136,8 @@ def create(rt, action: str, filter: dict, *, event=None, data=None, reason=None,
                     "sample": [r.id for r in sample]}
     row = {"id": new_id(now), "action": action, "filter": stored, "args": args, "status": "pending",
            "cursor": None, "total_estimate": total, "done": 0, "refused": 0, "skipped": 0, "owner": None,
-           "lease_until": None, "created_at": now, "updated_at": now, "finished_at": None}
+           "lease_until": None, "created_at": now, "updated_at": now, "finished_at": None, "planned": None,
+           "planned_at": None}
     with rt.db.write() as conn:
         conn.execute(insert(batches).values(**row))
     return shown(row)

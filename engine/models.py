@@ -306,7 +306,27 @@ batches = Table(
     Column("created_at", Double, nullable=False),
     Column("updated_at", Double, nullable=False),
     Column("finished_at", Double),
+    # Planning (engine/batch_work.py): the lowest run id cut into chunks so far, and when the
+    # last chunk was planned (NULL while runs remain to be cut).
+    Column("planned", ID),
+    Column("planned_at", Double),
     Index(None, "status", "created_at"),
+)
+
+# A batch's runs cut into chunks by id (``lo`` <= run id <= ``hi``, newest first), each leased to
+# one reconciler at a time: several workers work one batch at once, and a dead worker's chunk is
+# taken over once its lease has expired.
+batch_chunks = Table(
+    "batch_chunks", metadata,
+    Column("batch_id", ID, primary_key=True),
+    Column("hi", ID, primary_key=True),
+    Column("lo", ID, nullable=False),
+    Column("runs", Integer, nullable=False),  # selected when it was planned
+    Column("status", String(16), nullable=False),  # pending, done
+    Column("owner", ID),  # the worker process that holds it (until lease_until), or did it
+    Column("lease_until", Double),
+    Column("finished_at", Double),
+    Index(None, "batch_id", "status", "hi"),
 )
 
 # One row per run a batch handled, written in the run's own transaction: its primary key is

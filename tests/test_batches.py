@@ -6,7 +6,7 @@ from sqlalchemy import func, select
 
 from engine import batch_work, batches
 from engine.errors import InvalidData, InvalidSearch
-from engine.models import batch_items, history
+from engine.models import batch_chunks, batch_items, history
 from engine.reconciler import Reconciler
 from engine.runtime import Interlock
 from tests.conftest import TEST_WORKFLOWS, wait_until
@@ -118,7 +118,7 @@ def test_a_chunk_worked_again_acts_on_no_run_twice(rt):
     for _ in range(2):
         batch_work.act_on(rt, row, ids)
     assert [rt.get(r).data.get("count") for r in ids] == [1] * 5
-    batch_work.advance(rt, row, "worker-a", ids[-1], end=True)
+    assert batch_work.finish(rt, row, "worker-a") is True
     batch = batches.get(rt, batch["id"])
     assert (batch["status"], batch["done"]) == ("done", 5)
 
@@ -153,17 +153,18 @@ def test_a_bulk_cancel_interrupted_mid_batch_resumes_and_cancels_each_run_once(r
     assert [kinds_count(rt, r, "cancelled") for r in ids] == [1] * 40
 
 
-def test_a_batch_whose_lease_expired_is_taken_over_and_a_late_owner_counts_nothing(rt):
+def test_a_chunk_whose_lease_expired_is_taken_over_and_a_late_owner_counts_nothing(rt):
     ids = parcels(rt, 10)
     batch = batches.create(rt, "pause", {"run_ids": ids}, reason="audit")
     first = batch_work.claim(rt, "worker-a")
-    assert batch_work.claim(rt, "worker-b") is None  # a live lease
+    other = batch_work.claim(rt, "worker-b")  # a live lease: the next chunk, not worker-a's
+    assert (first["chunk"]["hi"], other["chunk"]["hi"]) == (max(ids), sorted(ids, reverse=True)[7])
     with rt.db.write() as conn:
-        conn.execute(batches.batches.update().values(lease_until=0.0))
+        conn.execute(batch_chunks.update().values(lease_until=0.0))
     second = batch_work.claim(rt, "worker-b")
-    assert second is not None and second["owner"] == "worker-b"
+    assert second is not None and second["chunk"] == first["chunk"]
     batch_work.act_on(rt, first, sorted(ids, reverse=True)[:7])  # the old owner's chunk still lands, once per run
-    assert batch_work.advance(rt, first, "worker-a", sorted(ids, reverse=True)[6], end=False) is False
+    assert batch_work.finish(rt, first, "worker-a") is False
     drain_owner(rt, "worker-b")
     batch = batches.get(rt, batch["id"])
     assert (batch["status"], batch["done"]) == ("done", 10)
@@ -293,6 +294,17 @@ def test_the_cli_acts_on_runs_in_bulk_and_still_lists_them(rt):
 
 # -- a real worker killed mid-batch (PostgreSQL) ------------------------------------------------------
 
+def assert_each_cancelled_once(rt, batch_id, ids):
+    """The batch is done, every run of ``ids`` has exactly one `cancelled` entry, counters = items."""
+    done = batches.get(rt, batch_id)
+    assert (done["status"], done["done"], done["refused"], done["skipped"]) == ("done", len(ids), 0, 0)
+    assert_counts_match_items(rt, done)
+    with rt.db.read() as conn:
+        cancelled = dict(conn.execute(select(history.c.run_id, func.count()).where(
+            history.c.kind == "cancelled").group_by(history.c.run_id)).all())
+    assert cancelled == {run_id: 1 for run_id in ids}
+
+
 def test_a_bulk_cancel_interrupted_by_killing_its_worker_resumes_and_cancels_each_run_once(pg_settings, tmp_path):
     """A worker process is SIGKILLed while it works a bulk cancel; another takes the batch over
     once the lease has expired, and every run ends with exactly one `cancelled` entry."""
@@ -319,13 +331,52 @@ def test_a_bulk_cancel_interrupted_by_killing_its_worker_resumes_and_cancels_eac
                        message="the second worker to finish the batch")
         finally:
             second.stop()
-        done = batches.get(rt, batch["id"])
-        assert (done["done"], done["refused"], done["skipped"]) == (1500, 0, 0)
-        assert_counts_match_items(rt, done)
+        assert_each_cancelled_once(rt, batch["id"], ids)
+    finally:
+        rt.close()
+
+
+def test_two_worker_processes_share_a_batch_and_the_chunk_of_one_killed_is_taken_over(pg_settings, tmp_path):
+    """Two worker processes work one bulk cancel at once (each holds a chunk of it); one is
+    SIGKILLed, the other takes its chunk once the lease has expired and finishes the batch:
+    every run has exactly one `cancelled` entry and the counters equal the items."""
+    from engine.models import workers
+    from tests.processes import Process, env_for
+
+    settings = pg_settings.replace(workflows=WORKFLOWS, lease_seconds=2.0)
+    rt = Interlock(settings)
+
+    def owners(status):
         with rt.db.read() as conn:
-            cancelled = dict(conn.execute(select(history.c.run_id, func.count()).where(
-                history.c.kind == "cancelled").group_by(history.c.run_id)).all())
-        assert cancelled == {run_id: 1 for run_id in ids}
+            return set(conn.execute(select(batch_chunks.c.owner).where(
+                batch_chunks.c.status == status, batch_chunks.c.owner.is_not(None))).scalars())
+
+    try:
+        ids = parcels(rt, 1500)
+        batch = batches.create(rt, "cancel", {"workflow": "batch_parcel", "status": "waiting"})
+        env = env_for(settings, INTERLOCK_BATCH_CHUNK="20")
+        first = Process("worker", "--threads", "1", env=env, log_path=tmp_path / "first.log")
+        second = Process("worker", "--threads", "1", env=env, log_path=tmp_path / "second.log")
+        try:
+            wait_until(lambda: len(owners("done")) == 2 and len(owners("pending")) == 2, timeout=60,
+                       message="both workers to have done a chunk and to hold one at once")
+            first.kill()
+            with rt.db.read() as conn:
+                killed = conn.execute(select(workers.c.id).where(workers.c.pid == first.proc.pid)).scalar_one()
+                left = conn.execute(select(batch_chunks.c.hi).where(
+                    batch_chunks.c.owner == killed, batch_chunks.c.status == "pending")).scalars().all()
+            assert batches.get(rt, batch["id"])["done"] < 1500
+            wait_until(lambda: batches.get(rt, batch["id"])["status"] == "done", timeout=120,
+                       message="the other worker to finish the batch")
+        finally:
+            first.stop()
+            second.stop()
+        assert_each_cancelled_once(rt, batch["id"], ids)
+        with rt.db.read() as conn:
+            owners = dict(conn.execute(select(batch_chunks.c.hi, batch_chunks.c.owner)).all())
+        assert killed in owners.values() and len(set(owners.values())) == 2
+        # A chunk the killed worker held (it is killed mid-chunk unless between two) was finished by the other.
+        assert all(owners[hi] != killed for hi in left)
     finally:
         rt.close()
 
@@ -369,3 +420,82 @@ def test_the_runs_page_selects_runs_and_acts_on_them_in_bulk(tmp_path):
         assert len(batches.list_batches(rt)["batches"]) == before
         forged = http.post(f"{site.url}/batches", data={**form, "csrf_token": "forged", "confirm": "yes"})
         assert forged.status_code == 403
+
+
+# -- several workers on one batch ------------------------------------------------------------------
+
+def work_until_done(rt, owner, batch_id, start):
+    """What one worker's reconciler does, chunk after chunk, until the batch is done."""
+    start.wait()
+    worked = 0
+    while batches.get(rt, batch_id)["status"] != "done":
+        lease = batch_work.claim(rt, owner)
+        if lease is not None:
+            batch_work.work_chunk(rt, lease, owner)
+            worked += 1
+    return worked
+
+
+def test_two_workers_working_one_batch_at_once_cancel_each_run_exactly_once(rt, monkeypatch):
+    import threading
+    from concurrent.futures import ThreadPoolExecutor
+
+    monkeypatch.setattr(batch_work, "PLAN_PAGE", 3)  # several planning steps, raced for too
+    ids = parcels(rt, 120)
+    batch = batches.create(rt, "cancel", {"workflow": "batch_parcel"}, reason="recall")
+    start = threading.Barrier(2)
+    with ThreadPoolExecutor(2) as pool:
+        worked = list(pool.map(lambda owner: work_until_done(rt, owner, batch["id"], start), ["worker-a", "worker-b"]))
+    assert sum(worked) == 18  # 120 runs in chunks of 7: each chunk worked once
+    batch = batches.get(rt, batch["id"])
+    assert (batch["status"], batch["done"], batch["refused"], batch["skipped"]) == ("done", 120, 0, 0)
+    assert batch["cursor"] == min(ids)
+    assert_counts_match_items(rt, batch)
+    assert [kinds_count(rt, r, "cancelled") for r in ids] == [1] * 120
+    with rt.db.read() as conn:
+        chunks = conn.execute(select(batch_chunks.c.lo, batch_chunks.c.hi, batch_chunks.c.runs, batch_chunks.c.status)
+                              .order_by(batch_chunks.c.hi.desc())).all()
+    ordered = sorted(ids, reverse=True)
+    assert [tuple(c) for c in chunks] == [(ordered[min(i + 6, 119)], ordered[i], min(7, 120 - i), "done")
+                                          for i in range(0, 120, 7)]
+
+
+def test_a_worker_that_dies_mid_chunk_has_its_chunk_taken_over_and_each_run_changed_once(rt):
+    """worker-a changes part of its chunk and dies before finishing it; worker-b takes the chunk
+    once its lease has expired and the batch ends with every run paused once."""
+    ids = parcels(rt, 20)
+    batch = batches.create(rt, "pause", {"workflow": "batch_parcel"})
+    lease = batch_work.claim(rt, "worker-a")
+    mine = sorted(ids, reverse=True)[:7]
+    assert (lease["chunk"]["hi"], lease["chunk"]["lo"]) == (mine[0], mine[-1])
+    for run_id in mine[:3]:
+        batch_work.one(rt, lease, run_id)  # then it dies
+    drain_owner(rt, "worker-b")  # the lease is alive: worker-b works the other chunks
+    assert batches.get(rt, batch["id"])["status"] == "running"
+    assert sum(rt.get(r).paused_at is not None for r in ids) == 16
+    with rt.db.write() as conn:
+        conn.execute(batch_chunks.update().values(lease_until=0.0))
+    drain_owner(rt, "worker-b")
+    batch = batches.get(rt, batch["id"])
+    assert (batch["status"], batch["done"], batch["skipped"]) == ("done", 20, 0)
+    assert_counts_match_items(rt, batch)
+    assert [kinds_count(rt, r, "paused") for r in ids] == [1] * 20
+
+
+def test_a_process_that_cannot_read_the_filter_leaves_the_batch_to_one_that_can(rt):
+    """A reconciler that does not load the workflow declaring the filter's search field neither
+    works nor loops on the batch; one that does finishes it."""
+    ids = parcels(rt, 10)
+    batch = batches.create(rt, "cancel", {"workflow": "batch_parcel", "search": {"customer": "ACME"}})
+    assert batch_work.claim(rt, "worker-a") is not None  # planned here; its lease then runs out
+    with rt.db.write() as conn:
+        conn.execute(batch_chunks.update().values(lease_until=0.0))
+    other = Interlock(rt.settings.replace(workflows=TEST_WORKFLOWS))
+    try:
+        assert batch_work.work_for(other, 5.0) == 0
+    finally:
+        other.close()
+    assert batches.get(rt, batch["id"])["done"] == 0
+    drain(rt)
+    assert batches.get(rt, batch["id"])["status"] == "done"
+    assert {rt.get(r).status for r in ids} == {"cancelled"}
