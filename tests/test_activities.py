@@ -470,6 +470,7 @@ def test_the_poller_returns_its_statistics_after_idle_timeout(rt, api):
 
 
 @pytest.mark.slow
+@pytest.mark.serial  # heartbeats a third of a 1 s visibility timeout apart: not beside other tests
 def test_a_long_handler_is_kept_leased_by_heartbeats(rt, api):
     client = Client(api)
     run = client.start("clearance", CONTAINER)

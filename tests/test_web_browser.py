@@ -92,6 +92,7 @@ def current_state(driver):
     return nodes[0].get_attribute("data-state") if nodes else None
 
 
+@pytest.mark.serial  # a change must reach the page within 2 s: not beside other tests
 @pytest.mark.parametrize("sse", [True, False], ids=["sse", "long-poll"])
 def test_live_updates_and_the_send_form(tmp_path, browser, sse):
     expected = "sse" if sse else "poll"
