@@ -310,7 +310,7 @@ class Change:
                                     "the workflow declares no such event")
         if self.cls.allow_event_without_transition and event not in self.accepted():
             return self._ignored(event, data, cause, "no transition for it in the current state")
-        data_before = copy.deepcopy(self.ctx.data) if triggers and self.cls._triggers else None
+        data_before = self._watched() if triggers and self.cls._triggers else None
         self.ctx.entered.clear()
         self.ctx.exited.clear()
         if not self._shortcut(event):
@@ -368,7 +368,7 @@ class Change:
             self._read_machine()
 
     def update_data(self, patch: dict, cause: str, record: bool = True):
-        data_before = copy.deepcopy(self.ctx.data) if self.cls._triggers else None
+        data_before = self._watched() if self.cls._triggers else None
         self.ctx.data.update(patch)
         if record:
             self.record("data_updated", cause=cause, data=patch)
@@ -392,7 +392,7 @@ class Change:
             due = self._due_triggers(data_before)
             if not due:
                 return
-            data_before = copy.deepcopy(self.ctx.data)
+            data_before = self._watched()
             for spec, old, new in due:
                 if self.is_final():
                     return
@@ -403,6 +403,12 @@ class Change:
                               detail={"trigger": spec.name, "field": spec.field, "old": old, "new": new})
                 except InvalidTransition:
                     continue
+
+    def _watched(self) -> dict:
+        """The data fields triggers watch, as they are now: all ``_due_triggers`` reads of the
+        data before (copied: callbacks may change them in place)."""
+        data = self.ctx.data
+        return {spec.field: copy.deepcopy(data[spec.field]) for spec in self.cls._triggers if spec.field in data}
 
     def _in_trigger_states(self, spec) -> bool:
         return not spec.state_ids or bool(set(self.configuration).intersection(spec.state_ids))
