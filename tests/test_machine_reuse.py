@@ -30,7 +30,9 @@ from engine.transitions import event_arguments
 from tests import test_shortcuts as paths
 from tests.test_differential import ARGUMENTS
 
-WORKFLOWS = [cls for cls in paths.EVERY_WORKFLOW if not m.is_plain(cls)]
+from bench.flows import Callbacks5  # noqa: E402 - the throughput benchmark's workflow with callbacks
+
+WORKFLOWS = [cls for cls in paths.EVERY_WORKFLOW if not m.is_plain(cls)] + [Callbacks5]
 RUNS = 3
 
 
@@ -107,7 +109,7 @@ def _steps(cls):
 
 
 def _start_data(cls) -> dict:
-    return {"trace": [], **paths._start_data(cls)}
+    return {"trace": [], **paths._start_data(cls), **({"items": 1} if cls is Callbacks5 else {})}
 
 
 def check(cls, steps):
