@@ -37,7 +37,7 @@ def drive(rt, workflow, n) -> tuple[int, float]:
     ids = [rt.start(workflow, simulate.start_data(workflow, i)).id for i in range(n)]
     cpu0 = time.process_time()
     while True:
-        simulate.send_waiting(rt, workflow)
+        simulate.send_waiting(rt, workflow)  # the sends' CPU is counted: they are transitions
         with rt.db.read() as conn:
             queued = conn.execute(select(tasks.c.id).where(tasks.c.status == "queued", tasks.c.kind == "step")
                                   .order_by(tasks.c.id)).scalars().all()
