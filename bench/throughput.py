@@ -1,9 +1,12 @@
 """Throughput and latency of Interlock against its ceilings and peers (issue 5, items 1 and 2).
 
     .venv/bin/python bench/throughput.py            # --full: the real figures (peers installed on first use)
-    .venv/bin/python bench/throughput.py --quick    # small N, no-op workflow, every backend, the cheap baselines (CI)
+    .venv/bin/python bench/throughput.py --quick    # small N, no-op workflow, every backend (callbacks on SQLite), the cheap baselines (CI)
 
-Interlock runs a 5-step no-op workflow (bench/flows.py) and a variant carrying a 1 KB payload:
+Interlock runs a 5-step no-op workflow (bench/flows.py), a variant carrying a 1 KB payload, one with
+a guard, before/after transition callbacks, entry and exit callbacks changing data and a compound
+state, and the shipped cargo and orders examples (their outside world simulated with zero delays,
+bench/simulate.py); each workflow with callbacks is compared with the no-op one (issue 13):
 N runs are started first, then `interlock worker` processes drive them to the end (on SQLite +
 memory broker, one process of ours starts the runs and runs the worker). Rates and hop latency
 come from the history table (first step started -> last transition); single-run latency from
@@ -243,7 +246,7 @@ class Bench:
                 raise report.Unavailable(f"no {' or '.join(missing)} server on 127.0.0.1")
 
         for backend in args.backends:
-            for variant in args.variants:
+            for variant in args.variants + args.extra_variants.get(backend, []):
                 name = f"Interlock, {BACKENDS[backend][0]}"
                 if backend == "sqlite":
                     self.measure(name, self.interlock_sqlite, variant, backend=backend, variant=variant)
@@ -286,7 +289,7 @@ def parse_args(argv):
     mode.add_argument("--full", action="store_true", help="the real figures (the default)")
     p.add_argument("--backends", default=",".join(BACKENDS), help=f"comma-separated, of {', '.join(BACKENDS)}")
     p.add_argument("--variants", default=None, help=f"comma-separated, of {', '.join(VARIANTS)} "
-                   "(default: noop,payload,callbacks,cargo,orders; --quick: noop,callbacks)")
+                   "(default: noop,payload,callbacks,cargo,orders; --quick: noop, and callbacks on SQLite)")
     p.add_argument("--baselines", default=",".join(BASELINES), help=f"comma-separated, of {', '.join(BASELINES)}; "
                    "'none' for none")
     p.add_argument("--runs", type=int, default=None, help="runs started at once (default 2000; --quick 100)")
@@ -302,7 +305,9 @@ def parse_args(argv):
     args.runs = args.runs or (100 if args.quick else 2000)
     args.single = args.single or (10 if args.quick else 100)
     args.backends = [b.strip() for b in args.backends.split(",") if b.strip()]
-    default_variants = "noop,callbacks" if args.quick else "noop,payload,callbacks,cargo,orders"
+    default_variants = "noop" if args.quick else "noop,payload,callbacks,cargo,orders"
+    # --quick (CI, under 3 minutes): the workflow with callbacks against the no-op one on SQLite only.
+    args.extra_variants = {"sqlite": ["callbacks"]} if args.quick and not args.variants else {}
     args.variants = [v.strip() for v in (args.variants or default_variants).split(",") if v.strip()]
     args.baselines = [] if args.baselines == "none" else [b.strip() for b in args.baselines.split(",") if b.strip()]
     for values, allowed, what in ((args.backends, BACKENDS, "backend"), (args.variants, VARIANTS, "variant"),
