@@ -1,0 +1,233 @@
+"""Every web page in a real headless Chromium at a phone's width (390 px) and a laptop's (1360 px):
+no horizontal scroll of the page, no serious or critical axe-core violation in light and dark mode,
+focus kept across live updates, and what the run page shows about a failed run (its timeline,
+the data's changes, the log lines its steps wrote).
+
+axe-core comes from the npm registry: installed once into a cache directory (``INTERLOCK_AXE_DIR``,
+default ``~/.cache/interlock/axe-core-<version>``) by ``npm``; without npm the tests are skipped,
+except when CI is set: then they fail.
+"""
+
+import os
+import shutil
+import subprocess
+import uuid
+from pathlib import Path
+
+import pytest
+import requests
+
+from tests.conftest import CI
+from tests.test_web import serve
+from tests.test_web_browser import CHROMEDRIVER, CHROMIUM, FLAGS, css, current_state, until
+
+AXE_VERSION = "4.14.1"
+WIDTHS = (390, 1360)
+WORKFLOWS = "workflows,tests.web_workflows,tests.schedule_workflows"
+LONG_TOKEN = uuid.uuid4().hex + uuid.uuid4().hex  # 64 characters with nowhere to break
+
+
+def _unavailable(message):
+    pytest.fail(message) if CI else pytest.skip(message)
+
+
+@pytest.fixture(scope="session")
+def axe_js():
+    home = Path(os.environ.get("INTERLOCK_AXE_DIR") or Path.home() / ".cache" / "interlock" / f"axe-core-{AXE_VERSION}")
+    script = home / "node_modules" / "axe-core" / "axe.min.js"
+    if not script.exists():
+        npm = shutil.which("npm")
+        if npm is None:
+            _unavailable("needs npm to install axe-core (apt-get install npm)")
+        home.mkdir(parents=True, exist_ok=True)
+        done = subprocess.run([npm, "install", "--prefix", str(home), "--no-save", "--no-audit", "--no-fund",
+                               f"axe-core@{AXE_VERSION}"], capture_output=True, text=True, timeout=300)
+        if done.returncode != 0 or not script.exists():
+            _unavailable(f"npm could not install axe-core: {done.stderr[-2000:]}")
+    return script.read_text()
+
+
+@pytest.fixture(scope="module")
+def site(tmp_path_factory):
+    """The example workflows plus a settlement run that failed with a long token in its error,
+    one that succeeded, a paused cargo run, schedules and a batch."""
+    with serve(tmp_path_factory.mktemp("pages"), workflows=WORKFLOWS) as served:
+        rt = served.rt
+        from engine import batch_work, schedules
+
+        schedules.sync_declared(rt)
+        with rt.worker(2):
+            failed = rt.start("test_settlement", {"customer": "ada@example.com", "card": "4242",
+                                                  "items": ["BOOK-1", "BOOK-2"], "refuse": LONG_TOKEN},
+                              business_key="INV-" + LONG_TOKEN)
+            done = rt.start("test_settlement", {"customer": "bob@example.com", "card": "5555", "items": ["PEN"]},
+                            business_key="INV-2")
+            until(lambda: rt.get(failed.id).status == "failed" and rt.get(done.id).status == "succeeded",
+                  timeout=60, message="the settlement runs to end")
+        cargo = [served.start(key=f"MSCU{i:07d}") for i in range(3)]
+        rt.send(cargo[0].id, "depart", {"vessel": "Ever Given"})
+        rt.pause(cargo[1].id, "waiting for the port")
+        from engine import batches
+
+        batch = batches.create(rt, "cancel", {"run_ids": [cargo[2].id]}, reason="duplicate booking")
+        while batch_work.work(rt):
+            pass
+        served.failed, served.done, served.cargo, served.batch = rt.get(failed.id), rt.get(done.id), cargo, batch
+        yield served
+
+
+def _pages(site):
+    return {
+        "runs": "/", "runs-search": f"/?q={site.failed.id[:10]}", "run-failed": f"/runs/{site.failed.id}",
+        "run-succeeded": f"/runs/{site.done.id}", "run-live": f"/runs/{site.cargo[0].id}",
+        "run-paused": f"/runs/{site.cargo[1].id}", "workflows": "/workflows", "workflow": "/workflows/cargo",
+        "workflow-orders": "/workflows/orders", "schedules": "/schedules", "batch": f"/batches/{site.batch['id']}",
+        "not-found": "/runs/" + "0" * 32,
+    }
+
+
+@pytest.fixture(scope="module", params=WIDTHS, ids=[f"{w}px" for w in WIDTHS])
+def browser(request):
+    if not (os.path.exists(CHROMIUM) and os.path.exists(CHROMEDRIVER)):
+        _unavailable(f"needs {CHROMIUM} and {CHROMEDRIVER} (apt-get install chromium chromium-driver)")
+    os.environ.setdefault("SE_OFFLINE", "true")
+    import tempfile
+
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    profile = tempfile.mkdtemp(prefix="interlock-chromium-")
+    options = webdriver.ChromeOptions()
+    options.binary_location = CHROMIUM
+    for flag in FLAGS:
+        if not flag.startswith("--window-size"):
+            options.add_argument(flag)
+    options.add_argument(f"--window-size={request.param},900")
+    options.add_argument(f"--user-data-dir={profile}")
+    driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
+    driver.width = request.param
+    # Chromium's windows are at least 500 px wide: a narrower viewport is emulated.
+    driver.execute_cdp_cmd("Emulation.setDeviceMetricsOverride", {
+        "width": request.param, "height": 900, "deviceScaleFactor": 1, "mobile": False})
+    yield driver
+    driver.quit()
+    shutil.rmtree(profile, ignore_errors=True)
+
+
+def _open(browser, url):
+    browser.get(url)
+    until(lambda: browser.execute_script("return document.readyState") == "complete", message=f"{url} to load")
+    assert browser.execute_script("return window.innerWidth") == browser.width
+
+
+def _overflow(browser):
+    """The page's horizontal scroll (0 when none) and the elements that stick out past the viewport."""
+    return browser.execute_script("""
+        const root = document.documentElement, width = root.clientWidth;
+        const wide = [...document.querySelectorAll('body *')].filter(el => {
+          const r = el.getBoundingClientRect();
+          return r.width && r.right > width + 1 && getComputedStyle(el).position !== 'fixed'
+            && !el.closest('.scroll-x, .diagram-box, pre');
+        }).slice(0, 5).map(el => el.tagName.toLowerCase() + (el.id ? '#' + el.id : '') + '.' + el.className
+                         + ' ' + Math.round(el.getBoundingClientRect().right));
+        return [root.scrollWidth - width, wide];""")
+
+
+def _axe(browser, axe_js, dark):
+    browser.execute_cdp_cmd("Emulation.setEmulatedMedia", {
+        "features": [{"name": "prefers-color-scheme", "value": "dark" if dark else "light"}]})
+    if not browser.execute_script("return typeof axe !== 'undefined'"):
+        browser.execute_script(axe_js)
+    result = browser.execute_async_script("""
+        const done = arguments[arguments.length - 1];
+        axe.run(document, {runOnly: {type: 'tag', values: ['wcag2a', 'wcag2aa', 'wcag21a', 'wcag21aa', 'wcag22aa']},
+                           resultTypes: ['violations']})
+          .then(r => done(r.violations.filter(v => v.impact === 'serious' || v.impact === 'critical')
+                           .map(v => v.id + ': ' + v.help + ' @ ' + v.nodes.slice(0, 3).map(n => n.target.join(' ')
+                                 + ' ' + (n.failureSummary || '').split('\\n').slice(1, 2).join('')).join(' | '))))
+          .catch(e => done(['axe failed: ' + e]));""")
+    return result
+
+
+def test_every_page_fits_the_width_and_passes_axe_in_light_and_dark_mode(site, browser, axe_js):
+    browser.set_script_timeout(120)
+    problems = {}
+    for name, path in _pages(site).items():
+        _open(browser, site.url + path)
+        scroll, wide = _overflow(browser)
+        if scroll > 0:
+            problems[f"{name}: scrolls sideways by {scroll} px"] = wide
+        for dark in (False, True):
+            found = _axe(browser, axe_js, dark)
+            if found:
+                problems[f"{name} ({'dark' if dark else 'light'})"] = found
+    browser.execute_cdp_cmd("Emulation.setEmulatedMedia", {"features": []})
+    assert not problems, "\n".join(f"{k}: {v}" for k, v in problems.items())
+
+
+def _active(browser):
+    return browser.execute_script("""
+        const el = document.activeElement, row = el.closest('[data-run-id]');
+        return [el.tagName.toLowerCase(), el.id || el.getAttribute('href') || el.value, row ? row.dataset.runId : null,
+                el.value === undefined ? null : el.value]""")
+
+
+def test_focus_and_ticked_rows_survive_a_live_update_of_the_runs_page(site, browser):
+    mine, other = site.start(key="FOCUS-1"), site.start(key="FOCUS-2")
+    _open(browser, site.url + "/")
+    until(lambda: css(browser, "#live")[0].text == "live", message="the runs page to go live")
+    css(browser, f"input[name=run_id][value='{other.id}']")[0].click()
+    link = css(browser, f"tr[data-run-id='{mine.id}'] a.run-link")[0]
+    browser.execute_script("arguments[0].focus()", link)
+    assert _active(browser)[2] == mine.id
+    site.rt.send(mine.id, "depart")
+    until(lambda: css(browser, f"tr[data-run-id='{mine.id}'][data-status]")[0].find_element(
+        "css selector", "td.state").text == "in_transit", message="the live update of the row")
+    tag, href, row, _ = _active(browser)
+    assert (tag, row) == ("a", mine.id) and href == f"/runs/{mine.id}"
+    assert css(browser, f"input[name=run_id][value='{other.id}']")[0].is_selected()
+
+
+def test_focus_and_typing_survive_a_redraw_of_the_actions_panel(site, browser):
+    run = site.start(key="FOCUS-3")
+    _open(browser, f"{site.url}/runs/{run.id}")
+    until(lambda: css(browser, "#live")[0].text == "live", message="the run page to go live")
+    reason = css(browser, "#cancel-reason")[0]
+    reason.click()
+    reason.send_keys("duplicate")
+    site.rt.send(run.id, "depart")  # the accepted events change: the actions panel is drawn again
+    until(lambda: [o.get_attribute("value") for o in css(browser, "#send-event option")] == ["arrive", "declare_lost"]
+          or current_state(browser) == "in_transit" and not css(browser, "#send-event option[value=depart]"),
+          message="the actions panel redrawn")
+    assert _active(browser)[:2] == ["input", "cancel-reason"]
+    assert css(browser, "#cancel-reason")[0].get_attribute("value") == "duplicate"
+    reason = css(browser, "#cancel-reason")[0]
+    reason.send_keys(" booking")  # the caret is where it was: typing goes on at the end
+    assert reason.get_attribute("value") == "duplicate booking"
+
+
+def test_live_updates_can_be_paused_and_the_keys_move_between_runs(site, browser):
+    run = site.start(key="PAUSE-1")
+    _open(browser, site.url + "/")
+    until(lambda: css(browser, "#live")[0].text == "live", message="the runs page to go live")
+    css(browser, "#live-pause")[0].click()
+    site.rt.send(run.id, "depart")
+    until(lambda: css(browser, "#live-pause[data-held]"), message="the change held while paused")
+    assert css(browser, f"tr[data-run-id='{run.id}'] td.state")[0].text == "booked"
+    css(browser, "#live-pause")[0].click()
+    until(lambda: css(browser, f"tr[data-run-id='{run.id}'] td.state")[0].text == "in_transit",
+          message="the held change shown on resuming")
+
+    from selenium.webdriver.common.action_chains import ActionChains
+
+    browser.execute_script("document.activeElement.blur()")
+    ActionChains(browser).send_keys("j").perform()
+    first, second = [tr.get_attribute("data-run-id") for tr in css(browser, "tr[data-run-id]")][:2]
+    assert _active(browser)[2] == first
+    ActionChains(browser).send_keys("j").perform()
+    assert _active(browser)[2] == second
+    ActionChains(browser).send_keys("k").perform()
+    assert _active(browser)[2] == first
+    ActionChains(browser).send_keys("/").perform()
+    assert _active(browser)[:2] == ["input", "search"]
+    assert "/ search" in css(browser, "p.shortcuts")[0].text
