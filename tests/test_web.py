@@ -406,3 +406,13 @@ def test_the_run_page_pauses_and_resumes_a_run(site, http):
     resumed = http.post(f"{site.url}/runs/{run.id}/resume", data={"csrf_token": token, "confirm": "yes"})
     assert "Resumed: the run is" in resumed.text and 'id="run-paused"' not in resumed.text
     assert site.rt.get(run.id).paused_at is None
+
+
+def test_workflow_descriptions_show_docstring_markup_rendered_not_raw(site, http):
+    from api.web import rst_inline
+
+    page = http.get(f"{site.url}/workflows/orders").text
+    assert "<code>cancelled</code>" in page and "``" not in page
+    assert "``" not in http.get(f"{site.url}/workflows").text
+    assert str(rst_inline("ends ``cancelled`` via :class:`Foo` and `bar`, **not** *here* <b>")) == \
+        "ends <code>cancelled</code> via Foo and bar, <strong>not</strong> <em>here</em> &lt;b&gt;"

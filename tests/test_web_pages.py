@@ -231,3 +231,24 @@ def test_live_updates_can_be_paused_and_the_keys_move_between_runs(site, browser
     ActionChains(browser).send_keys("/").perform()
     assert _active(browser)[:2] == ["input", "search"]
     assert "/ search" in css(browser, "p.shortcuts")[0].text
+
+
+def test_diagram_labels_do_not_overlap_as_the_browser_draws_them(site, browser):
+    """The overlap test of tests/test_web_diagrams.py, with the sizes Chromium measures for the text."""
+    _open(browser, site.url + "/workflows")
+    found = browser.execute_script("""
+        const hit = (a, b) => a.x < b.x + b.width && b.x < a.x + a.width && a.y < b.y + b.height && b.y < a.y + a.height;
+        const out = [];
+        for (const svg of document.querySelectorAll('svg.diagram')) {
+          const labels = [...svg.querySelectorAll('g.edge text')].map(t => [t.textContent, t.getBBox()]);
+          const states = [...svg.querySelectorAll('g.node > rect:not(.inner)')].map(r => [r.parentNode.dataset.state, r.getBBox()]);
+          const view = svg.viewBox.baseVal;
+          labels.forEach(([name, box], i) => {
+            for (const [other, b] of labels.slice(i + 1)) if (hit(box, b)) out.push(`${svg.ariaLabel}: ${name} on ${other}`);
+            for (const [state, b] of states) if (hit(box, b)) out.push(`${svg.ariaLabel}: ${name} on state ${state}`);
+            if (box.x < 0 || box.y < 0 || box.x + box.width > view.width || box.y + box.height > view.height)
+              out.push(`${svg.ariaLabel}: ${name} cut at the edge`);
+          });
+        }
+        return [document.querySelectorAll('svg.diagram').length, out];""")
+    assert found[0] >= 6 and found[1] == []

@@ -7,9 +7,11 @@ with a per-session CSRF token.
 """
 
 import math
+import re
 from datetime import datetime, timezone
 
 from flask import Blueprint, jsonify, redirect, render_template, request, url_for
+from markupsafe import Markup, escape
 from werkzeug.exceptions import HTTPException
 
 from engine.errors import InterlockError
@@ -29,7 +31,7 @@ def _setup(state):
     app = state.app
     security.configure(app)
     app.config.setdefault("WEB_SSE", True)  # False: the pages' SSE routes answer 503 (long-poll fallback)
-    app.jinja_env.filters.update(when=when, duration=duration, iso=iso_time)
+    app.jinja_env.filters.update(when=when, duration=duration, iso=iso_time, rst=rst_inline)
     app.jinja_env.globals.update(csrf_token=security.csrf_token)
 
 
@@ -85,6 +87,31 @@ def _http_error(exc):
 
 
 # -- formatting ------------------------------------------------------------------------
+
+_RST = re.compile(r"``(.+?)``|:[\w:.-]+:`(.+?)`|`(.+?)`_?|\*\*(.+?)\*\*|\*(.+?)\*")
+
+
+def rst_inline(text) -> Markup:
+    """A docstring's reStructuredText inline markup as HTML: ``literal`` as code, **strong**,
+    *emphasis*; roles (:class:`x`) and `interpreted text` as plain words. Everything else escaped."""
+    def one(m):
+        literal, role, interpreted, strong, emphasis = m.groups()
+        if literal is not None:
+            return f"<code>{escape(literal)}</code>"
+        if strong is not None:
+            return f"<strong>{escape(strong)}</strong>"
+        if emphasis is not None:
+            return f"<em>{escape(emphasis)}</em>"
+        return str(escape(role if role is not None else interpreted))
+
+    out, last = [], 0
+    for m in _RST.finditer(text or ""):
+        out.append(str(escape(text[last:m.start()])))
+        out.append(one(m))
+        last = m.end()
+    out.append(str(escape((text or "")[last:])))
+    return Markup("".join(out))
+
 
 def when(epoch) -> str:
     if epoch is None:

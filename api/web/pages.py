@@ -77,7 +77,8 @@ def _run_context(rt, run, after, children_cursor=None):
             cls = rt.registry.get(run.workflow, run.version)
     visited, taken = data.path_of(rt, run.id)
     svg = diagram.render(cls, current=run.configuration, visited=visited, taken=taken,
-                         label=f"state diagram of {run.workflow} v{run.version}, current state {run.state}") \
+                         label=f"state diagram of {run.workflow} v{run.version}, current state {run.state}",
+                         failed=run.status == "failed") \
         if cls is not None else None
     rows, _, cut = data.timeline(rt, run.id, after)
     accepted = sorted({a["event"] for a in why["accepted_events"]}) if why else []
