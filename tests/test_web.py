@@ -416,3 +416,18 @@ def test_workflow_descriptions_show_docstring_markup_rendered_not_raw(site, http
     assert "``" not in http.get(f"{site.url}/workflows").text
     assert str(rst_inline("ends ``cancelled`` via :class:`Foo` and `bar`, **not** *here* <b>")) == \
         "ends <code>cancelled</code> via Foo and bar, <strong>not</strong> <em>here</em> &lt;b&gt;"
+
+
+def test_history_entries_show_what_they_changed_in_the_data_also_in_live_fragments(site, http):
+    run = site.start(key="DIFF-1")
+    site.rt.update_data(run.id, {"port": "Rotterdam", "note": "x"})
+    site.rt.update_data(run.id, {"port": "Hamburg", "note": "x"})
+    page = http.get(f"{site.url}/runs/{run.id}").text
+    assert page.count('<ul class="diff"') == 2
+    assert "<code>port</code> <span class=\"sr-only\">added:</span> <code>&#34;Rotterdam&#34;</code>" in page
+    assert "<del><code>&#34;Rotterdam&#34;</code></del> → <ins><code>&#34;Hamburg&#34;</code></ins>" in page
+    last = site.rt.get(run.id).last_seq
+    fragment = http.get(f"{site.url}/runs/{run.id}?after={last - 1}", headers={"X-Interlock-Fragment": "1"}).json()
+    assert "<del><code>&#34;Rotterdam&#34;</code></del>" in fragment["rows"]   # the data before, read back
+    assert "<code>note</code>" not in fragment["rows"]                        # unchanged keys left out
+    assert 'class="lane k-state"' in fragment["gantt"]

@@ -252,3 +252,24 @@ def test_diagram_labels_do_not_overlap_as_the_browser_draws_them(site, browser):
         }
         return [document.querySelectorAll('svg.diagram').length, out];""")
     assert found[0] >= 6 and found[1] == []
+
+
+def test_the_run_page_shows_the_time_line_the_data_changes_and_the_steps_log_lines(site, browser):
+    _open(browser, f"{site.url}/runs/{site.failed.id}")
+    lanes = {lane.find_element("css selector", ".lane-name").text: lane for lane in css(browser, "#gantt .lane")}
+    assert {"pricing", "charging", "price", "charge"} <= set(lanes)
+    attempts = lanes["charge"].find_elements("css selector", "rect.failed")
+    assert len(attempts) == 2 and lanes["charge"].find_elements("css selector", "rect.wait")
+    hover = [r.find_element("css selector", "title").get_attribute("textContent") for r in attempts]
+    assert hover[0].startswith("charge attempt 1: failed in ") and hover[0].endswith(" ms")
+    assert all(r.rect["width"] > 0 for r in lanes["pricing"].find_elements("css selector", "rect"))
+
+    priced = [li for li in css(browser, "#timeline > li.k-step_succeeded")][0]
+    changes = [" ".join(li.get_attribute("textContent").split()) for li in priced.find_elements("css selector", "ul.diff li")]
+    assert changes == ['+ currency added: "EUR"', "+ total added: 25.0"]  # "added:" for screen readers
+
+    failed = css(browser, "#timeline > li.k-step_failed")
+    lines = [li.find_element("css selector", "ol.log-lines").text for li in failed]
+    assert "WARNING tests.web_workflows charging card 4242, attempt 1" in lines[0]
+    assert "charging card 4242, attempt 2" in lines[1]
+    assert "pricing 2 items for ada@example.com" in priced.find_element("css selector", "ol.log-lines").text

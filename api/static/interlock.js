@@ -269,7 +269,7 @@
         lastSeq = d.last_seq;
       }
       for (const [id, key] of [["run-head", "head"], ["diagram", "diagram"], ["waiting", "waiting"], ["data", "data"],
-                               ["children", "children"]]) {
+                               ["children", "children"], ["gantt", "gantt"]]) {
         const el = document.getElementById(id);
         if (el && el.innerHTML !== d[key]) redraw(el, d[key]);
       }

@@ -62,6 +62,7 @@ def run_page(run_id):
         rows=render_template("_timeline_rows.html", **ctx, fresh=True),
         head=render_template("_run_head.html", **ctx), diagram=render_template("_diagram.html", **ctx),
         waiting=render_template("_waiting.html", **ctx), data=render_template("_data.html", **ctx),
+        gantt=render_template("_gantt.html", **ctx),
         children=render_template("_children.html", **ctx), actions=render_template("_actions.html", **ctx))
 
 
@@ -89,7 +90,7 @@ def _run_context(rt, run, after, children_cursor=None):
         "parent": rt.get(run.parent_id) if run.parent_id is not None else None, "children": kids,
         # Watch the children while one may still change (new ones show in the run's own history).
         "children_live": kids.unsettled,
-        "accepted": accepted, "active": run.status in ACTIVE, "now": now,
+        "accepted": accepted, "active": run.status in ACTIVE, "now": now, "gantt": data.gantt(rt, run, now),
         "data_json": json.dumps(run.data, indent=2, sort_keys=True, ensure_ascii=False),
         "last_seq": rows[-1]["seq"] if rows else after,
         "actions_sig": f"{run.status}|{run.paused_at is not None}|{','.join(accepted)}|{security.may_write()}",
