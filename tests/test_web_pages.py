@@ -273,3 +273,32 @@ def test_the_run_page_shows_the_time_line_the_data_changes_and_the_steps_log_lin
     assert "WARNING tests.web_workflows charging card 4242, attempt 1" in lines[0]
     assert "charging card 4242, attempt 2" in lines[1]
     assert "pricing 2 items for ada@example.com" in priced.find_element("css selector", "ol.log-lines").text
+
+
+def test_times_are_relative_with_the_absolute_time_on_hover_in_the_zone_chosen(site, browser):
+    from datetime import datetime, timezone
+
+    browser.execute_cdp_cmd("Emulation.setTimezoneOverride", {"timezoneId": "Asia/Tokyo"})
+    try:
+        _open(browser, f"{site.url}/runs/{site.failed.id}")
+        started = site.failed.created_at
+        utc = datetime.fromtimestamp(started, timezone.utc).strftime("%Y-%m-%d %H:%M:%S")
+        tokyo = datetime.fromtimestamp(started + 9 * 3600, timezone.utc).strftime("%Y-%m-%d %H:%M:%S")
+        first = css(browser, "#run-head time.rel")[0]
+        if browser.execute_script("return localStorage.getItem('interlock.timezone')") == "local":
+            css(browser, "#time-zone")[0].click()  # the other width's test left it local
+        until(lambda: css(browser, "#run-head time.rel")[0].get_attribute("title") == f"{utc} UTC",
+              message="the absolute time in UTC on hover")
+        assert first.text.endswith(" ago") and first.text[0].isdigit()
+        entry = css(browser, "#timeline > li .when time")[0]
+        assert len(entry.text) == 19 and entry.text[:4] == utc[:4]  # one format: 2026-12-01 16:36:07
+        assert css(browser, "#time-zone")[0].text == "Times: UTC"
+        css(browser, "#time-zone")[0].click()
+        until(lambda: css(browser, "#run-head time.rel")[0].get_attribute("title") == f"{tokyo} Asia/Tokyo",
+              message="the time in the browser's zone")
+        _open(browser, site.url + "/")  # remembered in this browser
+        until(lambda: css(browser, "#time-zone")[0].text == "Times: local (Asia/Tokyo)", message="the zone kept")
+        assert css(browser, "td[data-label=Started] time")[0].get_attribute("title").endswith(" Asia/Tokyo")
+        css(browser, "#time-zone")[0].click()
+    finally:
+        browser.execute_cdp_cmd("Emulation.setTimezoneOverride", {"timezoneId": ""})

@@ -347,23 +347,65 @@
 
   // -- countdowns (timers, next attempts) -------------------------------------------------
 
-  function human(seconds) {
-    const s = Math.max(0, Math.round(seconds));
-    if (s < 60) return `${s} s`;
-    const m = Math.floor(s / 60);
-    if (m < 60) return `${m} min ${s % 60} s`;
-    const h = Math.floor(m / 60);
-    if (h < 48) return `${h} h ${m % 60} min`;
-    return `${Math.floor(h / 24)} d ${h % 24} h`;
+  // -- times: relative ("3 min ago", "in 1 h"), the absolute time on hover, in UTC or in the
+  //    browser's zone (a toggle remembered in this browser) -----------------------------------
+
+  const ZONE_KEY = "interlock.timezone";
+  let zone = (() => { try { return localStorage.getItem(ZONE_KEY) || "utc"; } catch (err) { return "utc"; } })();
+  const localZone = (() => { try { return Intl.DateTimeFormat().resolvedOptions().timeZone || "local"; } catch (err) { return "local"; } })();
+
+  function amount(seconds) {
+    const s = Math.abs(seconds);
+    if (s < 60) return `${Math.round(s)} s`;
+    if (s < 3600) return `${Math.floor(s / 60)} min`;
+    if (s < 48 * 3600) return `${Math.floor(s / 3600)} h`;
+    return `${Math.floor(s / 86400)} d`;
   }
+
+  function relative(seconds) {
+    if (Math.abs(seconds) < 1) return "just now";
+    return seconds > 0 ? `in ${amount(seconds)}` : `${amount(seconds)} ago`;
+  }
+
+  function absolute(epoch) {
+    const d = new Date(epoch * 1000);
+    const utc = zone === "utc";
+    const two = (n) => String(n).padStart(2, "0");
+    const parts = utc
+      ? [d.getUTCFullYear(), d.getUTCMonth() + 1, d.getUTCDate(), d.getUTCHours(), d.getUTCMinutes(), d.getUTCSeconds()]
+      : [d.getFullYear(), d.getMonth() + 1, d.getDate(), d.getHours(), d.getMinutes(), d.getSeconds()];
+    return `${parts[0]}-${two(parts[1])}-${two(parts[2])} ${two(parts[3])}:${two(parts[4])}:${two(parts[5])}`;
+  }
+
+  const zoneName = () => (zone === "utc" ? "UTC" : localZone);
 
   function tick() {
     const now = Date.now() / 1000;
     for (const el of document.querySelectorAll(".countdown[data-due]")) {
       const left = parseFloat(el.dataset.due) - now;
-      el.textContent = left > 0 ? `in ${human(left)}` : "due now";
+      el.textContent = left > 0 ? relative(left) : "due now";
+    }
+    for (const el of document.querySelectorAll("time[data-t]")) {
+      const t = parseFloat(el.dataset.t);
+      const shown = `${absolute(t)} ${zoneName()}`;
+      if (el.title !== shown) el.title = shown;
+      const text = el.classList.contains("abs") ? absolute(t) : relative(t - now);
+      if (el.textContent !== text) el.textContent = text;
+    }
+    const button = document.getElementById("time-zone");
+    if (button) {
+      const label = `Times: ${zone === "utc" ? "UTC" : `local (${localZone})`}`;
+      if (button.textContent !== label) button.textContent = label;
+      button.setAttribute("aria-label", `${label}; switch to ${zone === "utc" ? "this browser's zone" : "UTC"}`);
     }
   }
+
+  document.addEventListener("click", (ev) => {
+    if (!ev.target.closest || !ev.target.closest("#time-zone")) return;
+    zone = zone === "utc" ? "local" : "utc";
+    try { localStorage.setItem(ZONE_KEY, zone); } catch (err) { /* private mode: this page only */ }
+    tick();
+  });
 
   // -- actions: confirm, then POST (with the form's CSRF token), show the answer ---------------
 
