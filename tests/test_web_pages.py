@@ -82,7 +82,7 @@ def _pages(site):
         "run-succeeded": f"/runs/{site.done.id}", "run-live": f"/runs/{site.cargo[0].id}",
         "run-paused": f"/runs/{site.cargo[1].id}", "workflows": "/workflows", "workflow": "/workflows/cargo",
         "workflow-orders": "/workflows/orders", "schedules": "/schedules", "batch": f"/batches/{site.batch['id']}",
-        "not-found": "/runs/" + "0" * 32,
+        "not-found": "/runs/" + "0" * 32, "dashboard": "/dashboard",
     }
 
 
@@ -302,3 +302,19 @@ def test_times_are_relative_with_the_absolute_time_on_hover_in_the_zone_chosen(s
         css(browser, "#time-zone")[0].click()
     finally:
         browser.execute_cdp_cmd("Emulation.setTimezoneOverride", {"timezoneId": ""})
+
+
+def test_the_dashboard_draws_runs_per_hour_and_step_durations(site, browser):
+    _open(browser, site.url + "/dashboard")
+    started = css(browser, "section[data-chart=started] svg.bars rect.bar")
+    assert {r.get_attribute("class") for r in started} >= {"bar failed", "bar succeeded"}
+    assert all(r.rect["height"] > 0 and r.rect["width"] > 2 for r in started)
+    newest = max(started, key=lambda r: r.rect["x"])
+    assert newest.rect["x"] > css(browser, "section[data-chart=started] svg.bars")[0].rect["x"] + \
+        0.9 * css(browser, "section[data-chart=started] svg.bars")[0].rect["width"]  # this hour, on the right
+    hover = [r.find_element("css selector", "title").get_attribute("textContent") for r in started]
+    assert any(t.endswith(": 1 failed") for t in hover)
+    assert css(browser, "section[data-chart=finished] svg.bars rect.bar.cancelled")  # the batch's cancel
+    rows = {tr.get_attribute("data-step"): tr.text for tr in css(browser, "table.steps tr[data-step]")}
+    assert {"test_settlement.charge", "test_settlement.price"} <= set(rows)
+    assert " 3 " in f" {rows['test_settlement.charge']} "  # two attempts of the failed run, one of the other
