@@ -309,11 +309,13 @@ def gantt(rt, run, now: float) -> dict | None:
             outcome = {"step_succeeded": "succeeded", "step_failed": "failed", "step_rechecked": "not yet"}[e["kind"]]
             bar(("step", step), "failed" if e["kind"] == "step_failed" else "attempt", started, started + duration,
                 f"{step} attempt {detail.get('attempt')}: {outcome} in {{d}}")
-            if e["kind"] != "step_succeeded":
+            if e["kind"] == "step_succeeded" or detail.get("final"):
+                waiting.pop(step, None)
+            else:  # the next attempt (a retry, or a recheck) waits from here
                 waiting[step] = started + duration
         elif e["kind"] == "timer_fired":
             due = detail.get("due_at")
-            bar(("timer", detail.get("timer") or "timer"), "timer", e["at"], e["at"],
+            bar(("timer", f"{detail.get('timer') or '?'} (timer)"), "timer", e["at"], e["at"],
                 f"timer {detail.get('timer')} fired" + (f", {detail.get('lag'):.3f} s after it was due" if due else ""))
     for state, since in entered.items():
         bar(("state", state), "dwell current" if run.status in ("running", "waiting") else "dwell",
