@@ -144,6 +144,7 @@ def test_runs_page_search_box_takes_search_fields_id_prefixes_and_keys_in_any_ca
         assert ids("ORDER-2") == [made[1]]                              # a business key, any case
         assert ids("acme") == [cargo.id]                                # not a term: a key
         assert ids(made[0][:16].upper()) == [made[0]]                    # the start of a run id
+        assert ids(made[0][:14] + "…") == [made[0]]                      # as the pages shorten it
         assert ids(made[0]) == [made[0]]
         html = page("total>=10")
         assert 'data-status="running"><span class="badge running">running</span><span class="n">2</span>' in html
@@ -431,3 +432,13 @@ def test_history_entries_show_what_they_changed_in_the_data_also_in_live_fragmen
     assert "<del><code>&#34;Rotterdam&#34;</code></del>" in fragment["rows"]   # the data before, read back
     assert "<code>note</code>" not in fragment["rows"]                        # unchanged keys left out
     assert 'class="lane k-state"' in fragment["gantt"]
+
+
+def test_blocked_by_guards_lists_no_nameless_events_for_a_parallel_run(tmp_path, http):
+    with serve(tmp_path, workflows="workflows,tests.parallel_workflows") as served:
+        from engine.explain import explain
+
+        run = served.rt.start("test_parallel", {})
+        assert "" in [b["event"] for b in explain(served.rt, run.id)["blocked_events"]]  # what explain reads
+        page = http.get(f"{served.url}/runs/{run.id}").text
+        assert "<code></code>" not in page

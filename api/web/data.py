@@ -92,7 +92,9 @@ def search_of(rt, f: Filters) -> tuple[list, str | None]:
 
 
 def id_prefix_of(text: str | None) -> str | None:
-    value = (text or "").lower()
+    """The start of a run id in the search box's text; a shortened id as the pages show it
+    ("01a2c3…", copied with its ellipsis) counts too."""
+    value = (text or "").lower().removesuffix("…").removesuffix("...")
     return value if RUN_ID_PREFIX.match(value) else None
 
 
