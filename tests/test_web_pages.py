@@ -39,11 +39,21 @@ def axe_js():
         npm = shutil.which("npm")
         if npm is None:
             _unavailable("needs npm to install axe-core (apt-get install npm)")
-        home.mkdir(parents=True, exist_ok=True)
-        done = subprocess.run([npm, "install", "--prefix", str(home), "--no-save", "--no-audit", "--no-fund",
+        # Installed beside the cache directory, then moved into place: test processes running
+        # side by side (pytest-xdist) never see half an installation.
+        home.parent.mkdir(parents=True, exist_ok=True)
+        staging = home.with_name(f"{home.name}.{os.getpid()}")
+        done = subprocess.run([npm, "install", "--prefix", str(staging), "--no-save", "--no-audit", "--no-fund",
                                f"axe-core@{AXE_VERSION}"], capture_output=True, text=True, timeout=300)
-        if done.returncode != 0 or not script.exists():
+        if done.returncode != 0:
+            shutil.rmtree(staging, ignore_errors=True)
             _unavailable(f"npm could not install axe-core: {done.stderr[-2000:]}")
+        try:
+            staging.rename(home)
+        except OSError:  # another process got there first
+            shutil.rmtree(staging, ignore_errors=True)
+        if not script.exists():
+            _unavailable(f"npm installed axe-core without {script}")
     return script.read_text()
 
 
