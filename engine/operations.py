@@ -148,6 +148,7 @@ class StepDone:
     result: StepResult
     started_at: float
     duration: float
+    logs: list | None = None  # what the step logged during the attempt (engine/step_logs.py)
 
     def perform(self, change: Change):
         task = _load_task(change, self.task_id, self.attempt, self.started_at)
@@ -157,6 +158,8 @@ class StepDone:
         change.finish_task(task, "succeeded", self.started_at)
         detail = {"task": task["id"], "step": task["name"], "attempt": task["attempt"],
                   "duration": round(self.duration, 6)}
+        if self.logs:
+            detail["logs"] = self.logs
         if self.result.recheck is not None:
             due = change.now + self.result.recheck
             change.record("step_rechecked", cause="step", data=self.result.data,
@@ -181,6 +184,7 @@ class StepFailed:
     # Seconds until the retry, instead of the spec's backoff (an activity failed by its worker
     # is received again when its visibility timeout ends).
     retry_in: float | None = None
+    logs: list | None = None  # what the step logged during the attempt (engine/step_logs.py)
 
     def perform(self, change: Change):
         task = _load_task(change, self.task_id, self.attempt, self.started_at)
@@ -191,6 +195,8 @@ class StepFailed:
         detail = {"task": task["id"], "step": task["name"], "attempt": task["attempt"],
                   "duration": round(change.now - self.started_at, 6),
                   "error": self.error, "traceback": self.traceback, "lost": self.lost or None}
+        if self.logs:
+            detail["logs"] = self.logs
         if task["attempt"] < task["max_attempts"]:
             delay = spec.delay_before(task["attempt"] + 1) if self.retry_in is None else self.retry_in
             change.record("step_failed", cause="step", detail={**detail, "retry_in": delay})

@@ -26,7 +26,7 @@ from dramatiq.middleware.time_limit import TimeLimitExceeded
 from sqlalchemy import bindparam, select, update
 from sqlalchemy.exc import DBAPIError
 
-from . import hotsql, pauses
+from . import hotsql, pauses, step_logs
 from . import machine as m
 from . import metrics
 from .definitions import Recheck
@@ -235,20 +235,25 @@ class StepExecutor:
                            data=copy.deepcopy(original), business_key=row["business_key"],
                            state=row["state"], attempt=row["attempt"], entered_seq=row["entry_seq"],
                            task_id=row["id"])
-        try:
-            value = _call(spec.func, _bare(cls, ctx), ctx, limit, spec.time_limit)
-            result = to_result(value, spec, original, ctx.data)
-        except (Exception, TimeLimitExceeded) as exc:
-            self.fail(row, exc, traceback.format_exc(), started_at)
+        with step_logs.capture() as logged:
+            try:
+                value = _call(spec.func, _bare(cls, ctx), ctx, limit, spec.time_limit)
+                result = to_result(value, spec, original, ctx.data)
+            except (Exception, TimeLimitExceeded) as exc:
+                failure = exc, traceback.format_exc()
+            else:
+                failure = None
+        if failure is not None:
+            self.fail(row, *failure, started_at, logs=logged.result())
             return
         duration = self.rt.clock.now() - started_at
-        self._hand_over(row, StepDone(row["id"], row["attempt"], result, started_at, duration))
+        self._hand_over(row, StepDone(row["id"], row["attempt"], result, started_at, duration, logs=logged.result()))
 
-    def fail(self, row, exc, tb, started_at) -> None:
+    def fail(self, row, exc, tb, started_at, logs=None) -> None:
         error = f"{type(exc).__name__}: {exc}"
         log.info("step %s of run %s failed (attempt %s): %s", row["name"], row["run_id"],
                  row["attempt"], error, extra={"run_id": row["run_id"], "task_id": row["id"]})
-        self._hand_over(row, StepFailed(row["id"], row["attempt"], error, tb, started_at))
+        self._hand_over(row, StepFailed(row["id"], row["attempt"], error, tb, started_at, logs=logs))
 
     def _hand_over(self, row, op, tries: int = 1) -> None:
         """Apply ``op`` through the group commit when a worker runs here, else right now."""
@@ -260,7 +265,7 @@ class StepExecutor:
         def done(outcome, error):
             if isinstance(error, InterlockError) and isinstance(op, StepDone):
                 # The result was refused (event not allowed now, a callback raised): a failed attempt.
-                self.fail(row, error, None, op.started_at)
+                self.fail(row, error, None, op.started_at, logs=op.logs)
                 return
             if error is not None and not isinstance(error, InterlockError) and tries < RESULT_TRIES:
                 # Not applied (say the database is down): the function ran, so its result is

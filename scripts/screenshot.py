@@ -2,7 +2,8 @@
 
 Runs the example workflows on a throwaway SQLite database with an in-process worker,
 serves the app on 127.0.0.1, and has Debian's headless Chromium (``apt-get install chromium
-chromium-driver``) photograph the run page, the runs page and the workflows page into docs/.
+chromium-driver``) photograph the run page, the runs page and the dashboard into docs/, each at
+a laptop's width (1360 px: ``<page>.png``) and a phone's (390 px: ``<page>-390.png``).
 
     .venv/bin/python scripts/screenshot.py [--out docs]
 """
@@ -100,18 +101,27 @@ def main():
         with rt.worker(4):
             featured = populate(rt)
             driver = browser(1360, 1000)
-            driver.get(f"{base}/runs/{featured.id}")
-            wait_until(lambda: driver.find_element("id", "live").text == "live", message="the page to go live")
-            driver.execute_script(
-                "const d = document.querySelector('li.k-step_failed details'); if (d) d.open = true;")
-            height = driver.execute_script("return document.documentElement.scrollHeight")
-            driver.set_window_size(1360, min(max(height, 900), 2200))
-            driver.save_screenshot(str(out / "run-page.png"))
-            driver.get(f"{base}/")
-            wait_until(lambda: driver.find_element("id", "live").text == "live", message="the runs page to go live")
-            driver.set_window_size(1360, 640)
-            driver.save_screenshot(str(out / "runs-page.png"))
-            print(f"wrote {out / 'run-page.png'} and {out / 'runs-page.png'}")
+            written = []
+            for width, suffix in ((1360, ""), (390, "-390")):
+                for name, path, live, cap in (("run-page", f"/runs/{featured.id}", True, 2600),
+                                              ("runs-page", "/", True, 1400 if width < 500 else 700),
+                                              ("dashboard", "/dashboard", False, 1800)):
+                    # Chromium's windows are at least 500 px wide: a narrower viewport is emulated.
+                    driver.execute_cdp_cmd("Emulation.setDeviceMetricsOverride", {
+                        "width": width, "height": 1000, "deviceScaleFactor": 1, "mobile": False})
+                    driver.get(base + path)
+                    if live:
+                        wait_until(lambda: driver.find_element("id", "live").text == "live",
+                                   message=f"{path} to go live")
+                    driver.execute_script(
+                        "const d = document.querySelector('li.k-step_failed details.traceback'); if (d) d.open = true;")
+                    height = driver.execute_script("return document.documentElement.scrollHeight")
+                    driver.execute_cdp_cmd("Emulation.setDeviceMetricsOverride", {
+                        "width": width, "height": min(max(height, 600), cap), "deviceScaleFactor": 1, "mobile": False})
+                    target = out / f"{name}{suffix}.png"
+                    driver.save_screenshot(str(target))
+                    written.append(str(target))
+            print("wrote", ", ".join(written))
     finally:
         if driver is not None:
             driver.quit()

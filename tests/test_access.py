@@ -239,7 +239,7 @@ def web_routes(app):
 
 
 PAGES = {"web.runs_page", "web.run_page", "web.workflows_page", "web.workflow_page", "web.schedules_page",
-         "web.batch_page"}
+         "web.batch_page", "web.dashboard_page"}
 LIVE = {"web.changes", "web.run_history", "web.run_stream", "web.all_runs_stream"}
 ACTIONS = {"web.send_event", "web.cancel_run", "web.retry_run", "web.pause_run", "web.resume_run"}
 SCHEDULE_ACTIONS = {"web.pause_schedule", "web.resume_schedule", "web.trigger_schedule", "web.delete_schedule"}

@@ -193,6 +193,7 @@ def hostile_requests(ids) -> list[tuple[str, str, str, dict, int]]:
         ("NUL in a business key", "POST", "/api/workflows/test_counter/runs", {"json": {"business_key": "a\0"}}, 422),
         ("NUL in an event", "POST", events, {"json": {"event": "add\0"}}, 422),
         ("NUL in a path", "GET", "/api/runs/a%00b", {}, 422),
+        ("a query the dashboard does not take", "GET", "/dashboard?hours=%00%ff&x=" + "9" * 5000, {}, 200),
         ("NUL in a key", "POST", "/api/workflows/test_counter/keys/K%00/events", {"json": {"event": "add"}}, 422),
         ("NUL in a token", "POST", "/api/tasks/t%00/complete", {"json": {}}, 422),
         ("NUL in a filter", "GET", "/api/runs?business_key=K%00", {}, 422),

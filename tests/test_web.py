@@ -144,6 +144,7 @@ def test_runs_page_search_box_takes_search_fields_id_prefixes_and_keys_in_any_ca
         assert ids("ORDER-2") == [made[1]]                              # a business key, any case
         assert ids("acme") == [cargo.id]                                # not a term: a key
         assert ids(made[0][:16].upper()) == [made[0]]                    # the start of a run id
+        assert ids(made[0][:14] + "…") == [made[0]]                      # as the pages shorten it
         assert ids(made[0]) == [made[0]]
         html = page("total>=10")
         assert 'data-status="running"><span class="badge running">running</span><span class="n">2</span>' in html
@@ -406,3 +407,38 @@ def test_the_run_page_pauses_and_resumes_a_run(site, http):
     resumed = http.post(f"{site.url}/runs/{run.id}/resume", data={"csrf_token": token, "confirm": "yes"})
     assert "Resumed: the run is" in resumed.text and 'id="run-paused"' not in resumed.text
     assert site.rt.get(run.id).paused_at is None
+
+
+def test_workflow_descriptions_show_docstring_markup_rendered_not_raw(site, http):
+    from api.web import rst_inline
+
+    page = http.get(f"{site.url}/workflows/orders").text
+    assert "<code>cancelled</code>" in page and "``" not in page
+    assert "``" not in http.get(f"{site.url}/workflows").text
+    assert str(rst_inline("ends ``cancelled`` via :class:`Foo` and `bar`, **not** *here* <b>")) == \
+        "ends <code>cancelled</code> via Foo and bar, <strong>not</strong> <em>here</em> &lt;b&gt;"
+
+
+def test_history_entries_show_what_they_changed_in_the_data_also_in_live_fragments(site, http):
+    run = site.start(key="DIFF-1")
+    site.rt.update_data(run.id, {"port": "Rotterdam", "note": "x"})
+    site.rt.update_data(run.id, {"port": "Hamburg", "note": "x"})
+    page = http.get(f"{site.url}/runs/{run.id}").text
+    assert page.count('<ul class="diff"') == 2
+    assert "<code>port</code> <span class=\"sr-only\">added:</span> <code>&#34;Rotterdam&#34;</code>" in page
+    assert "<del><code>&#34;Rotterdam&#34;</code></del> → <ins><code>&#34;Hamburg&#34;</code></ins>" in page
+    last = site.rt.get(run.id).last_seq
+    fragment = http.get(f"{site.url}/runs/{run.id}?after={last - 1}", headers={"X-Interlock-Fragment": "1"}).json()
+    assert "<del><code>&#34;Rotterdam&#34;</code></del>" in fragment["rows"]   # the data before, read back
+    assert "<code>note</code>" not in fragment["rows"]                        # unchanged keys left out
+    assert 'class="lane k-state"' in fragment["gantt"]
+
+
+def test_blocked_by_guards_lists_no_nameless_events_for_a_parallel_run(tmp_path, http):
+    with serve(tmp_path, workflows="workflows,tests.parallel_workflows") as served:
+        from engine.explain import explain
+
+        run = served.rt.start("test_parallel", {})
+        assert "" in [b["event"] for b in explain(served.rt, run.id)["blocked_events"]]  # what explain reads
+        page = http.get(f"{served.url}/runs/{run.id}").text
+        assert "<code></code>" not in page

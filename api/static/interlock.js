@@ -111,6 +111,90 @@
     };
   }
 
+  // -- redrawing a part of the page without losing the reader's place ---------------------
+
+  // Where focus is, as something that survives the element being replaced: its id, or its
+  // row (data-run-id, data-seq) and its position among the focusable elements of that row.
+  const FOCUSABLE = "a[href], button, input, select, textarea, summary, [tabindex]";
+
+  function focusKey(container) {
+    const el = document.activeElement;
+    if (!el || el === document.body || !container.contains(el)) return null;
+    const row = el.closest("[data-run-id], [data-seq]");
+    const scope = row || container;
+    return {
+      id: el.id || null,
+      row: row ? (row.dataset.runId ? `[data-run-id="${CSS.escape(row.dataset.runId)}"]` : `[data-seq="${row.dataset.seq}"]`) : null,
+      index: [...scope.querySelectorAll(FOCUSABLE)].indexOf(el),
+      selection: "selectionStart" in el && el.selectionStart !== null ? [el.selectionStart, el.selectionEnd] : null,
+    };
+  }
+
+  function restoreFocus(container, key) {
+    if (!key) return;
+    let el = key.id ? document.getElementById(key.id) : null;
+    if (!el) {
+      const scope = key.row ? container.querySelector(key.row) : container;
+      el = scope ? scope.querySelectorAll(FOCUSABLE)[key.index] : null;
+    }
+    if (!el) return;
+    el.focus({ preventScroll: true });
+    if (key.selection && "setSelectionRange" in el) {
+      try { el.setSelectionRange(key.selection[0], key.selection[1]); } catch (err) { /* not a text field */ }
+    }
+  }
+
+  // Replace ``container``'s content with ``html``, keeping focus, what was typed into fields
+  // that are still there (by id), the ticked rows and the open details.
+  function redraw(container, html) {
+    const key = focusKey(container);
+    const typed = new Map([...container.querySelectorAll("input[id], textarea[id], select[id]")]
+      .filter((el) => el.type !== "hidden" && el.type !== "checkbox").map((el) => [el.id, el.value]));
+    const ticked = new Set([...container.querySelectorAll("input[type=checkbox]:checked")].map((el) => el.value));
+    const open = new Set([...container.querySelectorAll("details[open][data-key]")].map((el) => el.dataset.key));
+    container.innerHTML = html;
+    for (const [id, value] of typed) {
+      const el = document.getElementById(id);
+      if (el && container.contains(el) && [...(el.options || [{ value }])].some((o) => o.value === value)) el.value = value;
+    }
+    for (const box of container.querySelectorAll("input[type=checkbox]")) if (ticked.has(box.value)) box.checked = true;
+    for (const d of container.querySelectorAll("details[data-key]")) if (open.has(d.dataset.key)) d.open = true;
+    restoreFocus(container, key);
+  }
+
+  // -- pausing live updates: changes are held (the channel stays open) until resumed ------------
+
+  let livePaused = false;
+  const heldRefreshes = new Set();
+
+  // ``refresh`` now, or once updates are resumed.
+  function whenLive(refresh) {
+    if (!livePaused) return refresh();
+    heldRefreshes.add(refresh);
+    const button = document.getElementById("live-pause");
+    if (button) { button.textContent = "Resume updates (changes waiting)"; button.dataset.held = "1"; }
+    return Promise.resolve();
+  }
+
+  function pauseButton() {
+    const button = document.getElementById("live-pause");
+    if (!button) return;
+    button.hidden = false;
+    button.addEventListener("click", () => {
+      livePaused = !livePaused;
+      button.setAttribute("aria-pressed", String(livePaused));
+      button.textContent = livePaused ? "Resume updates" : "Pause updates";
+      delete button.dataset.held;
+      const live = document.getElementById("live");
+      if (live) live.dataset.paused = livePaused ? "1" : "";
+      if (!livePaused) {
+        const held = [...heldRefreshes];
+        heldRefreshes.clear();
+        for (const refresh of held) refresh().catch(() => {});
+      }
+    });
+  }
+
   // -- the runs page --------------------------------------------------------------------
 
   function runsPage() {
@@ -125,9 +209,9 @@
       const rows = document.getElementById("runs-rows");
       const before = new Map([...rows.querySelectorAll("tr[data-run-id]")]
         .map((tr) => [tr.dataset.runId, tr.dataset.status]));
-      rows.innerHTML = d.rows;
-      document.getElementById("counts").innerHTML = d.counts;
-      document.getElementById("pager").innerHTML = d.pager;
+      redraw(rows, d.rows);
+      redraw(document.getElementById("counts"), d.counts);
+      redraw(document.getElementById("pager"), d.pager);
       for (const tr of rows.querySelectorAll("tr[data-run-id]")) {
         if (before.get(tr.dataset.runId) !== tr.dataset.status) tr.classList.add("flash-row");
       }
@@ -136,7 +220,7 @@
     // At most two refreshes a second, however many runs change.
     function schedule() {
       if (timer) return;
-      timer = setTimeout(() => { timer = null; refresh().catch(() => {}); },
+      timer = setTimeout(() => { timer = null; whenLive(refresh).catch(() => {}); },
                          Math.max(0, last + 500 - Date.now()));
     }
 
@@ -160,7 +244,7 @@
         url.searchParams.set("wait", String(wait));
         const d = await getJson(url.toString());
         if (d.cursor > cursor) cursor = d.cursor;
-        if (d.changed) await refresh();
+        if (d.changed) await whenLive(refresh);
         return true;
       },
     });
@@ -185,13 +269,13 @@
         lastSeq = d.last_seq;
       }
       for (const [id, key] of [["run-head", "head"], ["diagram", "diagram"], ["waiting", "waiting"], ["data", "data"],
-                               ["children", "children"]]) {
+                               ["children", "children"], ["gantt", "gantt"]]) {
         const el = document.getElementById(id);
-        if (el && el.innerHTML !== d[key]) el.innerHTML = d[key];
+        if (el && el.innerHTML !== d[key]) redraw(el, d[key]);
       }
       const actions = document.getElementById("actions");
       if (actions && actions.dataset.sig !== d.actions_sig) {  // keep what is being typed when nothing changed
-        actions.innerHTML = d.actions;
+        redraw(actions, d.actions);
         actions.dataset.sig = d.actions_sig;
       }
       body.dataset.status = d.status;
@@ -221,7 +305,7 @@
             const d = await getJson(url.toString());
             if (d.cursor > since) since = d.cursor;
             failures = 0;
-            if (d.changed) await refresh();
+            if (d.changed) await whenLive(refresh);
             await sleep(Math.max(0, started + 1000 - Date.now()));  // at most a refresh a second
           } catch (err) {
             failures += 1;
@@ -243,11 +327,11 @@
       },
       events: {
         history(ev) {
-          if (parseInt(ev.lastEventId, 10) > lastSeq) refresh().catch(() => {});
+          if (parseInt(ev.lastEventId, 10) > lastSeq) whenLive(refresh).catch(() => {});
         },
         end(ev, finish) {
           finish();
-          refresh().catch(() => {});
+          whenLive(refresh).catch(() => {});
         },
       },
       async poll(wait) {
@@ -255,7 +339,7 @@
         url.searchParams.set("after", String(lastSeq));
         url.searchParams.set("wait", String(wait));
         const d = await getJson(url.toString());
-        if (d.history.length) await refresh();
+        if (d.history.length) await whenLive(refresh);
         return !(FINISHED.includes(d.status) && d.history.length === 0 && lastSeq >= d.last_seq);
       },
     });
@@ -263,23 +347,65 @@
 
   // -- countdowns (timers, next attempts) -------------------------------------------------
 
-  function human(seconds) {
-    const s = Math.max(0, Math.round(seconds));
-    if (s < 60) return `${s} s`;
-    const m = Math.floor(s / 60);
-    if (m < 60) return `${m} min ${s % 60} s`;
-    const h = Math.floor(m / 60);
-    if (h < 48) return `${h} h ${m % 60} min`;
-    return `${Math.floor(h / 24)} d ${h % 24} h`;
+  // -- times: relative ("3 min ago", "in 1 h"), the absolute time on hover, in UTC or in the
+  //    browser's zone (a toggle remembered in this browser) -----------------------------------
+
+  const ZONE_KEY = "interlock.timezone";
+  let zone = (() => { try { return localStorage.getItem(ZONE_KEY) || "utc"; } catch (err) { return "utc"; } })();
+  const localZone = (() => { try { return Intl.DateTimeFormat().resolvedOptions().timeZone || "local"; } catch (err) { return "local"; } })();
+
+  function amount(seconds) {
+    const s = Math.abs(seconds);
+    if (s < 60) return `${Math.round(s)} s`;
+    if (s < 3600) return `${Math.floor(s / 60)} min`;
+    if (s < 48 * 3600) return `${Math.floor(s / 3600)} h`;
+    return `${Math.floor(s / 86400)} d`;
   }
+
+  function relative(seconds) {
+    if (Math.abs(seconds) < 1) return "just now";
+    return seconds > 0 ? `in ${amount(seconds)}` : `${amount(seconds)} ago`;
+  }
+
+  function absolute(epoch) {
+    const d = new Date(epoch * 1000);
+    const utc = zone === "utc";
+    const two = (n) => String(n).padStart(2, "0");
+    const parts = utc
+      ? [d.getUTCFullYear(), d.getUTCMonth() + 1, d.getUTCDate(), d.getUTCHours(), d.getUTCMinutes(), d.getUTCSeconds()]
+      : [d.getFullYear(), d.getMonth() + 1, d.getDate(), d.getHours(), d.getMinutes(), d.getSeconds()];
+    return `${parts[0]}-${two(parts[1])}-${two(parts[2])} ${two(parts[3])}:${two(parts[4])}:${two(parts[5])}`;
+  }
+
+  const zoneName = () => (zone === "utc" ? "UTC" : localZone);
 
   function tick() {
     const now = Date.now() / 1000;
     for (const el of document.querySelectorAll(".countdown[data-due]")) {
       const left = parseFloat(el.dataset.due) - now;
-      el.textContent = left > 0 ? `in ${human(left)}` : "due now";
+      el.textContent = left > 0 ? relative(left) : "due now";
+    }
+    for (const el of document.querySelectorAll("time[data-t]")) {
+      const t = parseFloat(el.dataset.t);
+      const shown = `${absolute(t)} ${zoneName()}`;
+      if (el.title !== shown) el.title = shown;
+      const text = el.classList.contains("abs") ? absolute(t) : relative(t - now);
+      if (el.textContent !== text) el.textContent = text;
+    }
+    const button = document.getElementById("time-zone");
+    if (button) {
+      const label = `Times: ${zone === "utc" ? "UTC" : `local (${localZone})`}`;
+      if (button.textContent !== label) button.textContent = label;
+      button.setAttribute("aria-label", `${label}; switch to ${zone === "utc" ? "this browser's zone" : "UTC"}`);
     }
   }
+
+  document.addEventListener("click", (ev) => {
+    if (!ev.target.closest || !ev.target.closest("#time-zone")) return;
+    zone = zone === "utc" ? "local" : "utc";
+    try { localStorage.setItem(ZONE_KEY, zone); } catch (err) { /* private mode: this page only */ }
+    tick();
+  });
 
   // -- actions: confirm, then POST (with the form's CSRF token), show the answer ---------------
 
@@ -343,10 +469,46 @@
     confirmThen(form);
   });
 
+  // -- copy buttons, keyboard shortcuts --------------------------------------------------------
+
+  document.addEventListener("click", async (ev) => {
+    const button = ev.target.closest && ev.target.closest("button.copy[data-copy]");
+    if (!button) return;
+    try {
+      await navigator.clipboard.writeText(button.dataset.copy);
+      button.textContent = "copied";
+    } catch (err) {
+      button.textContent = "copy failed";
+    }
+    setTimeout(() => { button.textContent = "copy"; }, 1500);
+  });
+
+  // "/" goes to the search box; "j" / "k" move to the next / previous run in a table of runs.
+  document.addEventListener("keydown", (ev) => {
+    if (ev.ctrlKey || ev.metaKey || ev.altKey) return;
+    const t = ev.target;
+    if (t && (t.isContentEditable || ["INPUT", "TEXTAREA", "SELECT"].includes(t.tagName))) return;
+    if (ev.key === "/") {
+      const search = document.getElementById("search");
+      if (search) { ev.preventDefault(); search.focus(); search.select(); }
+      return;
+    }
+    if (ev.key !== "j" && ev.key !== "k") return;
+    const links = [...document.querySelectorAll("tr[data-run-id] a.run-link")];
+    if (!links.length) return;
+    ev.preventDefault();
+    const at = links.indexOf(document.activeElement);
+    const next = at < 0 ? 0 : Math.max(0, Math.min(links.length - 1, at + (ev.key === "j" ? 1 : -1)));
+    for (const tr of document.querySelectorAll("tr.row-current")) tr.classList.remove("row-current");
+    links[next].closest("tr").classList.add("row-current");
+    links[next].focus();
+  });
+
   // -- start ------------------------------------------------------------------------------
 
   tick();
   setInterval(tick, 1000);
+  if (body.dataset.page === "runs" || body.dataset.page === "run") pauseButton();
   if (body.dataset.page === "runs") runsPage();
   if (body.dataset.page === "run") runPage();
 })();

@@ -7,9 +7,11 @@ with a per-session CSRF token.
 """
 
 import math
+import re
 from datetime import datetime, timezone
 
 from flask import Blueprint, jsonify, redirect, render_template, request, url_for
+from markupsafe import Markup, escape
 from werkzeug.exceptions import HTTPException
 
 from engine.errors import InterlockError
@@ -29,7 +31,7 @@ def _setup(state):
     app = state.app
     security.configure(app)
     app.config.setdefault("WEB_SSE", True)  # False: the pages' SSE routes answer 503 (long-poll fallback)
-    app.jinja_env.filters.update(when=when, duration=duration, iso=iso_time)
+    app.jinja_env.filters.update(when=when, duration=duration, iso=iso_time, rst=rst_inline, at=time_element)
     app.jinja_env.globals.update(csrf_token=security.csrf_token)
 
 
@@ -86,10 +88,76 @@ def _http_error(exc):
 
 # -- formatting ------------------------------------------------------------------------
 
+_RST = re.compile(r"``(.+?)``|:[\w:.-]+:`(.+?)`|`(.+?)`_?|\*\*(.+?)\*\*|\*(.+?)\*")
+
+
+def rst_inline(text) -> Markup:
+    """A docstring's reStructuredText inline markup as HTML: ``literal`` as code, **strong**,
+    *emphasis*; roles (:class:`x`) and `interpreted text` as plain words. Everything else escaped."""
+    def one(m):
+        literal, role, interpreted, strong, emphasis = m.groups()
+        if literal is not None:
+            return f"<code>{escape(literal)}</code>"
+        if strong is not None:
+            return f"<strong>{escape(strong)}</strong>"
+        if emphasis is not None:
+            return f"<em>{escape(emphasis)}</em>"
+        return str(escape(role if role is not None else interpreted))
+
+    out, last = [], 0
+    for m in _RST.finditer(text or ""):
+        out.append(str(escape(text[last:m.start()])))
+        out.append(one(m))
+        last = m.end()
+    out.append(str(escape((text or "")[last:])))
+    return Markup("".join(out))
+
+
 def when(epoch) -> str:
     if epoch is None:
         return "—"
     return datetime.fromtimestamp(epoch, timezone.utc).strftime("%Y-%m-%d %H:%M:%S")
+
+
+def _epoch_of(value):
+    """Epoch seconds from epoch seconds or an ISO 8601 string (what the API's documents hold)."""
+    if value is None or isinstance(value, (int, float)):
+        return value
+    try:
+        return datetime.fromisoformat(str(value).replace("Z", "+00:00")).timestamp()
+    except ValueError:
+        return None
+
+
+def time_element(value, absolute=False) -> Markup:
+    """A time as every page shows it: relative ("3 min ago", "in 1 h") with the absolute time on
+    hover, or (``absolute``) the absolute time; both in UTC until the page's script puts them in
+    the zone chosen in this browser (UTC or the browser's own)."""
+    epoch = _epoch_of(value)
+    if epoch is None:
+        return Markup("—")
+    shown = when(epoch)
+    if absolute:
+        return Markup(f'<time class="abs" datetime="{iso_time(epoch)}" data-t="{epoch:.3f}" title="{shown} UTC">'
+                      f'{shown}</time>')
+    return Markup(f'<time class="rel" datetime="{iso_time(epoch)}" data-t="{epoch:.3f}" title="{shown} UTC">'
+                  f'{relative(epoch - engine().clock.now())}</time>')
+
+
+def relative(seconds: float) -> str:
+    """``seconds`` from now as "in 1 h" (ahead) or "3 min ago" (behind)."""
+    s = abs(seconds)
+    if s < 1:
+        return "just now"
+    if s < 60:
+        amount = f"{s:.0f} s"
+    elif s < 3600:
+        amount = f"{s // 60:.0f} min"
+    elif s < 48 * 3600:
+        amount = f"{s // 3600:.0f} h"
+    else:
+        amount = f"{s // 86400:.0f} d"
+    return f"in {amount}" if seconds > 0 else f"{amount} ago"
 
 
 def iso_time(epoch) -> str:
@@ -117,4 +185,4 @@ def duration(seconds) -> str:
     return f"{sign}{d} d {h} h"
 
 
-from . import bulk, catalog, live, pages, schedules  # noqa: E402,F401  (routes)
+from . import bulk, catalog, dashboard, live, pages, schedules  # noqa: E402,F401  (routes)

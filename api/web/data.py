@@ -92,7 +92,9 @@ def search_of(rt, f: Filters) -> tuple[list, str | None]:
 
 
 def id_prefix_of(text: str | None) -> str | None:
-    value = (text or "").lower()
+    """The start of a run id in the search box's text; a shortened id as the pages show it
+    ("01a2c3…", copied with its ellipsis) counts too."""
+    value = (text or "").lower().removesuffix("…").removesuffix("...")
     return value if RUN_ID_PREFIX.match(value) else None
 
 
@@ -205,6 +207,12 @@ def children(rt, run_id: str, cursor: str | None = None, limit: int = CHILDREN_P
                     cursor=cursor)
 
 
+# Entries whose data is merged into the run's data (a step's result, a data update); the data
+# an event is sent with is the event's own, and what callbacks change is not in the history.
+MERGING = ("started", "step_succeeded", "step_rechecked", "data_updated")
+DIFF_VALUE = 200   # characters of a value shown in a data diff
+
+
 def timeline(rt, run_id: str, after: int = 0, limit: int = TIMELINE_LIMIT) -> tuple[list, float | None, bool]:
     """History entries after ``after`` (the newest ``limit`` of them) as dicts for the template,
     the time of the entry just before them (for "time since previous") and whether older ones were cut."""
@@ -216,11 +224,125 @@ def timeline(rt, run_id: str, after: int = 0, limit: int = TIMELINE_LIMIT) -> tu
         if start > 0:
             before = conn.execute(select(history.c.at).where(
                 history.c.run_id == run_id, history.c.seq == start)).scalar()
+            # The run's data as the history knows it before these entries: its start data and the
+            # results merged since (what callbacks change is not recorded).
+            merged = conn.execute(select(history.c.data).where(
+                history.c.run_id == run_id, history.c.seq <= start, history.c.kind.in_(MERGING))
+                .order_by(history.c.seq)).scalars().all()
+        else:
+            merged = []
+    known: dict = {}
+    for patch in merged:
+        known.update(patch or {})
     rows, previous = [], before
     for e in entries:
-        rows.append(describe_entry(e, previous))
+        row = describe_entry(e, previous)
+        if e.kind in MERGING and e.data:
+            if e.kind != "started":
+                row["diff"] = data_diff(known, e.data)
+            known.update(e.data)
+        rows.append(row)
         previous = e.at
     return rows, before, start > after
+
+
+def _shown(value) -> str:
+    text = json.dumps(value, sort_keys=True, ensure_ascii=False)
+    return text if len(text) <= DIFF_VALUE else text[:DIFF_VALUE] + "…"
+
+
+def data_diff(before: dict, patch: dict) -> list[dict]:
+    """What merging ``patch`` changes in ``before``: [{key, op (added/changed), old, new}],
+    keys whose value stays the same left out."""
+    out = []
+    for key in sorted(patch):
+        if key not in before:
+            out.append({"key": key, "op": "added", "old": None, "new": _shown(patch[key])})
+        elif before[key] != patch[key]:
+            out.append({"key": key, "op": "changed", "old": _shown(before[key]), "new": _shown(patch[key])})
+    return out
+
+
+GANTT_ENTRIES = 2000
+
+
+def gantt(rt, run, now: float) -> dict | None:
+    """The run's time line for a Gantt chart: a lane per state (its stays), a lane per step (its
+    attempts and the waits before retries) and one for timers (when they fired), each bar with
+    its start, end and a description; times from the newest ``GANTT_ENTRIES`` history entries."""
+    query = (select(history.c.seq, history.c.at, history.c.kind, history.c.event, history.c.source,
+                    history.c.target, history.c.detail)
+             .where(history.c.run_id == run.id).order_by(history.c.seq.desc()).limit(GANTT_ENTRIES))
+    with rt.db.read() as conn:
+        entries = list(reversed(conn.execute(query).mappings().all()))
+    if not entries:
+        return None
+    end = run.finished_at or now
+    lanes: dict = {}
+
+    def bar(lane, kind, start, stop, title):
+        lanes.setdefault(lane, {"name": lane[1], "kind": lane[0], "bars": []})["bars"].append(
+            {"start": start, "end": max(stop, start), "kind": kind, "title": title})
+
+    entered: dict = {}
+    waiting: dict = {}   # step: when its failed attempt ended (a retry waits from then)
+    began: dict = {}     # step: its attempt's start (the step_started entry)
+    for e in entries:
+        detail = e["detail"] or {}
+        if e["kind"] in ("started", "transition"):
+            at = e["at"]
+            for state in (e["source"] or "").split(",") if e["kind"] == "transition" else []:
+                if state in entered and state not in (e["target"] or "").split(","):
+                    since = entered.pop(state)
+                    bar(("state", state), "dwell", since, at, f"in {state} for {{d}}")
+            for state in (e["target"] or "").split(","):
+                if state and state not in entered:
+                    entered[state] = at
+        elif e["kind"] == "step_started":
+            began[detail.get("step") or "step"] = e["at"]
+        elif e["kind"] in ("step_succeeded", "step_failed", "step_rechecked"):
+            step = detail.get("step") or "step"
+            duration = float(detail.get("duration") or 0.0)
+            started = began.pop(step, e["at"] - duration)
+            if step in waiting:
+                since = waiting.pop(step)
+                if started > since:
+                    bar(("step", step), "wait", since, started, f"{step}: waited {{d}} before attempt {detail.get('attempt')}")
+            outcome = {"step_succeeded": "succeeded", "step_failed": "failed", "step_rechecked": "not yet"}[e["kind"]]
+            bar(("step", step), "failed" if e["kind"] == "step_failed" else "attempt", started, started + duration,
+                f"{step} attempt {detail.get('attempt')}: {outcome} in {{d}}")
+            if e["kind"] == "step_succeeded" or detail.get("final"):
+                waiting.pop(step, None)
+            else:  # the next attempt (a retry, or a recheck) waits from here
+                waiting[step] = started + duration
+        elif e["kind"] == "timer_fired":
+            due = detail.get("due_at")
+            bar(("timer", f"{detail.get('timer') or '?'} (timer)"), "timer", e["at"], e["at"],
+                f"timer {detail.get('timer')} fired" + (f", {detail.get('lag'):.3f} s after it was due" if due else ""))
+    for state, since in entered.items():
+        bar(("state", state), "dwell current" if run.status in ("running", "waiting") else "dwell",
+            since, end, f"in {state} for {{d}}" + (" (so far)" if run.status in ("running", "waiting") else ""))
+    for step, since in waiting.items():
+        if run.status in ("running", "waiting") and end > since:
+            bar(("step", step), "wait", since, end, f"{step}: waiting {{d}} for the next attempt")
+    begin = min([entries[0]["at"]] + [b["start"] for lane in lanes.values() for b in lane["bars"]])
+    span = max(end - begin, 1e-3)
+    order = {"state": 0, "step": 1, "timer": 2}
+    out = []
+    for lane in sorted(lanes.values(), key=lambda l: (order[l["kind"]], min(b["start"] for b in l["bars"]))):
+        for b in lane["bars"]:
+            b["x"] = round(100 * (b["start"] - begin) / span, 3)
+            b["w"] = round(max(100 * (b["end"] - b["start"]) / span, 0.4), 3)
+            b["x"] = min(b["x"], 100 - b["w"])
+            b["title"] = b["title"].replace("{d}", _duration(b["end"] - b["start"]))
+        out.append(lane)
+    return {"lanes": out, "begin": begin, "end": end, "span": span}
+
+
+def _duration(seconds) -> str:
+    from . import duration
+
+    return duration(seconds)
 
 
 def describe_entry(e, previous_at) -> dict:
@@ -235,9 +357,9 @@ def describe_entry(e, previous_at) -> dict:
         if e.kind == "step_failed":
             note = str(detail.get("error") or "")
             note += " (final)" if detail.get("final") else \
-                f" (retry in {detail.get('retry_in')} s)" if detail.get("retry_in") is not None else ""
+                f" (retry in {_duration(detail.get('retry_in'))})" if detail.get("retry_in") is not None else ""
         elif e.kind == "step_rechecked":
-            note = f"not yet, again in {detail.get('recheck_in')} s"
+            note = f"not yet, again in {_duration(detail.get('recheck_in'))}"
         elif e.kind == "step_succeeded":
             note = f"→ {e.event}" if e.event else "done"
     elif e.kind == "timer_fired":
@@ -262,4 +384,6 @@ def describe_entry(e, previous_at) -> dict:
         # The child run an entry is about (started, ended, its end ignored, the event it sent).
         "child": child if isinstance(child := detail.get("child"), str) and RUN_ID.match(child) else None,
         "data": json.dumps(e.data, indent=2, sort_keys=True) if e.data and e.kind != "started" else None,
+        "logs": [r for r in detail.get("logs") or [] if isinstance(r, dict)],
+        "diff": None,
     }

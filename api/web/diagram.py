@@ -18,8 +18,11 @@ NODE_GAP = 44          # horizontal space between two neighbours in a rank
 DUMMY_W = 18
 MARGIN = 24
 TOP = 44               # room for the start dot above the first rank
-CHAR_W = 7.4           # average width of a 13px sans-serif character
-LANE_GAP = 18
+NODE_FONT = 13         # px, a state's name
+LABEL_FONT = 11.5      # px, an edge's events
+EM = 0.62              # a character's width in em: an upper bound for the sans-serif fonts used
+LABEL_GAP = 5          # a label's distance from its arrow
+SPREADS = 4            # layouts tried, each with more room, until every label has a free place
 
 _ids = itertools.count(1)
 
@@ -60,16 +63,77 @@ class Edge:
 
 
 @dataclass
+class Label:
+    x: float
+    y: float           # the text's baseline
+    anchor: str        # start, middle or end
+    text: str
+
+    @property
+    def box(self):
+        return label_box(self.x, self.y, self.anchor, self.text)
+
+
+@dataclass
 class Layout:
     nodes: dict
     edges: list
     width: float
     height: float
+    routes: dict = field(default_factory=dict)   # id(edge): (path d, sampled points, Label)
+
+
+def text_width(text: str, size: float) -> float:
+    return len(text) * size * EM
+
+
+def label_box(x, y, anchor, text, size=LABEL_FONT):
+    """(left, top, right, bottom) of an edge label drawn at ``x``/``y`` (baseline) with ``anchor``."""
+    w = text_width(text, size)
+    left = x - w if anchor == "end" else x - w / 2 if anchor == "middle" else x
+    return left, y - size * 0.8, left + w, y + size * 0.25
+
+
+def overlaps(a, b, pad=0.0) -> bool:
+    return a[0] - pad < b[2] and b[0] - pad < a[2] and a[1] - pad < b[3] and b[1] - pad < a[3]
+
+
+def inside(point, box, pad=0.0) -> bool:
+    return box[0] - pad < point[0] < box[2] + pad and box[1] - pad < point[1] < box[3] + pad
+
+
+def bezier_points(d: str, steps: int = 24) -> list:
+    """Points along an SVG path made of M and C commands (what ``_route`` draws)."""
+    import re
+
+    numbers = [float(v) for v in re.findall(r"-?\d+(?:\.\d+)?", d)]
+    x, y = numbers[0], numbers[1]
+    points, rest = [(x, y)], numbers[2:]
+    for i in range(0, len(rest) - 5, 6):
+        c1x, c1y, c2x, c2y, ex, ey = rest[i:i + 6]
+        for k in range(1, steps + 1):
+            t = k / steps
+            u = 1 - t
+            points.append((u ** 3 * x + 3 * u * u * t * c1x + 3 * u * t * t * c2x + t ** 3 * ex,
+                           u ** 3 * y + 3 * u * u * t * c1y + 3 * u * t * t * c2y + t ** 3 * ey))
+        x, y = ex, ey
+    return points
 
 
 def layout_of(states, transitions) -> Layout:
-    """``states``: [(id, label, initial, final)], ``transitions``: [(source, event, target)]."""
-    nodes = {sid: Node(sid, label, initial, final, w=max(108.0, len(label) * CHAR_W + 30))
+    """``states``: [(id, label, initial, final)], ``transitions``: [(source, event, target)].
+
+    Laid out, then each edge label is put where it touches no state, no other label and no
+    arrow; when some label finds no such place, the layout is made again with more room."""
+    for spread in range(SPREADS):
+        lay = _layout_once(states, transitions, NODE_GAP + spread * 36, RANK_GAP + spread * 26)
+        if _route(lay) or spread == SPREADS - 1:
+            return lay
+    raise AssertionError("unreachable")
+
+
+def _layout_once(states, transitions, node_gap, rank_gap) -> Layout:
+    nodes = {sid: Node(sid, label, initial, final, w=max(108.0, text_width(label, NODE_FONT) + 30))
              for sid, label, initial, final in states}
     merged: dict = {}
     for source, event, target in transitions:
@@ -80,11 +144,9 @@ def layout_of(states, transitions) -> Layout:
     _rank(nodes, edges)
     ranks = _add_dummies(nodes, edges)
     _order(nodes, edges, ranks)
-    width = _place(nodes, edges, ranks)
-    height = TOP + len(ranks) * (NODE_H + RANK_GAP) - RANK_GAP + MARGIN
-    extra = max((n.right + 40 + len(" / ".join(e.events)) * CHAR_W * 0.85 for e in edges
-                 if e.source == e.target for n in [nodes[e.source]]), default=0.0)
-    return Layout(nodes, edges, max(width, extra), height)
+    width = _place(nodes, edges, ranks, node_gap, rank_gap)
+    height = TOP + len(ranks) * (NODE_H + rank_gap) - rank_gap + MARGIN
+    return Layout(nodes, edges, width, height)
 
 
 def _mark_back_edges(nodes, edges):
@@ -171,19 +233,19 @@ def _order(nodes, edges, ranks):
                 n.order = j
 
 
-def _place(nodes, edges, ranks) -> float:
+def _place(nodes, edges, ranks, node_gap=NODE_GAP, rank_gap=RANK_GAP) -> float:
     rows = []
     for rank in ranks:
         xs, x = [], 0.0
         for n in rank:
             xs.append(x + n.w / 2)
-            x += n.w + NODE_GAP
-        rows.append((rank, xs, x - NODE_GAP))
+            x += n.w + node_gap
+        rows.append((rank, xs, x - node_gap))
     width = max((w for _, _, w in rows), default=0.0)
     for i, (rank, xs, w) in enumerate(rows):
         shift = MARGIN + (width - w) / 2
         for n, x in zip(rank, xs):
-            n.x, n.y = x + shift, TOP + i * (NODE_H + RANK_GAP) + NODE_H / 2
+            n.x, n.y = x + shift, TOP + i * (NODE_H + rank_gap) + NODE_H / 2
     # Pull nodes toward their neighbours (straighter edges), keeping order and spacing.
     links = {sid: [] for sid in nodes}
     for e in edges:
@@ -196,11 +258,11 @@ def _place(nodes, edges, ranks) -> float:
             want = [sum(nodes[o].x for o in links[n.id]) / len(links[n.id]) if links[n.id] else n.x
                     for n in rank]
             for j, n in enumerate(rank):
-                low = rank[j - 1].right + NODE_GAP + n.w / 2 if j else MARGIN + n.w / 2
+                low = rank[j - 1].right + node_gap + n.w / 2 if j else MARGIN + n.w / 2
                 n.x = max(want[j], low)
             for j in range(len(rank) - 2, -1, -1):  # then pull back what was pushed too far right
                 n, nxt = rank[j], rank[j + 1]
-                n.x = min(n.x, nxt.left - NODE_GAP - n.w / 2) if n.x + n.w / 2 + NODE_GAP > nxt.left else n.x
+                n.x = min(n.x, nxt.left - node_gap - n.w / 2) if n.x + n.w / 2 + node_gap > nxt.left else n.x
     left = min((n.left for n in nodes.values()), default=MARGIN)
     for n in nodes.values():
         n.x += MARGIN - left
@@ -219,8 +281,9 @@ def edge_key(source, event, target) -> str:
     return f"{source}|{event}|{target}"
 
 
-def render(cls, *, current=(), visited=(), taken=(), counts=None, label="") -> Markup:
-    """The SVG for ``cls``: ``current``/``visited`` state ids, ``taken`` edge keys, ``counts`` per state."""
+def render(cls, *, current=(), visited=(), taken=(), counts=None, label="", failed=False) -> Markup:
+    """The SVG for ``cls``: ``current``/``visited`` state ids, ``taken`` edge keys, ``counts`` per state;
+    ``failed``: the run failed in its current states (drawn red, not as a healthy current state)."""
     lay = _cached(cls)
     uid = f"d{next(_ids)}"
     current, visited, taken = set(current), set(visited), set(taken)
@@ -236,12 +299,13 @@ def render(cls, *, current=(), visited=(), taken=(), counts=None, label="") -> M
     out += _edges(lay, uid, taken)
     for n in lay.nodes.values():
         if not n.dummy:
-            out.append(_node(n, n.id in current, n.id in visited, counts.get(n.id)))
+            out.append(_node(n, n.id in current, n.id in visited, counts.get(n.id), failed))
     out.append("</svg>")
     return Markup("".join(out))
 
 
-def _edges(lay, uid, taken):
+def _route(lay) -> bool:
+    """Each edge's path and label (in ``lay.routes``); False when some label found no free place."""
     nodes = lay.nodes
     # Ports: spread the ends of several edges along a node's bottom (out) and top (in).
     outs, ins, port = {}, {}, {}
@@ -258,45 +322,105 @@ def _edges(lay, uid, taken):
     pairs = {}  # edges between the same two nodes (one each way): labels go on either side
     for e in lay.edges:
         pairs.setdefault(frozenset((e.source, e.target)), []).append(e)
-    parts = []
+    paths = {}
     for e in lay.edges:
-        keys = [edge_key(e.source, ev, e.target) for ev in e.events]
-        is_taken = any(k in taken for k in keys)
-        text = " / ".join(e.events)
         if e.source == e.target:
-            s = nodes[e.source]
-            x, y = s.right, s.y
+            n = nodes[e.source]
+            x, y = n.right, n.y
             d = f"M{x:.1f},{y - 9:.1f} C{x + 34:.1f},{y - 26:.1f} {x + 34:.1f},{y + 26:.1f} {x + 1:.1f},{y + 9:.1f}"
-            lx, ly, anchor = x + 30, y + 4, "start"
+            prefer = "start"
         else:
             top, bottom = nodes[e.chain[0]], nodes[e.chain[-1]]
             offset = port[(id(e), "out")]
             pts = [(top.x + offset, top.y + NODE_H / 2 + (1 if e.back else 0))]
-            pts += [(nodes[d].x, nodes[d].y) for d in e.chain[1:-1]]
+            pts += [(nodes[c].x, nodes[c].y) for c in e.chain[1:-1]]
             pts.append((bottom.x + port[(id(e), "in")], bottom.y - NODE_H / 2 - (0 if e.back else 1)))
             d = f"M{pts[0][0]:.1f},{pts[0][1]:.1f}"
             for (ax, ay), (bx, by) in zip(pts, pts[1:]):
                 h = (by - ay) / 2
                 d += f" C{ax:.1f},{ay + h:.1f} {bx:.1f},{by - h:.1f} {bx:.1f},{by:.1f}"
-            (ax, ay), (bx, by) = pts[0], pts[1]
-            lx, ly = (ax + bx) / 2, (ay + by) / 2 + 4
-            lean = offset + (bx - ax) / 4
+            lean = offset + (pts[1][0] - pts[0][0]) / 4
             pair = pairs[frozenset((e.source, e.target))]
             if len(pair) > 1:
-                lean = -1e9 if port[(id(e), "out")] == min(port[(id(o), "out")] for o in pair) else 1e9
-            anchor = "end" if lean < -2 else "start" if lean > 2 else "middle"
-            lx += -5 if anchor == "end" else 5 if anchor == "start" else 0
+                lean = -1 if port[(id(e), "out")] == min(port[(id(o), "out")] for o in pair) else 1
+            prefer = "end" if lean < 0 else "start"
+        paths[id(e)] = (d, bezier_points(d))
+    obstacles = []
+    for n in nodes.values():
+        if n.dummy:
+            continue
+        top = n.y - NODE_H / 2
+        obstacles.append((n.left, top, n.right, n.y + NODE_H / 2))
+        obstacles.append((n.right - 29, top - 11, n.right + 21, top + 11))  # a count badge's place
+        if n.initial:
+            obstacles.append((n.x - 7, top - 33, n.x + 7, top))
+    all_points = [p for _, points in paths.values() for p in points]
+    placed, ok = [], True
+    for e in lay.edges:
+        d, points = paths[id(e)]
+        # python-statemachine names some events twice in one ("done_state_x done.state.x"): the first.
+        text = " / ".join(dict.fromkeys(ev.split()[0] for ev in e.events if ev and ev.strip()))
+        if not text:  # an eventless transition: no label
+            lay.routes[id(e)] = (d, None)
+            continue
+        best, best_cost = None, None
+        for label in _candidates(points, text, prefer, e.source == e.target):
+            box = label.box
+            cost = (sum(overlaps(box, o, 3) for o in obstacles) + sum(overlaps(box, b, 3) for b in placed)
+                    + sum(inside(p, box, 2) for p in all_points) + (box[0] < 2 or box[1] < 2) * 100)
+            if best_cost is None or cost < best_cost:
+                best, best_cost = label, cost
+            if cost == 0:
+                break
+        ok = ok and best_cost == 0
+        placed.append(best.box)
+        lay.routes[id(e)] = (d, best)
+    right = max([b[2] for b in placed] + [p[0] for p in all_points] + [0.0])
+    bottom = max([b[3] for b in placed] + [0.0])
+    lay.width = max(lay.width, right + MARGIN / 2)
+    lay.height = max(lay.height, bottom + MARGIN / 2)
+    return ok
+
+
+def _candidates(points, text, prefer, loop):
+    """Places for an edge's label: beside points along its path, the middle first."""
+    other = "end" if prefer == "start" else "start"
+    if loop:  # right of the loop, then above and below the node's right end
+        (x0, y0), mid = points[0], points[len(points) // 2]
+        yield Label(mid[0] + LABEL_GAP, mid[1] + 4, "start", text)
+        for dy in (-24, 30, -40, 46):
+            yield Label(mid[0] + LABEL_GAP, mid[1] + dy, "start", text)
+        return
+    n = len(points) - 1
+    for f in (0.5, 0.42, 0.58, 0.34, 0.66, 0.26, 0.74, 0.18, 0.82):
+        x, y = points[round(f * n)]
+        for side in (prefer, other):
+            yield Label(x + LABEL_GAP, y + 4, "start", text) if side == "start" else Label(x - LABEL_GAP, y + 4, "end", text)
+    for f in (0.5, 0.34, 0.66):
+        x, y = points[round(f * n)]
+        for dx in (LABEL_GAP + 16, LABEL_GAP + 36):
+            yield Label(x + dx, y + 4, "start", text)
+            yield Label(x - dx, y + 4, "end", text)
+
+
+def _edges(lay, uid, taken):
+    parts = []
+    for e in lay.edges:
+        d, label = lay.routes[id(e)]
+        keys = [edge_key(e.source, ev, e.target) for ev in e.events]
+        is_taken = any(k in taken for k in keys)
         cls = "edge taken" if is_taken else "edge"
         if e.back:
             cls += " back"
         marker = f"url(#{uid}-t)" if is_taken else f"url(#{uid}-a)"
         end = f'marker-start="{marker}"' if e.back else f'marker-end="{marker}"'
-        parts.append(f'<g class="{cls}" data-edge="{escape(" ".join(keys))}"><path d="{d}" {end}/>'
-                     f'<text x="{lx:.1f}" y="{ly:.1f}" text-anchor="{anchor}">{escape(text)}</text></g>')
+        text = "" if label is None else \
+            f'<text x="{label.x:.1f}" y="{label.y:.1f}" text-anchor="{label.anchor}">{escape(label.text)}</text>'
+        parts.append(f'<g class="{cls}" data-edge="{escape(" ".join(keys))}"><path d="{d}" {end}/>{text}</g>')
     return parts
 
 
-def _node(n, is_current, is_visited, count):
+def _node(n, is_current, is_visited, count, failed=False):
     classes = ["node"]
     if n.initial:
         classes.append("initial")
@@ -306,8 +430,10 @@ def _node(n, is_current, is_visited, count):
         classes.append("visited")
     if is_current:
         classes.append("current")
+        if failed:
+            classes.append("failed")
     x, y = n.left, n.y - NODE_H / 2
-    title = n.label + (" (current)" if is_current else "") + (f": {count} runs" if count else "")
+    title = n.label + ((" (current, failed)" if failed else " (current)") if is_current else "") + (f": {count} runs" if count else "")
     parts = [f'<g class="{" ".join(classes)}" data-state="{escape(n.id)}"><title>{escape(title)}</title>']
     if n.initial:
         parts.append(f'<circle class="start" cx="{n.x:.1f}" cy="{y - 26:.1f}" r="6"/>'

@@ -62,6 +62,7 @@ def run_page(run_id):
         rows=render_template("_timeline_rows.html", **ctx, fresh=True),
         head=render_template("_run_head.html", **ctx), diagram=render_template("_diagram.html", **ctx),
         waiting=render_template("_waiting.html", **ctx), data=render_template("_data.html", **ctx),
+        gantt=render_template("_gantt.html", **ctx),
         children=render_template("_children.html", **ctx), actions=render_template("_actions.html", **ctx))
 
 
@@ -77,7 +78,8 @@ def _run_context(rt, run, after, children_cursor=None):
             cls = rt.registry.get(run.workflow, run.version)
     visited, taken = data.path_of(rt, run.id)
     svg = diagram.render(cls, current=run.configuration, visited=visited, taken=taken,
-                         label=f"state diagram of {run.workflow} v{run.version}, current state {run.state}") \
+                         label=f"state diagram of {run.workflow} v{run.version}, current state {run.state}",
+                         failed=run.status == "failed") \
         if cls is not None else None
     rows, _, cut = data.timeline(rt, run.id, after)
     accepted = sorted({a["event"] for a in why["accepted_events"]}) if why else []
@@ -88,7 +90,7 @@ def _run_context(rt, run, after, children_cursor=None):
         "parent": rt.get(run.parent_id) if run.parent_id is not None else None, "children": kids,
         # Watch the children while one may still change (new ones show in the run's own history).
         "children_live": kids.unsettled,
-        "accepted": accepted, "active": run.status in ACTIVE, "now": now,
+        "accepted": accepted, "active": run.status in ACTIVE, "now": now, "gantt": data.gantt(rt, run, now),
         "data_json": json.dumps(run.data, indent=2, sort_keys=True, ensure_ascii=False),
         "last_seq": rows[-1]["seq"] if rows else after,
         "actions_sig": f"{run.status}|{run.paused_at is not None}|{','.join(accepted)}|{security.may_write()}",
