@@ -1,5 +1,6 @@
 """The schema comes from Alembic alone, and the migrations match the models on every database."""
 
+import os
 from contextlib import contextmanager
 
 import pytest
@@ -33,7 +34,8 @@ def fresh_database(kind, tmp_path):
     else:
         require_server("MariaDB", "127.0.0.1", 3306)
         admin_url, quote, base = MARIADB_ADMIN_URL, "`", MARIADB_ADMIN_URL
-    name = f"interlock_migrations_{tmp_path.name[-20:]}".replace("-", "_").lower()
+    # The pid too: two test runs at once (another checkout's) must not share a database.
+    name = f"interlock_migrations_{os.getpid()}_{tmp_path.name[-20:]}".replace("-", "_").lower()
     admin = create_engine(admin_url, isolation_level="AUTOCOMMIT")
     with admin.connect() as conn:
         conn.execute(text(f"DROP DATABASE IF EXISTS {quote}{name}{quote}"))
