@@ -196,8 +196,9 @@ def test_an_activity_task_is_received_heartbeaten_failed_and_completed(rt, api):
     receive = url(api, "/api/activities/customs_review/receive")
     (task,) = api.post(receive, json={"max_messages": 10, "visibility_timeout": 60}).json()["tasks"]
     assert (task["run_id"], task["attempt"], task["data"]) == (run.id, 1, {"container": "C1"})
-    beat = api.post(url(api, f"/api/tasks/{task['token']}/heartbeat"), json={"visibility_timeout": 0.5})
-    assert beat.status_code == 200 and beat.json()["visibility_timeout"] == 0.5
+    # Long enough for the fail below to come within it on a busy machine; the receive after it waits.
+    beat = api.post(url(api, f"/api/tasks/{task['token']}/heartbeat"), json={"visibility_timeout": 3.0})
+    assert beat.status_code == 200 and beat.json()["visibility_timeout"] == 3.0
     failed = api.post(url(api, f"/api/tasks/{task['token']}/fail"), json={"error": "officer away"})
     assert failed.status_code == 200 and failed.json()["state"] == "review"
     # Received again once its visibility timeout has ended: a long poll waits for that.

@@ -231,11 +231,17 @@ def test_the_runs_page_cancels_the_selected_runs_as_one_batch(tmp_path, browser)
         kept = site.start(key="BULK-KEEP").id
         browser.get(site.url + "/")
         until(lambda: len(css(browser, "input[name='run_id']")) == 3, message="a checkbox per run")
+        def tick(run_id):  # found afresh each time: a live refresh may replace the row meanwhile
+            box = css(browser, f"input[name='run_id'][value='{run_id}']")[0]
+            if not box.is_selected():
+                box.click()
+            return box.is_selected()
+
         for run_id in picked:
-            css(browser, f"input[name='run_id'][value='{run_id}']")[0].click()
-        bulk = css(browser, "form#bulk")[0]
-        bulk.find_element("css selector", "select[name='action'] option[value='cancel']").click()
-        bulk.find_element("css selector", "button[type='submit']").click()
+            until(lambda: tick(run_id), message=f"run {run_id} ticked")
+        until(lambda: css(browser, "form#bulk select[name='action'] option[value='cancel']")[0].click() or True,
+              message="the cancel action chosen")
+        until(lambda: css(browser, "form#bulk button[type='submit']")[0].click() or True, message="the form sent")
         confirm = until(lambda: [b for b in css(browser, "button.primary") if b.text == "Confirm"],
                         message="the confirmation page")[0]
         assert "2" in browser.find_element("css selector", "main").text  # how many runs it will cancel
