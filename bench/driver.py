@@ -5,10 +5,6 @@
     python bench/driver.py embedded WORKFLOW N K    SQLite + memory broker: preload N runs, drive them with
                                                     this process's own worker, then K single runs
     python bench/driver.py fanout WORKFLOW N        start one run with data {"items": [0..N-1]} (a Map's parent)
-    python bench/driver.py simulate WORKFLOW        send the outside world's events (bench/simulate.py) to
-                                                    waiting runs until every run has ended
-
-``single`` and ``embedded`` run the simulator too, for a workflow that waits for such events.
 
 Each prints one JSON line. Run ids and times are read back from the database by the caller.
 """
@@ -24,7 +20,6 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench import simulate
 from bench.flows import payload
 from engine import Interlock
 
@@ -32,7 +27,7 @@ ACTIVE = ("running", "waiting")
 
 
 def data_for(workflow):
-    return {"payload": payload("start")} if workflow == "bench_payload5" else simulate.start_data(workflow)
+    return {"payload": payload("start")} if workflow == "bench_payload5" else {}
 
 
 def preload(rt, workflow, n, threads=4):
@@ -69,23 +64,6 @@ class Poller:
 
     def close(self):
         self._conn.close()
-
-
-def wait_ended(poller, timeout):
-    deadline = time.monotonic() + timeout
-    while poller.active():
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"{poller.active()} runs still active after {timeout}s")
-        time.sleep(0.02)
-
-
-def simulated(rt, poller, workflow, timeout):
-    """The outside world's events to the preloaded runs until every run has ended (the workers
-    run in other processes); the CPU the sends took, which is the engine's work of those transitions."""
-    simulator = simulate.Simulator(rt, workflow).start()
-    wait_ended(poller, timeout)
-    simulator.stop()
-    return {"cpu": simulator.send_cpu, "sent": simulator.sent}
 
 
 def single(rt, poller, workflow, k, timeout=30.0, poll=0.002):
@@ -146,14 +124,14 @@ def embedded(rt, workflow, n, k, threads, timeout):
     cpu0 = process_cpu()
     counter.counting = True
     worker.start()
-    simulator = simulate.Simulator(rt, workflow).start()  # the events the outside world sends, if any
-    wait_ended(poller, timeout)
+    deadline = time.monotonic() + timeout
+    while poller.active():
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{poller.active()} runs still active after {timeout}s")
+        time.sleep(0.02)
     counter.counting = False
-    simulator.stop()
-    cpu = process_cpu() - cpu0 - simulator.poll_cpu  # looking for waiting runs is not the engine's work
-    simulator = simulate.Simulator(rt, workflow).start()
+    cpu = process_cpu() - cpu0
     ids = single(rt, poller, workflow, k)
-    simulator.stop()
     worker.stop()
     poller.close()
     return {"preload_seconds": preload_seconds, "cpu": cpu, "statements": counter.statements,
@@ -168,13 +146,7 @@ def main(argv):
             out = {"preload_seconds": preload(rt, workflow, int(argv[2]))}
         elif mode == "single":
             poller = Poller(rt)
-            simulator = simulate.Simulator(rt, workflow).start()
             out = {"single_ids": single(rt, poller, workflow, int(argv[2]))}
-            simulator.stop()
-            poller.close()
-        elif mode == "simulate":
-            poller = Poller(rt)
-            out = simulated(rt, poller, workflow, float(os.environ.get("BENCH_TIMEOUT", "600")))
             poller.close()
         elif mode == "fanout":
             began = time.monotonic()

@@ -5,11 +5,6 @@ moves the run to the next state, so a run makes five step transitions.
 
 ``bench_payload5``: the same five steps on a run that carries a 1 KB string in its data; each
 step replaces it with a new 1 KB string, so every transition writes the payload again.
-
-``bench_callbacks5``: five steps through python-statemachine's features a real workflow uses: a
-guard reading the run's data, before and after transition callbacks, entry and exit callbacks
-that change the data, and a compound state (two of the steps run in its children). No shortcut
-applies: every transition goes through the machine.
 """
 
 import time
@@ -127,62 +122,3 @@ class Slow3(Workflow):
     def step3(self, run):
         time.sleep(0.5)
         return "e3"
-
-
-class Callbacks5(Workflow):
-    name, version = "bench_callbacks5", 1
-
-    s1 = State(initial=True)
-    s2 = State()
-
-    class work(State.Compound):
-        a = State(initial=True)
-        b = State()
-
-        e3 = a.to(b)
-
-    s5 = State()
-    done = State(final=True)
-
-    e1 = s1.to(s2, cond="ready")
-    e2 = s2.to(work)
-    e4 = work.to(s5)
-    e5 = s5.to(done)
-
-    def ready(self, run):
-        return run.data.get("items", 0) > 0
-
-    def before_e2(self, run):
-        run.data["before"] = run.data.get("before", 0) + 1
-
-    def after_e4(self, run):
-        run.data["after"] = run.data.get("after", 0) + 1
-
-    def on_enter_s2(self, run):
-        run.data["entered"] = run.data.get("entered", 0) + 1
-
-    def on_exit_s2(self, run):
-        run.data["exited"] = run.data.get("exited", 0) + 1
-
-    def on_enter_work(self, run):
-        run.data["in_work"] = True
-
-    @step(s1)
-    def step1(self, run):
-        return "e1"
-
-    @step(s2)
-    def step2(self, run):
-        return "e2"
-
-    @step(work.a)
-    def step3(self, run):
-        return "e3"
-
-    @step(work.b)
-    def step4(self, run):
-        return "e4"
-
-    @step(s5)
-    def step5(self, run):
-        return "e5"

@@ -130,16 +130,10 @@ def _fmt(value, digits=1):
     return f"{value:.{digits}f}" if abs(value) >= 1 or value == 0 else f"{value:.{digits + 1}f}"
 
 
-VARIANT_LABELS = {"noop": "no-op", "payload": "1 KB payload", "backlog": "3 × 0.5 s steps, backlog",
-                  "callbacks": "guard + callbacks + compound", "cargo": "cargo example (simulated)",
-                  "orders": "orders example (simulated)"}
-# Issue 13: workflows with guards and callbacks against the no-op workflow, on the same backend.
-CALLBACK_VARIANTS = ("callbacks", "cargo", "orders")
-CALLBACK_TARGET = 0.8
-
-
 def _label(row):
-    return f"{row['name']} | {VARIANT_LABELS.get(row.get('variant'), 'no-op')}"
+    variant = {"noop": "no-op", "payload": "1 KB payload", "backlog": "3 × 0.5 s steps, backlog"}.get(
+        row.get("variant"), "no-op")
+    return f"{row['name']} | {variant}"
 
 
 def summary(row):
@@ -222,8 +216,7 @@ def render(bench, elapsed):
             f"{datetime.now(UTC).strftime('%Y-%m-%d %H:%M UTC')}", "",
             f"command: `{' '.join([_shown(sys.executable)] + sys.argv)}`  ",
             "machine: " + "; ".join(f"{k} {v}" for k, v in facts.items()) + "  ",
-            f"setup: {args.runs} runs started at once (5 steps each; backlog: 3 steps of 0.5 s; cargo: 2 steps and "
-            f"2 events a simulator sends; orders: 3 steps) then drained by {args.workers} worker "
+            f"setup: {args.runs} runs started at once (5 steps each; backlog: 3 steps of 0.5 s) then drained by {args.workers} worker "
             f"processes × {args.threads} threads; {args.single} single runs one after another; "
             f"INTERLOCK_RESEND_AFTER={args.resend_after:g}; whole invocation {elapsed:.0f} s; load average "
             f"{bench.load_before[0]:.1f} before, {os.getloadavg()[0]:.1f} after (2 CPUs: above 2, other work "
@@ -288,33 +281,8 @@ def render(bench, elapsed):
             out.append(f"| {row['name']} | {ref['name']} | {_ratio(r['tps'], f['tps'])} | "
                        f"{_ratio(r['hop_p50'], f['hop_p50'])} | {_ratio(r['load_hop_p50'], f['load_hop_p50'])} | "
                        f"{_ratio(r['single_p50'], f['single_p50'])} |")
-    out += against_noop(bench)
     out += targets(bench)
     return "\n".join(out)
-
-
-def against_noop(bench):
-    """Each workflow with guards and callbacks against the no-op variant on the same backend:
-    transitions/s ratio, and CPU per transition (no-op's ÷ this one's, so above 1 is cheaper)."""
-    noop = {r.get("backend"): r for r in bench.rows
-            if r["kind"] == "interlock" and r.get("variant") == "noop" and "tps" in r}
-    rows = [r for r in bench.rows if r["kind"] == "interlock" and r.get("variant") in CALLBACK_VARIANTS
-            and "tps" in r and r.get("backend") in noop]
-    if not rows:
-        return []
-    out = ["", f"Workflows with guards and callbacks ÷ the no-op workflow, same backend (issue 13 target: "
-           f"≥ {CALLBACK_TARGET}× on both):", "",
-           "| system | variant | transitions/s ÷ no-op | no-op CPU ÷ this CPU per transition | |",
-           "| --- | --- | ---: | ---: | --- |"]
-    for row in rows:
-        f, n = figures(row), figures(noop[row["backend"]])
-        rate = _div(f["tps"], n["tps"])
-        cpu = _div(n["cpu_ms"], f["cpu_ms"])
-        low = [v for v in (rate, cpu) if v is not None and v < CALLBACK_TARGET]
-        verdict = "met" if rate is not None and cpu is not None and not low else \
-            f"missed: {min(low):.2f}× against {CALLBACK_TARGET}×" if low else "not measured"
-        out.append(f"| {_label(row)} | {_ratio(f['tps'], n['tps'])} | {_ratio(n['cpu_ms'], f['cpu_ms'])} | {verdict} |")
-    return out
 
 
 def targets(bench):

@@ -1,12 +1,9 @@
 """Throughput and latency of Interlock against its ceilings and peers (issue 5, items 1 and 2).
 
     .venv/bin/python bench/throughput.py            # --full: the real figures (peers installed on first use)
-    .venv/bin/python bench/throughput.py --quick    # small N, no-op workflow, every backend (callbacks on SQLite), the cheap baselines (CI)
+    .venv/bin/python bench/throughput.py --quick    # small N, no-op workflow, every backend, the cheap baselines (CI)
 
-Interlock runs a 5-step no-op workflow (bench/flows.py), a variant carrying a 1 KB payload, one with
-a guard, before/after transition callbacks, entry and exit callbacks changing data and a compound
-state, and the shipped cargo and orders examples (their outside world simulated with zero delays,
-bench/simulate.py); each workflow with callbacks is compared with the no-op one (issue 13):
+Interlock runs a 5-step no-op workflow (bench/flows.py) and a variant carrying a 1 KB payload:
 N runs are started first, then `interlock worker` processes drive them to the end (on SQLite +
 memory broker, one process of ours starts the runs and runs the worker). Rates and hop latency
 come from the history table (first step started -> last transition); single-run latency from
@@ -42,12 +39,7 @@ BACKENDS = {
     "pg-rabbitmq": ("PostgreSQL + RabbitMQ", m.AMQP_URL),
 }
 # backlog: 3 steps of 0.5 s each, so the runs queue far longer than --resend-after (duplicates).
-# callbacks: a guard, before/after transition callbacks, entry/exit callbacks changing data, a
-# compound state. cargo, orders: the shipped examples, their outside world simulated with zero
-# delays (bench/simulate.py; cargo waits for two events per run, which a simulator sends).
-VARIANTS = {"noop": "bench_noop5", "payload": "bench_payload5", "backlog": "bench_slow3",
-            "callbacks": "bench_callbacks5", "cargo": "cargo", "orders": "orders"}
-WORKFLOW_MODULES = "bench.flows,workflows"
+VARIANTS = {"noop": "bench_noop5", "payload": "bench_payload5", "backlog": "bench_slow3"}
 BASELINES = ["chain-redis", "chain-rabbitmq", "commit", "dbos", "celery"]
 PORTS = {"PostgreSQL": 5432, "Redis": 6379, "RabbitMQ": 5672}
 
@@ -133,27 +125,13 @@ class Bench:
 
     def env(self, database_url, broker_url, queue):
         return m.env_with(INTERLOCK_DATABASE_URL=database_url, INTERLOCK_BROKER_URL=broker_url,
-                          INTERLOCK_WORKFLOWS=WORKFLOW_MODULES, INTERLOCK_QUEUE=queue,
+                          INTERLOCK_WORKFLOWS="bench.flows", INTERLOCK_QUEUE=queue,
                           INTERLOCK_WORKER_THREADS=self.args.threads, INTERLOCK_RESEND_AFTER=self.args.resend_after,
                           BENCH_TIMEOUT=self.timeout)
 
     def driver(self, env, *args, timeout=600):
         return m.run_json([sys.executable, str(m.ROOT / "bench" / "driver.py"), *map(str, args)], env=env,
                           timeout=timeout)
-
-    def simulator(self, env, workflow):
-        """``driver.py simulate`` beside the workers, for a workflow whose runs wait for the outside world."""
-        from engine.registry import Registry
-
-        if not Registry().load_modules(WORKFLOW_MODULES.split(",")).get(workflow).demo_events:
-            return None
-        return subprocess.Popen([sys.executable, str(m.ROOT / "bench" / "driver.py"), "simulate", workflow],
-                                env=env, cwd=m.ROOT, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
-                                stdin=subprocess.DEVNULL)
-
-    def simulator_cpu(self, child) -> float:
-        out, _ = child.communicate(timeout=60)
-        return json.loads(out.strip().splitlines()[-1])["cpu"]
 
     def workers(self, env, name):
         child = self.child([sys.executable, "-m", "engine.cli", "worker", "--processes", str(self.args.workers),
@@ -193,12 +171,9 @@ class Bench:
             m.wait_no_backends(dbname)
             before = m.db_counters(dbname)
             workers = self.workers(env, f"{backend}-{variant}")
-            simulator = self.simulator(env, workflow)
             report.wait_until_ended(m.pg_url(dbname, "postgresql+psycopg"), self.timeout)
             # Every process and backend alive now, counted from its start (none was there before).
             worker_cpu = m.CpuMeter(lambda: m.process_tree([workers.pid])).stop() - boot_cpu
-            if simulator is not None:  # its sends are transitions too: the engine's work, in its process
-                worker_cpu += self.simulator_cpu(simulator)
             db_cpu = m.CpuMeter(lambda: m.backend_pids(dbname)).stop()
             workers.stop()
             m.wait_no_backends(dbname)
@@ -246,7 +221,7 @@ class Bench:
                 raise report.Unavailable(f"no {' or '.join(missing)} server on 127.0.0.1")
 
         for backend in args.backends:
-            for variant in args.variants + args.extra_variants.get(backend, []):
+            for variant in args.variants:
                 name = f"Interlock, {BACKENDS[backend][0]}"
                 if backend == "sqlite":
                     self.measure(name, self.interlock_sqlite, variant, backend=backend, variant=variant)
@@ -288,8 +263,7 @@ def parse_args(argv):
     mode.add_argument("--quick", action="store_true", help="small N, no peer installs (CI)")
     mode.add_argument("--full", action="store_true", help="the real figures (the default)")
     p.add_argument("--backends", default=",".join(BACKENDS), help=f"comma-separated, of {', '.join(BACKENDS)}")
-    p.add_argument("--variants", default=None, help=f"comma-separated, of {', '.join(VARIANTS)} "
-                   "(default: noop,payload,callbacks,cargo,orders; --quick: noop, and callbacks on SQLite)")
+    p.add_argument("--variants", default=None, help="noop,payload,backlog (default: noop,payload; --quick: noop)")
     p.add_argument("--baselines", default=",".join(BASELINES), help=f"comma-separated, of {', '.join(BASELINES)}; "
                    "'none' for none")
     p.add_argument("--runs", type=int, default=None, help="runs started at once (default 2000; --quick 100)")
@@ -305,9 +279,7 @@ def parse_args(argv):
     args.runs = args.runs or (100 if args.quick else 2000)
     args.single = args.single or (10 if args.quick else 100)
     args.backends = [b.strip() for b in args.backends.split(",") if b.strip()]
-    default_variants = "noop" if args.quick else "noop,payload,callbacks,cargo,orders"
-    # --quick (CI, under 3 minutes): the workflow with callbacks against the no-op one on SQLite only.
-    args.extra_variants = {"sqlite": ["callbacks"]} if args.quick and not args.variants else {}
+    default_variants = "noop" if args.quick else "noop,payload"
     args.variants = [v.strip() for v in (args.variants or default_variants).split(",") if v.strip()]
     args.baselines = [] if args.baselines == "none" else [b.strip() for b in args.baselines.split(",") if b.strip()]
     for values, allowed, what in ((args.backends, BACKENDS, "backend"), (args.variants, VARIANTS, "variant"),

@@ -5,7 +5,6 @@ numbers): the active configuration, the entries tasks and timers are bound to, a
 history pseudo-states' memory. The machine is handed values; ids are converted at this edge.
 """
 
-from statemachine.engines.sync import SyncEngine
 from statemachine.orderedset import OrderedSet
 
 from .definitions import Workflow
@@ -34,9 +33,6 @@ class RunContext:
         # States entered and exited by the current send, in order (filled by the machine).
         self.entered: list = []
         self.exited: list = []
-        # The data of the start while a reused machine enters its initial state (``create_lease``:
-        # python-statemachine's public ``activate_initial_state`` takes no arguments).
-        self.start_data = None
 
     # The machine calls these on its model for every state it enters or exits.
     def on_enter_state(self, state):
@@ -48,9 +44,8 @@ class RunContext:
     def prepare_event(self, run=None, db=None, data=None):
         """python-statemachine merges this into every callback's arguments, including those of
         eventless transitions and of events a callback raises, which get no event arguments."""
-        if data is None:
-            data = {} if self.start_data is None else self.start_data
-        return {"run": self if run is None else run, "db": self.db if db is None else db, "data": data}
+        return {"run": self if run is None else run, "db": self.db if db is None else db,
+                "data": {} if data is None else data}
 
     def __repr__(self):
         return f"RunContext(id={self.id!r}, workflow={self.workflow!r}, configuration={self.configuration!r})"
@@ -89,140 +84,6 @@ def create(cls: type[Workflow], ctx: RunContext, **kwargs) -> Workflow:
     """A new machine: enters the initial state, running its entry callbacks with ``kwargs``."""
     ctx.configuration = None
     return cls(model=ctx, state_field="configuration", **kwargs)
-
-
-# -- machines kept for the next change ----------------------------------------------------------
-#
-# Building a python-statemachine instance (resolving every callback of the class against the
-# machine and its model) costs more than the transition it then takes. A change borrows a machine
-# of its workflow class that an earlier change gave back, and puts it at its own run as
-# ``restore`` does a new one: the model (a RunContext) gets this change's fields and nothing
-# else, the configuration is written to the model, the history memory replaced. A machine goes
-# back only in the state every new one starts in: not terminated, no callback raised through it,
-# no attribute of its own set or rebound by a callback, no listener added. Anything else, and it
-# is dropped. Classes with class-level listeners that python-statemachine instantiates per
-# machine (``listeners = [SomeClass]``) build a new machine every time: such a listener is state
-# of its own, set up per instance. tests/test_differential.py compares every change made this way
-# with a machine built for it alone.
-
-POOL_SIZE = 16  # idle machines kept per workflow class (about one per worker thread)
-_POOLS: dict = {}
-_REUSABLE: dict = {}
-
-
-class Lease:
-    """A machine lent to one change, and its model (the change's RunContext from then on)."""
-
-    __slots__ = ("cls", "machine", "ctx", "spoiled", "_shape", "_listeners")
-
-    def __init__(self, cls, machine, ctx):
-        self.cls, self.machine, self.ctx = cls, machine, ctx
-        self.spoiled = False  # a callback raised through it: dropped, not given back
-        self._shape = tuple(vars(machine).items())
-        self._listeners = len(machine.active_listeners)
-
-    def as_built(self) -> bool:
-        """Nothing the next change could see is left on the machine by this one."""
-        if self.spoiled or len(self.machine.active_listeners) != self._listeners:
-            return False
-        now = vars(self.machine)
-        if len(now) != len(self._shape) or not all(now.get(key, _MISSING) is value for key, value in self._shape):
-            return False
-        return not self.machine.is_terminated or _revive(self.machine)
-
-
-_MISSING = object()
-
-
-def _revive(machine) -> bool:
-    """Make a machine that terminated (its run ended) ready to serve a new run's start.
-
-    python-statemachine has no public way to do it: a terminated engine only keeps
-    ``running = False``, with both event queues drained by the processing loop that ended it
-    (the engine's attributes read here are pinned by pyproject.toml's python-statemachine range
-    and checked by tests/test_shortcuts.py). Anything else, and the machine is dropped."""
-    engine = getattr(machine, "_engine", None)
-    if (type(engine) is not SyncEngine or engine.running or getattr(engine, "_root_parallel_final_pending", 0) is not None
-            or not engine.external_queue.is_empty() or not engine.internal_queue.is_empty()):
-        return False
-    engine.running = True
-    return True
-
-
-def reusable(cls: type[Workflow]) -> bool:
-    """Whether machines of ``cls`` may serve several changes (see above)."""
-    found = _REUSABLE.get(cls)
-    if found is None:
-        declared = [entry for klass in cls.__mro__ for entry in (vars(klass).get("listeners") or ())]
-        found = _REUSABLE[cls] = not any(callable(entry) for entry in declared)
-    return found
-
-
-def _borrow(cls, ctx) -> Lease | None:
-    pool = _POOLS.get(cls)
-    if not pool:
-        return None
-    try:
-        lease = pool.pop()
-    except IndexError:  # another thread took the last one
-        return None
-    model = lease.ctx
-    fields = vars(model)
-    fields.clear()
-    fields.update(vars(ctx))
-    lease.spoiled = False
-    return lease
-
-
-def restore_lease(cls: type[Workflow], ctx: RunContext, stored: list, history: dict | None = None) -> Lease:
-    """``restore``, on a machine an earlier change gave back when there is one. The lease's
-    ``ctx`` is the run's context from now on (the given one, or the reused model holding its fields)."""
-    lease = _borrow(cls, ctx) if reusable(cls) else None
-    if lease is None:
-        return Lease(cls, restore(cls, ctx, stored, history), ctx)
-    model, machine = lease.ctx, lease.machine
-    states = [state_of(cls, key) for key in stored]
-    if not stored or None in states:
-        restore(cls, ctx, stored, history)  # raises the same DefinitionError
-    values = [state.value for state in states]
-    model.configuration = values[0] if len(values) == 1 else OrderedSet(values)
-    remembered = machine.history_values
-    remembered.clear()
-    if history:
-        for history_id, ids in history.items():
-            found = [state_of(cls, key) for key in ids]
-            if None not in found:
-                remembered[history_id] = found
-    return lease
-
-
-def create_lease(cls: type[Workflow], ctx: RunContext, **kwargs) -> Lease:
-    """``create``, on a machine an earlier change gave back when there is one: the initial state
-    is entered with ``activate_initial_state``, as the constructor does."""
-    lease = _borrow(cls, ctx) if reusable(cls) else None
-    if lease is None:
-        return Lease(cls, create(cls, ctx, **kwargs), ctx)
-    model = lease.ctx
-    model.configuration = None
-    lease.machine.history_values.clear()
-    # What the constructor passes the initial entry (run, db, data), the model's prepare_event
-    # supplies: run is the model, db the change's connection, data the start's.
-    assert kwargs.get("run") is ctx and kwargs.get("db") is ctx.db and set(kwargs) <= {"run", "db", "data"}
-    model.start_data = kwargs.get("data", {})
-    try:
-        lease.machine.activate_initial_state()
-    finally:
-        model.start_data = None
-    return lease
-
-
-def give_back(lease: Lease) -> None:
-    """Keep the machine for the next change of its class, if it is as a new one would be."""
-    if not reusable(lease.cls) or not lease.as_built():
-        return
-    pool = _POOLS.setdefault(lease.cls, [])
-    if len(pool) < POOL_SIZE:
-        pool.append(lease)
 
 
 def configuration(machine: Workflow) -> list:

@@ -44,12 +44,11 @@ class Start:
             change.configuration = [self.cls.initial_state.id]
         else:
             try:
-                change.start_machine(data=self.data)
+                change.machine = m.create(self.cls, change.ctx, run=change.ctx, db=change.conn,
+                                          data=self.data)
             except InterlockError:
-                change.spoil_machine()
                 raise
             except Exception as exc:
-                change.spoil_machine()
                 raise CallbackError(change.row["id"], "start", exc) from exc
         seq = change.record("started", target=change.leaves(), cause="start", data=self.data,
                             detail={"workflow": self.cls.workflow_name, "version": self.cls.version,

@@ -212,7 +212,6 @@ class Change:
         self.configuration = list(row["configuration"])
         self.remembered = row.get("history_values") or {}  # of history pseudo-states
         self._machine = None
-        self._lease = None  # the machine's, lent by machine.restore_lease
         self.entries = dict(row["entries"])
         self.seq = row["last_seq"]
         self.status = row["status"]
@@ -244,28 +243,13 @@ class Change:
     @property
     def machine(self):
         if self._machine is None:
-            self._take(m.restore_lease(self.cls, self.ctx, self.configuration, self.remembered))
+            self._machine = m.restore(self.cls, self.ctx, self.configuration, self.remembered)
         return self._machine
 
-    def _take(self, lease):
-        """Use the lent machine; its model is this run's context from now on."""
-        self._lease, self._machine, self.ctx = lease, lease.machine, lease.ctx
-
-    def start_machine(self, **kwargs):
-        """A new run's machine: enters the initial state, its callbacks getting ``kwargs``."""
-        self._take(m.create_lease(self.cls, self.ctx, run=self.ctx, db=self.conn, **kwargs))
+    @machine.setter
+    def machine(self, machine):
+        self._machine = machine
         self._read_machine()
-
-    def spoil_machine(self):
-        """A callback raised through the machine: it is not lent to another change."""
-        if self._lease is not None:
-            self._lease.spoiled = True
-
-    def release(self):
-        """The change is over (its run written): the machine may serve the next change."""
-        lease, self._lease = self._lease, None
-        if lease is not None:
-            m.give_back(lease)
 
     def _read_machine(self):
         self.configuration = m.configuration(self._machine)
@@ -310,7 +294,7 @@ class Change:
                                     "the workflow declares no such event")
         if self.cls.allow_event_without_transition and event not in self.accepted():
             return self._ignored(event, data, cause, "no transition for it in the current state")
-        data_before = self._watched() if triggers and self.cls._triggers else None
+        data_before = copy.deepcopy(self.ctx.data) if triggers and self.cls._triggers else None
         self.ctx.entered.clear()
         self.ctx.exited.clear()
         if not self._shortcut(event):
@@ -355,20 +339,17 @@ class Change:
         try:
             self.machine.send(event, **event_arguments(data), run=self.ctx, db=self.conn, data=data)
         except TransitionNotAllowed:
-            self.spoil_machine()
             reason = "a guard did not hold" if event in self.accepted() else None
             raise InvalidTransition(self.row["id"], event, self.leaf_ids(), self.enabled(), reason) from None
         except InterlockError:
-            self.spoil_machine()
             raise
         except Exception as exc:
-            self.spoil_machine()
             raise CallbackError(self.row["id"], event, exc) from exc
         finally:
             self._read_machine()
 
     def update_data(self, patch: dict, cause: str, record: bool = True):
-        data_before = self._watched() if self.cls._triggers else None
+        data_before = copy.deepcopy(self.ctx.data) if self.cls._triggers else None
         self.ctx.data.update(patch)
         if record:
             self.record("data_updated", cause=cause, data=patch)
@@ -392,7 +373,7 @@ class Change:
             due = self._due_triggers(data_before)
             if not due:
                 return
-            data_before = self._watched()
+            data_before = copy.deepcopy(self.ctx.data)
             for spec, old, new in due:
                 if self.is_final():
                     return
@@ -403,12 +384,6 @@ class Change:
                               detail={"trigger": spec.name, "field": spec.field, "old": old, "new": new})
                 except InvalidTransition:
                     continue
-
-    def _watched(self) -> dict:
-        """The data fields triggers watch, as they are now: all ``_due_triggers`` reads of the
-        data before (copied: callbacks may change them in place)."""
-        data = self.ctx.data
-        return {spec.field: copy.deepcopy(data[spec.field]) for spec in self.cls._triggers if spec.field in data}
 
     def _in_trigger_states(self, spec) -> bool:
         return not spec.state_ids or bool(set(self.configuration).intersection(spec.state_ids))
@@ -714,7 +689,6 @@ def _perform(rt, conn, run_id, op, unless_held=False) -> Outcome | None:
     op.perform(change)
     outcome = change.finish()
     change.writes.flush(conn)
-    change.release()
     return outcome
 
 
@@ -750,7 +724,6 @@ def perform_locked(rt, conn, locked) -> list:
         change = Change(rt, conn, row, cls, now, task=task, writes=writes)
         op.perform(change)
         outcomes.append(change.finish())
-        change.release()
     writes.flush(conn)
     return outcomes
 

@@ -115,8 +115,6 @@ def test_runs_move_the_same_with_and_without_callbacks():
 
 
 # -- the fast path against the machine path, on every workflow of the repository ------------
-# The fast path: shortcut transitions, and machines lent from one change to the next
-# (machine.restore_lease). The machine path: a new python-statemachine instance per change.
 
 def _workflow_modules() -> list[str]:
     """``workflows`` and every module of workflows under tests/ (the differential machines too)."""
@@ -151,10 +149,8 @@ def paths_engine(tmp_path_factory):
 
 @contextmanager
 def _machine_path():
-    """Every change through python-statemachine, on a machine built for it alone: no shortcut
-    transitions, no plain start, no machine lent again (the fast path has all three)."""
-    with mock.patch.object(m, "shortcuts", lambda cls: {}), mock.patch.object(m, "is_plain", lambda cls: False), \
-            mock.patch.object(m, "reusable", lambda cls: False):
+    """Every change through python-statemachine: no shortcut transitions, no plain start."""
+    with mock.patch.object(m, "shortcuts", lambda cls: {}), mock.patch.object(m, "is_plain", lambda cls: False):
         yield
 
 
