@@ -7,7 +7,8 @@ claimed (queued -> running under a lease) only when the step is still running af
 A delivery that may race another copy of its message claims before it runs the function:
 one of a task sent more than once, one of a retry (the failed attempt's own message can come
 back beside the retry's: its acknowledgement may be lost with the broker connection), or one
-that waited since it was sent longer than half the safety re-send interval (the reconciler re-sends a live sender's task only after that
+that waited since it was sent longer than half the safety re-send interval (the reconciler
+re-sends a live sender's task only after that
 whole interval, by when a lazily run first copy has long claimed it). Of two copies that
 claim, one wins and the other is dropped unrun; a delivery that finds the task claimed or
 done is dropped. The attempt number and the claim's start time are the fencing token
