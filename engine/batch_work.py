@@ -37,7 +37,7 @@ from dataclasses import dataclass, field
 from sqlalchemy import and_, bindparam, func, insert, or_, select, update
 from sqlalchemy.dialects import mysql, postgresql, sqlite
 
-from . import hotsql, queries
+from . import hotsql, migration_plans, queries
 from . import operations as ops
 from .batches import list_filters
 from .errors import InterlockError, RunNotFound
@@ -45,12 +45,14 @@ from .models import batch_chunks, batch_items, batches, runs
 from .transitions import ACTIVE, apply, perform_locked
 
 log = logging.getLogger(__name__)
-CHUNKED = ("cancel", "pause", "resume")  # one transaction per chunk; the others one per run
+CHUNKED = ("cancel", "pause", "resume", "migrate")  # one transaction per chunk; the others one per run
 PLAN_PAGE = 50  # chunks one planning step cuts
 _OWNER = uuid.uuid4().hex  # a process that runs no worker (no worker id) works batches as this
 
 
-def operation(action: str, args: dict):
+def operation(action: str, args: dict, rt=None):
+    if action == "migrate":
+        return ops.Migrate(migration_plans.stored(rt, args["plan"]))
     if action == "cancel":
         return ops.Cancel(args.get("reason"))
     if action == "pause":
@@ -70,6 +72,8 @@ def skip_reason(action: str, change, stored_filter: dict) -> str | None:
     state = stored_filter.get("state")
     if state is not None and state not in change.row["state"].split(","):
         return f"no longer matches the filter: the run left {state}"
+    if action == "migrate":
+        return None  # the plan says which runs move (ops.Migrate.check)
     if action == "retry":
         return None if status == "failed" else f"the run is {status}: only failed runs are retried"
     if action == "resume":
@@ -105,9 +109,12 @@ class BatchItem:
         if self.outcome is not None:
             return  # handled by this batch already
         why = skip_reason(self.action, change, self.filter)
-        if why is None:
-            self.op.perform(change)
         self.outcome = "applied" if why is None else "skipped"
+        checked = self.op.check(change) if why is None and hasattr(self.op, "check") else None
+        if checked is not None:  # the operation's own reasons not to change this run
+            self.outcome, why = checked
+        elif why is None:
+            self.op.perform(change)
         row = {"batch_id": self.batch_id, "run_id": run_id, "outcome": self.outcome, "error": why, "at": change.now}
         if self.new_items is not None:
             self.new_items.append(row)
@@ -181,7 +188,10 @@ def _take_chunk(rt, batch, owner, now) -> dict | None:
 
 
 def _selected(rt, batch):
-    """The batch's filter as (source, conditions): InterlockError if it cannot be read here."""
+    """The batch's filter as (source, conditions): InterlockError if it cannot be read here.
+    A migrate batch's runs are its plan's that can move."""
+    if batch["action"] == "migrate":
+        return migration_plans.movable(batch["args"]["plan"])
     return queries.run_filter(**list_filters(rt, batch["filter"]))
 
 
@@ -267,8 +277,8 @@ _INSERT_ITEMS = hotsql.Statement(lambda _dialect, keys: insert(batch_items).valu
                                  lambda keys: hotsql.Arrays.insert(batch_items, keys))
 
 
-def _item(batch):
-    return BatchItem(batch["id"], batch["action"], operation(batch["action"], batch["args"]), batch["filter"])
+def _item(rt, batch):
+    return BatchItem(batch["id"], batch["action"], operation(batch["action"], batch["args"], rt), batch["filter"])
 
 
 def _chunk(rt, batch, ids) -> None:
@@ -286,7 +296,7 @@ def _chunk(rt, batch, ids) -> None:
         new_items: list = []
         locked = []
         for row in rows:
-            item = _item(batch)
+            item = _item(rt, batch)
             item.known, item.new_items = known, new_items
             locked.append((dict(row), None, item))
         outcomes = perform_locked(rt, conn, locked)
@@ -300,7 +310,7 @@ def _chunk(rt, batch, ids) -> None:
 
 def one(rt, batch, run_id) -> str:
     """The batch's action on one run, in its own transaction; the item's outcome."""
-    item = _item(batch)
+    item = _item(rt, batch)
     try:
         apply(rt, run_id, item)
         return item.outcome

@@ -21,7 +21,7 @@ from .ids import new_id
 from .models import batch_items, batches
 from .timeparse import iso
 
-ACTIONS = ("cancel", "retry", "send", "pause", "resume")
+ACTIONS = ("cancel", "retry", "send", "pause", "resume", "migrate")
 STATUSES = ("running", "waiting", "succeeded", "failed", "cancelled")
 FILTER_KEYS = ("workflow", "version", "status", "state", "business_key", "created_after", "created_before",
                "search", "run_ids")
@@ -99,9 +99,14 @@ def list_filters(rt, stored: dict) -> dict:
     return out
 
 
-def check_args(action, event=None, data=None, reason=None) -> dict:
+def check_args(action, event=None, data=None, reason=None, plan=None) -> dict:
     if action not in ACTIONS:
         raise InvalidData(f"action must be one of {', '.join(ACTIONS)}", field="action")
+    if (action == "migrate") != (plan is not None):
+        raise InvalidData("runs move to another version by applying a migration plan "
+                          "(POST /api/migrations/<id>/apply, interlock migrate apply)", field="action")
+    if action == "migrate":
+        return {"plan": plan}
     args = {}
     if action == "send":
         if not isinstance(event, str) or not 1 <= len(event) <= 200 or "\x00" in event:
@@ -118,10 +123,14 @@ def check_args(action, event=None, data=None, reason=None) -> dict:
     return args
 
 
-def create(rt, action: str, filter: dict, *, event=None, data=None, reason=None, dry_run=False) -> dict:
+def create(rt, action: str, filter: dict, *, event=None, data=None, reason=None, dry_run=False,
+           plan=None, total=None) -> dict:
     """A batch (status ``pending``: the next reconciler pass takes it), or with ``dry_run`` only
-    how many runs the filter selects now and a sample of their ids, nothing written."""
-    args = check_args(action, event, data, reason)
+    how many runs the filter selects now and a sample of their ids, nothing written.
+
+    ``plan``: the migration plan a ``migrate`` batch applies (its runs, ``total`` of them, are
+    the plan's: engine/migration_plans.py)."""
+    args = check_args(action, event, data, reason, plan)
     stored = check_filter(rt, filter)
     now = rt.clock.now()
     # Runs started from now on are not the batch's: the bound is part of the stored filter.
@@ -129,7 +138,7 @@ def create(rt, action: str, filter: dict, *, event=None, data=None, reason=None,
     stored["created_before"] = now if before is None else min(before, now)
     kwargs = list_filters(rt, stored)
     with rt.db.read() as conn:
-        total = queries.count_runs(conn, **kwargs)
+        total = queries.count_runs(conn, **kwargs) if total is None else total
         if dry_run:
             sample = queries.list_runs(conn, **kwargs, limit=SAMPLE).runs
             return {"dry_run": True, "action": action, "filter": stored, "args": args, "total_estimate": total,

@@ -9,7 +9,7 @@ import click
 from . import search as search_fields
 from .cli_common import json_arg, open_runtime, time_arg
 from .runner import follow
-from .timeparse import iso
+from .timeparse import duration, iso
 
 CHILDREN_PAGE = 500
 
@@ -50,16 +50,6 @@ def _print_run(run):
     click.echo(f"created {iso(run.created_at)}  updated {iso(run.updated_at)}"
                f"  finished {iso(run.finished_at) or '-'}")
     click.echo(f"data {json.dumps(run.data, sort_keys=True)}")
-
-
-def duration(seconds: float) -> str:
-    if seconds < 60:
-        return f"{seconds:.1f}s"
-    minutes, secs = divmod(int(seconds), 60)
-    if minutes < 60:
-        return f"{minutes}m{secs:02d}s"
-    hours, minutes = divmod(minutes, 60)
-    return f"{hours}h{minutes:02d}m" if hours < 48 else f"{hours // 24}d{hours % 24:02d}h"
 
 
 def _run_duration(run, now) -> float:

@@ -244,3 +244,29 @@ class StateColumnWritten(BindingError):
 
     def to_dict(self) -> dict:
         return {**super().to_dict(), "model": self.model, "column": self.column}
+
+
+class PlanNotFound(InterlockError):
+    code = "migration-plan-not-found"
+    status = 404
+
+    def __init__(self, plan_id):
+        self.plan_id = plan_id
+        super().__init__(f"unknown migration plan {plan_id!r}")
+
+    def to_dict(self) -> dict:
+        return {**super().to_dict(), "plan_id": self.plan_id}
+
+
+class MigrationRefused(InterlockError):
+    """A run cannot move to the plan's version now (engine/moving.py): nothing about it changed."""
+
+    code = "migration-refused"
+    status = 409
+
+    def __init__(self, run_id, reason):
+        self.run_id, self.reason = run_id, reason
+        super().__init__(f"run {run_id} cannot be migrated: {reason}")
+
+    def to_dict(self) -> dict:
+        return {**super().to_dict(), "run_id": self.run_id, "reason": self.reason}

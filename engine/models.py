@@ -340,3 +340,33 @@ batch_items = Table(
     Column("error", Text),
     Column("at", Double, nullable=False),
 )
+
+# Moving runs between versions of a workflow (engine/moving.py): a plan is a row, with the verdict
+# for each kind of situation its runs were in (``shapes``: outcome, reason, what applying does)...
+migration_plans = Table(
+    "migration_plans", metadata,
+    Column("id", ID, primary_key=True),
+    Column("workflow", String(200), nullable=False),
+    Column("from_version", Integer, nullable=False),
+    Column("to_version", Integer, nullable=False),
+    Column("mapping", JSON, nullable=False),  # {old state id: new state id}
+    Column("filter", JSON, nullable=False),  # the runs filter it was made for (GET /api/runs's)
+    Column("shapes", JSON, nullable=False),
+    Column("counts", JSON, nullable=False),  # {clean, mapped, impossible}
+    Column("status", String(16), nullable=False),  # planning, ready
+    Column("batch_id", ID),  # the batch that applies it, once started
+    Column("created_at", Double, nullable=False),
+    Column("updated_at", Double, nullable=False),
+)
+
+# ...and one row per run it looked at: the history seq it saw (a run that moved on since is
+# refused) and which of the plan's shapes it was in.
+migration_runs = Table(
+    "migration_runs", metadata,
+    Column("plan_id", ID, primary_key=True),
+    Column("run_id", ID, primary_key=True),
+    Column("last_seq", Integer, nullable=False),
+    Column("shape", Integer, nullable=False),
+    Column("outcome", String(16), nullable=False),  # clean, mapped, impossible
+    Index(None, "plan_id", "outcome", "run_id"),
+)

@@ -4,11 +4,12 @@ from dataclasses import dataclass, field
 
 from sqlalchemy import select, update
 
-from . import children, maps, pauses
+from . import children, maps, moving, pauses
 from . import machine as m
-from .errors import CallbackError, InterlockError, InvalidTransition, RunNotActive, RunPaused
+from .errors import (CallbackError, InterlockError, InvalidTransition, MigrationRefused, RunNotActive,
+                     RunPaused)
 from .ids import new_id
-from .models import runs, tasks, timers
+from .models import migration_runs, runs, tasks, timers
 from .transitions import ACTIVE, Change, require_active
 
 
@@ -322,3 +323,49 @@ class Resume:
         # Right after the commit, the run applies what waited (each signal in order, and one
         # that raises in a callback is refused alone).
         change.signals.append((None, change.row["id"]))
+
+
+@dataclass
+class Migrate:
+    """Move the run to another version of its workflow, as migration plan ``plan`` (its row)
+    judged it (engine/moving.py), if it is still where the plan saw it."""
+
+    plan: dict
+
+    def check(self, change: Change) -> tuple | None:
+        """Why the run does not move now, as (batch item outcome, reason), or None (it moves).
+
+        ``skipped``: not the plan's to move (ended, not in the plan, judged impossible);
+        ``refused``: it changed since the plan (its history went on, or what it waits on)."""
+        plan, run_id = self.plan, change.row["id"]
+        planned = change.conn.execute(select(migration_runs.c.last_seq, migration_runs.c.shape,
+                                             migration_runs.c.outcome).where(
+            migration_runs.c.plan_id == plan["id"], migration_runs.c.run_id == run_id)).first()
+        if planned is None:
+            return "skipped", f"the run is not in plan {plan['id']}"
+        if change.row["version"] != plan["from_version"]:
+            return "skipped", f"the run is on version {change.row['version']} now, not {plan['from_version']}"
+        if change.status not in moving.MOVABLE:
+            return "skipped", f"the run is {change.status}"
+        shape = plan["shapes"][planned.shape]
+        if planned.outcome == moving.IMPOSSIBLE:
+            return "skipped", shape["reason"]
+        if change.seq != planned.last_seq:
+            return "refused", (f"the run moved on since the plan (history entry {change.seq}, "
+                               f"planned at {planned.last_seq})")
+        new_cls = change.rt.registry.get(plan["workflow"], plan["to_version"])
+        self._rows = moving.read(change.conn, run_id)
+        self._verdict = moving.judge(moving.situation(change.row, *self._rows), change.cls, new_cls,
+                                     plan["mapping"])
+        if self._verdict.shown() != shape:
+            why = self._verdict.reason or "; ".join(self._verdict.changes) or "nothing to change"
+            return "refused", f"what the run waits on changed since the plan (now {self._verdict.outcome}: {why})"
+        self._new_cls, self._checked = new_cls, run_id
+        return None
+
+    def perform(self, change: Change):
+        if getattr(self, "_checked", None) != change.row["id"]:  # not checked by a batch item just now
+            checked = self.check(change)
+            if checked is not None:
+                raise MigrationRefused(change.row["id"], checked[1])
+        moving.move(change, self._verdict, self._new_cls, *self._rows, self.plan)

@@ -44,3 +44,14 @@ def parse_duration(value: str) -> float | None:
             return None
         seconds = sum(float(n) * _UNITS[u] for n, u in parts)
     return seconds if math.isfinite(seconds) and seconds > 0 else None
+
+
+def duration(seconds: float) -> str:
+    """A span for people: 45s, 12m05s, 3h20m, 5d00h."""
+    if seconds < 60:
+        return f"{seconds:.1f}s" if seconds % 1 else f"{seconds:.0f}s"
+    minutes, secs = divmod(int(seconds), 60)
+    if minutes < 60:
+        return f"{minutes}m{secs:02d}s"
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}h{minutes:02d}m" if hours < 48 else f"{hours // 24}d{hours % 24:02d}h"

@@ -522,6 +522,13 @@ class Change:
         self.writes.signals.append(row)
         self.signals.append((row["id"], run_id))
 
+    def switch_version(self, cls, configuration, entries):
+        """The run moves to another version of its workflow (engine/moving.py), in these states:
+        what follows in this change, and the run from now on, is that version's."""
+        self.cls, self.ctx.version = cls, cls.version
+        self.row = {**self.row, "version": cls.version}
+        self.configuration, self.entries, self._machine = list(configuration), dict(entries), None
+
     # -- commit ------------------------------------------------------------------
 
     def finish(self) -> Outcome:

@@ -1,0 +1,269 @@
+"""Moving runs between versions of a workflow: the plan's verdicts, applying it through the
+transition function once per run, refusals, moving back, and the runs finishing on the new version."""
+
+import pytest
+from sqlalchemy import func, select
+
+from engine import batch_work, batches, migration_plans
+from engine.errors import InvalidData, MigrationRefused, PlanNotFound, WorkflowNotFound
+from engine.models import history, tasks, timers
+from engine.operations import Migrate
+from engine.runtime import Interlock
+from engine.transitions import apply
+from tests.conftest import TEST_WORKFLOWS, wait_until
+
+WORKFLOWS = f"{TEST_WORKFLOWS},tests.migrate_workflows"
+DAY = 86400.0
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def rt(request):
+    settings = request.getfixturevalue("sqlite_settings" if request.param == "sqlite" else "pg_settings")
+    runtime = Interlock(settings.replace(workflows=WORKFLOWS, batch_chunk=3))
+    yield runtime
+    runtime.close()
+
+
+def drain(rt) -> None:
+    for _ in range(1000):
+        if batch_work.work(rt) == 0 and batch_work.work(rt) == 0:
+            return
+    raise AssertionError("the migration batch never finished")
+
+
+def shipment(rt, *events, data=None, version=1) -> str:
+    run_id = rt.start("mig_shipment", data or {}, version=version).id
+    for event in events:
+        rt.send(run_id, event)
+    return run_id
+
+
+def kinds(rt, run_id) -> list[str]:
+    return [h.kind for h in rt.history(run_id)]
+
+
+def rows(rt, table, run_id, *statuses) -> list[dict]:
+    with rt.db.read() as conn:
+        return [dict(r) for r in conn.execute(select(table).where(
+            table.c.run_id == run_id, table.c.status.in_(statuses))).mappings()]
+
+
+def verdict_of(plan, run_id, rt) -> dict:
+    page = migration_plans.plan_runs(rt, plan["id"])
+    return next(r for r in page["runs"] if r["run_id"] == run_id)
+
+
+def entered_at(rt, run_id, seq) -> float:
+    with rt.db.read() as conn:
+        return conn.execute(select(history.c.at).where(history.c.run_id == run_id, history.c.seq == seq)).scalar_one()
+
+
+def waiting_runs(rt) -> dict:
+    """A v1 run waiting on each kind of thing, no worker running (so steps stay queued)."""
+    return {
+        "event": shipment(rt),  # booked: waits for `depart` from outside
+        "step_and_timer": shipment(rt, "depart"),  # in_transit: track queued, lost_after armed
+        "activity": shipment(rt, "depart", "arrive"),  # at_port: the mig_unload activity queued
+    }
+
+
+def test_a_plan_judges_each_run_clean_mapped_or_impossible_with_the_reason(rt):
+    runs = waiting_runs(rt)
+    ended = shipment(rt)
+    rt.cancel(ended)
+    plan = migration_plans.create(rt, "mig_shipment", 1, 2, mapping={"in_transit": "sailing"})
+    assert plan["status"] == "ready"
+    assert plan["counts"] == {"clean": 1, "mapped": 1, "impossible": 1}  # the cancelled run is not judged
+    assert set(plan["samples"]["clean"]) == {runs["event"]}
+    event, step, activity = (verdict_of(plan, runs[k], rt) for k in ("event", "step_and_timer", "activity"))
+    assert event["outcome"] == "clean" and event["configuration"] == ["booked"]
+    assert any("arms timer nudge on booked" in c for c in event["changes"])
+    assert step["outcome"] == "mapped" and step["configuration"] == ["sailing"]
+    assert step["renamed"] == {"in_transit": "sailing"}
+    assert any(c.startswith("keeps step track in sailing, retries 0 -> 5") for c in step["changes"])
+    assert any("re-arms timer lost_after" in c and "30d00h" in c and "45d00h" in c for c in step["changes"])
+    assert activity["outcome"] == "impossible"
+    assert "activity mig_unload is outstanding" in activity["reason"] and "at_port" in activity["reason"]
+
+    unmapped = migration_plans.create(rt, "mig_shipment", 1, 2)
+    assert unmapped["counts"] == {"clean": 1, "mapped": 0, "impossible": 2}
+    reason = verdict_of(unmapped, runs["step_and_timer"], rt)["reason"]
+    assert reason.startswith("state in_transit is not in mig_shipment v2") and "--map in_transit=NEW" in reason
+
+
+def test_applying_a_plan_moves_each_movable_run_once_and_leaves_the_others_alone(rt):
+    runs = waiting_runs(rt)
+    before = {k: rt.get(r) for k, r in runs.items()}
+    plan = migration_plans.create(rt, "mig_shipment", 1, 2, mapping={"in_transit": "sailing"})
+    batch = migration_plans.apply(rt, plan["id"])
+    assert batch["action"] == "migrate" and batch["total_estimate"] == 2
+    assert migration_plans.apply(rt, plan["id"])["id"] == batch["id"]  # applying again: the same batch
+    drain(rt)
+    drain(rt)  # a chunk worked again changes nothing
+    done = batches.get(rt, batch["id"])
+    assert (done["status"], done["done"], done["refused"], done["skipped"]) == ("done", 2, 0, 0)
+
+    moved = rt.get(runs["step_and_timer"])
+    assert (moved.version, moved.state, moved.status) == (2, "sailing", "running")
+    assert kinds(rt, moved.id) == ["started", "transition", "migrated"]
+    entry = rt.history(moved.id)[-1]
+    assert (entry.source, entry.target, entry.cause) == ("in_transit", "sailing", "migration")
+    assert entry.detail["from_version"] == 1 and entry.detail["to_version"] == 2
+    assert entry.detail["mapping"] == {"in_transit": "sailing"} and entry.detail["plan"] == plan["id"]
+    [task] = rows(rt, tasks, moved.id, "queued", "running")
+    assert (task["state"], task["name"], task["max_attempts"]) == ("sailing", "track", 6)
+    [timer] = rows(rt, timers, moved.id, "armed")
+    entered = entered_at(rt, moved.id, 2)
+    assert (timer["state"], timer["name"]) == ("sailing", "lost_after")
+    assert timer["due_at"] == pytest.approx(entered + 45 * DAY)
+
+    clean = rt.get(runs["event"])
+    assert (clean.version, clean.state, clean.status) == (2, "booked", "waiting")
+    [nudge] = rows(rt, timers, clean.id, "armed")
+    assert nudge["name"] == "nudge" and nudge["due_at"] == pytest.approx(entered_at(rt, clean.id, 1) + 2 * DAY)
+
+    stuck = rt.get(runs["activity"])
+    assert (stuck.version, stuck.state, stuck.last_seq) == (1, "at_port", before["activity"].last_seq)
+    assert "migrated" not in kinds(rt, stuck.id)
+    with rt.db.read() as conn:
+        migrated = conn.execute(select(func.count()).select_from(history).where(
+            history.c.kind == "migrated")).scalar_one()
+    assert migrated == 2
+
+
+def test_the_moved_runs_finish_on_the_new_version_with_contiguous_histories(rt):
+    runs = waiting_runs(rt)
+    plan = migration_plans.create(rt, "mig_shipment", 1, 2, mapping={"in_transit": "sailing"})
+    migration_plans.apply(rt, plan["id"])
+    drain(rt)
+    for run_id in (runs["step_and_timer"], runs["event"]):
+        rt.update_data(run_id, {"arrives": True})
+    with rt.worker(2):
+        rt.send(runs["event"], "depart")
+        for run_id in (runs["step_and_timer"], runs["event"]):
+            wait_until(lambda: rt.get(run_id).status == "succeeded", timeout=20, message="the moved run to end")
+    for run_id in (runs["step_and_timer"], runs["event"]):
+        final = rt.get(run_id)
+        assert final.state == "delivered" and final.version == 2
+        # v2's steps did the work: its tracker, its crane (v1 had an activity), its filing step.
+        assert (final.data["tracked_by"], final.data["crane"], final.data["filed_by"]) == (2, True, 2)
+        seqs = [h.seq for h in rt.history(run_id)]
+        assert seqs == list(range(1, len(seqs) + 1))
+        assert kinds(rt, run_id).count("migrated") == 1
+
+
+def test_a_run_that_moved_on_after_planning_is_refused_and_left_as_it_is(rt):
+    runs = waiting_runs(rt)
+    plan = migration_plans.create(rt, "mig_shipment", 1, 2, mapping={"in_transit": "sailing"})
+    rt.send(runs["event"], "depart")  # booked -> in_transit after the plan saw it in booked
+    dry = migration_plans.dry_run(rt, plan["id"])
+    assert dry["counts"] == {"applied": 1, "refused": 1, "skipped": 1}
+    assert dry["samples"]["refused"][0]["run_id"] == runs["event"]
+    assert "moved on since the plan" in dry["samples"]["refused"][0]["reason"]
+    assert all(rt.get(r).version == 1 for r in runs.values())  # the dry run wrote nothing
+    batch = migration_plans.apply(rt, plan["id"])
+    drain(rt)
+    done = batches.get(rt, batch["id"])
+    assert (done["done"], done["refused"]) == (1, 1)
+    [item] = batches.items(rt, batch["id"], outcome="refused")["items"]
+    assert item["run_id"] == runs["event"] and "moved on since the plan" in item["error"]
+    refused = rt.get(runs["event"])
+    assert (refused.version, refused.state) == (1, "in_transit")
+    assert "migrated" not in kinds(rt, refused.id)
+
+
+def test_a_migrated_run_can_be_migrated_back_while_the_old_version_is_loaded(rt):
+    run_id = shipment(rt, "depart")
+    forth = migration_plans.create(rt, "mig_shipment", 1, 2, mapping={"in_transit": "sailing"})
+    migration_plans.apply(rt, forth["id"])
+    drain(rt)
+    back = migration_plans.create(rt, "mig_shipment", 2, 1, mapping={"sailing": "in_transit"})
+    assert back["counts"]["mapped"] == 1
+    migration_plans.apply(rt, back["id"])
+    drain(rt)
+    run = rt.get(run_id)
+    assert (run.version, run.state) == (1, "in_transit")
+    assert kinds(rt, run_id) == ["started", "transition", "migrated", "migrated"]
+    [timer] = rows(rt, timers, run_id, "armed")
+    assert timer["due_at"] == pytest.approx(entered_at(rt, run_id, 2) + 30 * DAY)
+    [task] = rows(rt, tasks, run_id, "queued", "running")
+    assert (task["state"], task["max_attempts"]) == ("in_transit", 1)
+
+
+def test_a_failed_run_moves_when_the_new_version_has_its_step_and_retry_runs_the_new_code(rt):
+    run_id = shipment(rt, data={"track_fails": True})
+    with rt.worker(2):
+        rt.send(run_id, "depart")
+        wait_until(lambda: rt.get(run_id).status == "failed", message="v1's tracker to fail")
+    plan = migration_plans.create(rt, "mig_shipment", 1, 3)
+    assert plan["counts"]["impossible"] == 1  # in_transit is not in v3 without a mapping
+    plan = migration_plans.create(rt, "mig_shipment", 1, 3, mapping={"in_transit": "voyage"})
+    assert plan["counts"]["mapped"] == 1
+    migration_plans.apply(rt, plan["id"])
+    drain(rt)
+    assert (rt.get(run_id).version, rt.get(run_id).status, rt.get(run_id).state) == (3, "failed", "voyage")
+    with rt.worker(2):
+        rt.retry(run_id)
+        wait_until(lambda: rt.get(run_id).state == "at_port", message="v3's tracker to move the run on")
+    assert rt.get(run_id).data["tracked_by"] == 3
+
+
+def test_a_state_split_in_the_new_version_takes_a_mapping_to_one_of_its_parts(rt):
+    run_id = rt.start("mig_claim", {}, version=1).id
+    unmapped = migration_plans.create(rt, "mig_claim", 1, 2)
+    [verdict] = migration_plans.plan_runs(rt, unmapped["id"])["runs"]
+    assert verdict["outcome"] == "impossible" and "review of mig_claim v2 is compound" in verdict["reason"]
+    plan = migration_plans.create(rt, "mig_claim", 1, 2, mapping={"review": "approving"})
+    [verdict] = migration_plans.plan_runs(rt, plan["id"])["runs"]
+    assert verdict["outcome"] == "mapped" and verdict["configuration"] == ["review", "approving"]
+    migration_plans.apply(rt, plan["id"])
+    drain(rt)
+    run = rt.get(run_id)
+    assert (run.version, run.state) == (2, "approving")
+    rt.send(run_id, "approve")
+    assert rt.get(run_id).status == "succeeded"
+
+
+def test_a_parent_waiting_for_a_map_the_new_version_drops_cannot_move(rt):
+    parent = rt.start("mig_consignment", {"parcels": [{"n": 1}, {"n": 2}]}, version=1).id
+    plan = migration_plans.create(rt, "mig_consignment", 1, 2)
+    [verdict] = migration_plans.plan_runs(rt, plan["id"])["runs"]
+    assert verdict["outcome"] == "impossible" and "starts child runs (map of mig_shipment)" in verdict["reason"]
+    migration_plans.apply(rt, plan["id"])
+    drain(rt)
+    assert rt.get(parent).version == 1 and "migrated" not in kinds(rt, parent)
+
+
+def test_migrate_refuses_a_run_directly_when_it_is_not_in_the_plan(rt):
+    plan = migration_plans.create(rt, "mig_shipment", 1, 2, mapping={"in_transit": "sailing"})
+    later = shipment(rt)
+    with pytest.raises(MigrationRefused, match="not in plan"):
+        apply(rt, later, Migrate(migration_plans.stored(rt, plan["id"])))
+    assert rt.get(later).version == 1 and kinds(rt, later) == ["started"]
+
+
+def test_bad_plans_are_refused_and_write_nothing(rt):
+    shipment(rt)
+    with pytest.raises(InvalidData, match="does not have"):
+        migration_plans.create(rt, "mig_shipment", 1, 2, mapping={"in_transit": "nowhere"})
+    with pytest.raises(InvalidData, match="does not have"):
+        migration_plans.create(rt, "mig_shipment", 1, 2, mapping={"nowhere": "sailing"})
+    with pytest.raises(InvalidData, match="same version"):
+        migration_plans.create(rt, "mig_shipment", 1, 1)
+    with pytest.raises(WorkflowNotFound):
+        migration_plans.create(rt, "mig_shipment", 1, 9)
+    with pytest.raises(InvalidData, match="unknown filter key"):
+        migration_plans.create(rt, "mig_shipment", 1, 2, filter={"colour": "red"})
+    assert migration_plans.list_plans(rt) == []
+    with pytest.raises(PlanNotFound):
+        migration_plans.apply(rt, "0" * 32)
+    with pytest.raises(InvalidData, match="migration plan"):
+        batches.create(rt, "migrate", {"workflow": "mig_shipment"})
+
+
+def test_a_plan_takes_the_runs_filter(rt):
+    runs = waiting_runs(rt)
+    plan = migration_plans.create(rt, "mig_shipment", 1, 2, mapping={"in_transit": "sailing"},
+                                  filter={"state": "in_transit"})
+    assert plan["counts"] == {"clean": 0, "mapped": 1, "impossible": 0}
+    assert plan["samples"]["mapped"] == [runs["step_and_timer"]]
