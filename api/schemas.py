@@ -547,7 +547,8 @@ class BatchOut(BaseModel):
     """A bulk action and its progress; the reconcilers work it in chunks."""
 
     id: str
-    action: BatchAction
+    action: BatchAction | Literal["migrate"] = Field(
+        description="migrate: a migration plan applied (POST /api/migrations/{plan_id}/apply)")
     filter: dict[str, Any] = Field(description="as stored: times in epoch seconds, created_before at most "
                                                "the batch's creation (runs started later are not its)")
     args: dict[str, Any]

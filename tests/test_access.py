@@ -107,6 +107,13 @@ def a_batch(rt):
     return batches.create(rt, "cancel", {"workflow": "test_counter"})["id"]
 
 
+def a_plan(rt):
+    from engine import migration_plans
+
+    rt.start("delivery", {"parcel": "P-1"}, version=1)
+    return migration_plans.create(rt, "delivery", 1, 2, mapping={"shipped": "in_transit"})["id"]
+
+
 # endpoint -> rt -> (path parameters, JSON body or None, query, status with a valid token)
 SCENARIOS = {
     "docs.index": lambda rt: ({}, None, {}, 200),
@@ -136,6 +143,12 @@ SCENARIOS = {
     "batches.get_batch": lambda rt: ({"batch_id": a_batch(rt)}, None, {}, 200),
     "batches.batch_items": lambda rt: ({"batch_id": a_batch(rt)}, None, {"outcome": "refused"}, 200),
     "batches.cancel_batch": lambda rt: ({"batch_id": a_batch(rt)}, {}, {}, 200),
+    "migrations.create_plan": lambda rt: ({"name": "delivery"}, {"from": 1, "to": 2, "map": {"shipped": "in_transit"}},
+                                          {}, 201),
+    "migrations.list_plans": lambda rt: ({}, None, {"workflow": "delivery"}, 200),
+    "migrations.get_plan": lambda rt: ({"plan_id": a_plan(rt)}, None, {}, 200),
+    "migrations.plan_runs": lambda rt: ({"plan_id": a_plan(rt)}, None, {"outcome": "clean"}, 200),
+    "migrations.apply_plan": lambda rt: ({"plan_id": a_plan(rt)}, {}, {}, 202),
     "streams.history": lambda rt: ({"run_id": counter(rt)}, None, {"after": 0, "wait": 0}, 200),
     "streams.run_stream": lambda rt: ({"run_id": finished(rt)}, None, {}, 200),  # ends after its history
     "streams.all_stream": lambda rt: ({}, None, {}, 200),

@@ -21,6 +21,7 @@ from api import activities, create_app, runs, schedules, streams, workflows  # n
 from api.openapi import API
 from api.serving import ThreadedServer
 from engine import activities as act
+from engine import migration_plans
 from engine import schedules as engine_schedules
 from engine.config import Settings
 from engine.db import Database
@@ -47,8 +48,10 @@ CONFIG = SchemathesisConfig.from_dict({
     "request-timeout": STREAM_SECONDS,  # an event stream is read this long, then cut
     # A new schedule's cron expression, time zone, and cron-or-every are checked by the engine
     # (croniter, zoneinfo) beyond what a JSON schema can say: a schema-valid one may get 422.
-    "operations": [{"include-path": "/api/schedules", "include-method": "POST", "checks": {
-        "positive_data_acceptance": {"expected-statuses": ["2xx", "404", "409", "410", "422"]}}}],
+    # A migration plan's versions and state mapping are checked against the loaded workflows.
+    "operations": [{"include-path": path, "include-method": "POST", "checks": {
+        "positive_data_acceptance": {"expected-statuses": ["2xx", "404", "409", "410", "422"]}}}
+        for path in ("/api/schedules", "/api/workflows/{name}/migrations")],
 })
 
 
@@ -78,9 +81,12 @@ def seed(rt) -> dict:
     review = rt.start("clearance", {"container": "C2"}, business_key="C2")
     token = act.receive(rt, "customs_review", visibility_timeout=3600)[0].token
     engine_schedules.create(rt, name="fuzz-hourly", workflow="test_counter", cron="0 * * * *")
+    rt.start("delivery", {"parcel": "P-1"}, version=1)
+    plan = migration_plans.create(rt, "delivery", 1, 2, mapping={"shipped": "in_transit"})
     return {
+        "plan_id": [plan["id"]],
         "run_id": [counting.id, closed.id, cancelled.id, cargo.id, review.id],
-        "workflow": ["test_counter", "test_approval", "cargo", "clearance"],
+        "workflow": ["test_counter", "test_approval", "cargo", "clearance", "delivery"],
         "activity": ["customs_review", "warehouse.pick"],
         "key": ["K-1", "K-2", "C1", "C2"],
         "token": [token],
@@ -162,7 +168,8 @@ def hostile_requests(ids) -> list[tuple[str, str, str, dict, int]]:
     """(label, method, path, requests arguments, expected status): none of them may change anything."""
     run, done, token = ids["waiting"], ids["finished"], ids["token"]
     events = f"/api/runs/{run}/events"
-    writes = [op.path.format(run_id=run, name="test_counter", key="K-1", token=token, batch_id="0" * 32)
+    writes = [op.path.format(run_id=run, name="test_counter", key="K-1", token=token, batch_id="0" * 32,
+                              plan_id="0" * 32)
               .replace("/activities/test_counter/", "/activities/customs_review/")
               for op in API.operations if op.method == "post"]
     cases = []

@@ -1,6 +1,8 @@
 """Moving runs between versions of a workflow: the plan's verdicts, applying it through the
 transition function once per run, refusals, moving back, and the runs finishing on the new version."""
 
+import json
+
 import pytest
 from sqlalchemy import func, select
 
@@ -267,3 +269,92 @@ def test_a_plan_takes_the_runs_filter(rt):
                                   filter={"state": "in_transit"})
     assert plan["counts"] == {"clean": 0, "mapped": 1, "impossible": 0}
     assert plan["samples"]["mapped"] == [runs["step_and_timer"]]
+
+
+# -- the REST API and the CLI ---------------------------------------------------------------------
+
+def test_the_api_plans_shows_dry_runs_and_applies_a_migration(rt):
+    from api import create_app
+
+    client = create_app(interlock=rt).test_client()
+    runs = waiting_runs(rt)
+    made = client.post("/api/workflows/mig_shipment/migrations",
+                       json={"from": 1, "to": 2, "map": {"in_transit": "sailing"}})
+    assert made.status_code == 201, made.json
+    plan = made.json
+    assert plan["counts"] == {"clean": 1, "mapped": 1, "impossible": 1} and plan["batch"] is None
+    assert sum(shape["runs"] for shape in plan["shapes"]) == 3
+    impossible = client.get(f"/api/migrations/{plan['id']}/runs", query_string={"outcome": "impossible"}).json
+    assert [r["run_id"] for r in impossible["runs"]] == [runs["activity"]]
+    assert "mig_unload" in impossible["runs"][0]["reason"]
+    dry = client.post(f"/api/migrations/{plan['id']}/apply", json={"dry_run": True})
+    assert dry.status_code == 200 and dry.json["counts"] == {"applied": 2, "refused": 0, "skipped": 1}
+    assert rt.get(runs["event"]).version == 1
+    applied = client.post(f"/api/migrations/{plan['id']}/apply", json={})
+    assert applied.status_code == 202 and applied.json["action"] == "migrate"
+    drain(rt)
+    shown = client.get(f"/api/migrations/{plan['id']}").json
+    assert shown["batch"]["status"] == "done" and shown["batch"]["done"] == 2
+    assert [p["id"] for p in client.get("/api/migrations", query_string={"workflow": "mig_shipment"}).json["plans"]] \
+        == [plan["id"]]
+    assert rt.get(runs["step_and_timer"]).version == 2
+
+
+@pytest.mark.parametrize("name, body, status, kind", [
+    ("mig_shipment", {"from": 1, "to": 2, "map": {"in_transit": "nowhere"}}, 422, "invalid-data"),
+    ("mig_shipment", {"from": 1, "to": 1}, 422, "invalid-data"),
+    ("mig_shipment", {"from": 1, "to": 9}, 404, "workflow-not-found"),
+    ("nope", {"from": 1, "to": 2}, 404, "workflow-not-found"),
+    ("mig_shipment", {"from": "1", "to": 2}, 422, "validation-error"),
+    ("mig_shipment", {"from": 1, "to": 2, "filter": {"status": "succeeded"}}, 422, "validation-error"),
+    ("mig_shipment", {"from": 1, "to": 2, "filter": {"colour": "red"}}, 422, "validation-error"),
+])
+def test_the_api_refuses_a_bad_plan_and_writes_nothing(rt, name, body, status, kind):
+    from api import create_app
+
+    from .apitools import dump
+
+    client = create_app(interlock=rt).test_client()
+    shipment(rt)
+    before = dump(rt)
+    response = client.post(f"/api/workflows/{name}/migrations", json=body)
+    assert response.status_code == status, response.json
+    assert response.json["type"].endswith(kind)
+    assert dump(rt) == before
+    assert client.get("/api/migrations/" + "0" * 32).status_code == 404
+    assert client.post("/api/migrations/" + "0" * 32 + "/apply", json={}).status_code == 404
+
+
+@pytest.fixture
+def sqlite_rt(sqlite_settings):
+    runtime = Interlock(sqlite_settings.replace(workflows=WORKFLOWS))
+    yield runtime
+    runtime.close()
+
+
+def test_the_cli_plans_dry_runs_and_applies_with_exit_code_2_on_bad_input(sqlite_rt):
+    """The commands over SQLite (the engine's part is tested on both databases above)."""
+    from tests.processes import env_for, interlock
+
+    rt = sqlite_rt
+    env = env_for(rt.settings)
+    runs = waiting_runs(rt)
+    made = interlock("migrate", "plan", "mig_shipment", "--from", "1", "--to", "2", "--map", "in_transit=sailing",
+                     "--json", env=env)
+    assert made.returncode == 0, made.stderr
+    plan = json.loads(made.stdout)
+    assert plan["counts"] == {"clean": 1, "mapped": 1, "impossible": 1}
+    text = interlock("migrate", "show", plan["id"], "--runs", "impossible", env=env)
+    assert "1 clean, 1 mapped, 1 impossible" in text.stdout and runs["activity"] in text.stdout
+    dry = interlock("migrate", "apply", plan["id"], "--dry-run", env=env)
+    assert "would move 2 run(s), refuse 0" in dry.stdout
+    done = interlock("migrate", "apply", plan["id"], "--wait", env=env)
+    assert done.returncode == 0 and "migrate done: 2 done, 0 refused" in done.stdout
+    assert rt.get(runs["event"]).version == 2
+    for args in (["plan", "mig_shipment", "--from", "1", "--to", "2", "--map", "in_transit"],
+                 ["plan", "mig_shipment", "--from", "1", "--to", "2", "--map", "in_transit=nowhere"],
+                 ["plan", "nope", "--from", "1", "--to", "2"],
+                 ["apply", "0" * 32]):
+        bad = interlock("migrate", *args, env=env)
+        assert bad.returncode == 2 and bad.stderr.strip().splitlines()[-1].lower().startswith("error:"), \
+            (args, bad.stderr)
