@@ -321,6 +321,9 @@ class Explanation(BaseModel):
     workflow_not_loaded: str | None = Field(
         None, description="set when this process has not loaded the run's workflow (version): why "
                           "the accepted events are unknown here and which worker the run waits for")
+    version_loaded_nowhere: str | None = Field(
+        None, description="set when worker processes run but none loads the run's workflow version: "
+                          "nothing moves it until one does, or it is migrated to a loaded version")
 
 
 class StateOut(BaseModel):

@@ -9,6 +9,7 @@ from .models import history, maps, runs, signals, tasks, timers
 from .queries import get_run
 from .timeparse import iso
 from .transitions import ACTIVE, OPEN_TASK
+from .workers import loaded_by_live_workers
 
 
 # A state that fans out over items may start many children: the newest this many are listed.
@@ -60,6 +61,13 @@ def explain(rt, run_id: str) -> dict:
     unloaded = None if cls is not None else not_loaded(rt, run.workflow, run.version)
     with rt.db.read() as conn:
         workflow_pause = pauses.workflow_pause_of(conn, run.workflow, run.version) if run.status in ACTIVE else None
+        live = loaded_by_live_workers(conn, now, rt.settings.lease_seconds) if run.status in ACTIVE else None
+    nobody = None
+    if live and (run.workflow, run.version) not in live:  # workers run, but none for this version
+        others = [v for v in rt.registry.versions(run.workflow) if v != run.version]
+        nobody = (f"no live worker loads workflow {run.workflow} v{run.version}: its steps, timers and lost tasks "
+                  "wait until one does" + (f" (or move it: interlock migrate plan {run.workflow} --from "
+                                           f"{run.version} --to {others[-1]})" if others else ""))
     mapped = {fanout["state"] for fanout in fanouts}
     waiting_for = _summary(run, accepted, armed, outstanding,
                            [*map(_waiting_for_map, fanouts),
@@ -72,6 +80,8 @@ def explain(rt, run_id: str) -> dict:
     paused = _paused(run, workflow_pause)
     if paused is not None:
         waiting_for = f"{paused['text']}; then: {waiting_for}"
+    if nobody is not None and unloaded is None and (armed or outstanding):  # else said just above
+        waiting_for = f"{nobody}; then: {waiting_for}"
     return {
         "run_id": run.id, "status": run.status, "state": run.state, "paused": paused,
         "entered_at": iso(entered), "in_state_seconds": round(now - entered, 3) if entered else None,
@@ -85,6 +95,7 @@ def explain(rt, run_id: str) -> dict:
         "maps": fanouts,
         "waiting_for": waiting_for,
         "workflow_not_loaded": unloaded,
+        "version_loaded_nowhere": nobody,
     }
 
 

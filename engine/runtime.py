@@ -23,7 +23,7 @@ from .reconciler import Reconciler
 from .registry import Registry
 from .steps import StepExecutor
 from .transitions import apply, check_data
-from .workers import Presence, unsent
+from .workers import Presence, unsent, warn_of_unloaded_versions
 
 log = logging.getLogger(__name__)
 _PENDING = "interlock_pending"
@@ -289,6 +289,7 @@ class Worker:
         self.presence = Presence(self.rt)
         self.presence.register()
         self.rt.worker_id = self.presence.id
+        warn_of_unloaded_versions(self.rt)
         if is_in_memory(broker):
             # Sends from this process now reach a worker.
             self.rt.dispatcher.delivers = True

@@ -13,11 +13,11 @@ import os
 import socket
 import time
 
-from sqlalchemy import and_, case, exists, insert, or_, select, update
+from sqlalchemy import and_, case, exists, func, insert, or_, select, update
 from sqlalchemy.exc import IntegrityError
 
 from .ids import new_id
-from .models import brokers, tasks, workers
+from .models import brokers, runs, tasks, workers
 
 log = logging.getLogger(__name__)
 # Rows of workers dead this long are deleted: their tasks (if any still wait) count as sent
@@ -131,3 +131,32 @@ def unsent(rt, task_id: str) -> None:
                          .values(sent_at=None, sends=case((tasks.c.sends > 0, tasks.c.sends - 1), else_=0)))
     except Exception:  # noqa: BLE001 - then it waits for the safety interval
         log.warning("could not mark task %s unsent", task_id, exc_info=True, extra={"task_id": task_id})
+
+
+def loaded_by_live_workers(conn, now: float, lease_seconds: float) -> set:
+    """(workflow, version) pairs some live worker process loads (a heartbeat within two leases)."""
+    rows = conn.execute(select(workers.c.workflows).where(
+        workers.c.stopped_at.is_(None), workers.c.heartbeat_at >= now - 2 * lease_seconds)).scalars()
+    return {(name, version) for loaded in rows for name, versions in (loaded or {}).items() for version in versions}
+
+
+def versions_nobody_loads(rt) -> list[dict]:
+    """Workflow versions with active runs that no live worker loads: nothing moves those runs
+    (no step, timer or lost task) until a worker loads the version again, or they are migrated."""
+    now = rt.clock.now()
+    with rt.db.read() as conn:
+        loaded = loaded_by_live_workers(conn, now, rt.settings.lease_seconds)
+        active = conn.execute(select(runs.c.workflow, runs.c.version, func.count()).where(
+            runs.c.status.in_(("running", "waiting"))).group_by(runs.c.workflow, runs.c.version)).all()
+    return [{"workflow": name, "version": version, "runs": count}
+            for name, version, count in active if (name, version) not in loaded]
+
+
+def warn_of_unloaded_versions(rt) -> None:
+    """At a worker's start: one warning per version with active runs that no live worker loads."""
+    for row in versions_nobody_loads(rt):
+        others = [v for v in rt.registry.versions(row["workflow"]) if v != row["version"]]
+        hint = (f"; or move them: interlock migrate plan {row['workflow']} --from {row['version']} --to {others[-1]}"
+                if others else "")
+        log.warning("workflow %s v%s has %d active run(s) and no live worker loads that version: they do "
+                    "not move until one does%s", row["workflow"], row["version"], row["runs"], hint)

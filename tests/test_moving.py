@@ -9,6 +9,7 @@ from sqlalchemy import func, select
 from engine import batch_work, batches, migration_plans
 from engine.errors import InvalidData, MigrationRefused, PlanNotFound, WorkflowNotFound
 from engine.models import history, tasks, timers
+from engine.models import runs as runs_table
 from engine.operations import Migrate
 from engine.runtime import Interlock
 from engine.transitions import apply
@@ -358,3 +359,70 @@ def test_the_cli_plans_dry_runs_and_applies_with_exit_code_2_on_bad_input(sqlite
         bad = interlock("migrate", *args, env=env)
         assert bad.returncode == 2 and bad.stderr.strip().splitlines()[-1].lower().startswith("error:"), \
             (args, bad.stderr)
+
+
+def test_a_migration_interrupted_by_killing_its_worker_resumes_and_moves_each_run_once(pg_settings, tmp_path):
+    """A worker process is SIGKILLed part-way through applying a plan; another takes the batch
+    over once the lease has expired: every run is on the new version with exactly one
+    `migrated` entry and one armed `nudge` timer."""
+    from tests.processes import Process, env_for
+
+    settings = pg_settings.replace(workflows=WORKFLOWS, lease_seconds=2.0)
+    rt = Interlock(settings)
+    try:
+        ids = [shipment(rt) for _ in range(1200)]
+        plan = migration_plans.create(rt, "mig_shipment", 1, 2, mapping={"in_transit": "sailing"})
+        assert plan["counts"]["clean"] == 1200
+        batch = migration_plans.apply(rt, plan["id"])
+        env = env_for(settings, INTERLOCK_BATCH_CHUNK="20")
+        first = Process("worker", "--threads", "1", env=env, log_path=tmp_path / "first.log")
+        try:
+            wait_until(lambda: batches.get(rt, batch["id"])["done"] >= 100, timeout=60,
+                       message="the first worker to be part-way through")
+            first.kill()
+        finally:
+            first.stop()
+        assert batches.get(rt, batch["id"])["done"] < 1200
+        second = Process("worker", "--threads", "1", env=env, log_path=tmp_path / "second.log")
+        try:
+            wait_until(lambda: batches.get(rt, batch["id"])["status"] == "done", timeout=120,
+                       message="the second worker to finish the migration")
+        finally:
+            second.stop()
+        done = batches.get(rt, batch["id"])
+        assert (done["done"], done["refused"], done["skipped"]) == (1200, 0, 0)
+        with rt.db.read() as conn:
+            migrated = dict(conn.execute(select(history.c.run_id, func.count()).where(
+                history.c.kind == "migrated").group_by(history.c.run_id)).all())
+            nudges = dict(conn.execute(select(timers.c.run_id, func.count()).where(
+                timers.c.name == "nudge", timers.c.status == "armed").group_by(timers.c.run_id)).all())
+            versions = set(conn.execute(select(runs_table.c.version).where(runs_table.c.id.in_(ids))).scalars())
+        assert migrated == {run_id: 1 for run_id in ids}
+        assert nudges == {run_id: 1 for run_id in ids}
+        assert versions == {2}
+    finally:
+        rt.close()
+
+
+def test_a_worker_warns_at_start_of_a_version_with_active_runs_that_no_live_worker_loads(rt, caplog):
+    from engine.explain import explain
+    from engine.registry import Registry
+    from tests.migrate_workflows import ShipmentV2
+
+    waiting = shipment(rt, "depart")  # v1, its step queued and its timer armed
+    only_v2 = Registry()
+    only_v2.add(ShipmentV2)
+    narrow = Interlock(rt.settings, registry=only_v2)
+    try:
+        with caplog.at_level("WARNING", logger="engine.workers"), narrow.worker(1):
+            warnings = [r.getMessage() for r in caplog.records if "no live worker loads" in r.getMessage()]
+            assert warnings == ["workflow mig_shipment v1 has 1 active run(s) and no live worker loads that "
+                                "version: they do not move until one does; or move them: interlock migrate plan "
+                                "mig_shipment --from 1 --to 2"]
+            why = explain(rt, waiting)
+            assert why["version_loaded_nowhere"].startswith("no live worker loads workflow mig_shipment v1")
+            assert why["waiting_for"].startswith("no live worker loads workflow mig_shipment v1")
+        # With no worker running at all, nothing is said about versions.
+        assert explain(rt, waiting)["version_loaded_nowhere"] is None
+    finally:
+        narrow.close()

@@ -90,6 +90,8 @@ def test_runs_of_unloaded_workflows_are_skipped_reported_once_and_finished_by_a_
         why = explain(narrow, orphans["a due timer"])
         assert why["workflow_not_loaded"].startswith("workflow test_unloaded_timer v1 is not loaded in this process")
         assert why["waiting_for"].startswith("a worker that loads workflow test_unloaded_timer v1")
+        # A worker runs, and it does not load that version either: nothing will move the run.
+        assert why["version_loaded_nowhere"].startswith("no live worker loads workflow test_unloaded_timer v1")
         assert "timer due_now (release)" in why["waiting_for"]
         assert [t["name"] for t in why["timers"]] == ["due_now"]
         web = create_app({"SECRET_KEY": "test-secret"}, interlock=narrow).test_client()
