@@ -252,11 +252,12 @@ def web_routes(app):
 
 
 PAGES = {"web.runs_page", "web.run_page", "web.workflows_page", "web.workflow_page", "web.schedules_page",
-         "web.batch_page", "web.dashboard_page"}
+         "web.batch_page", "web.dashboard_page", "web.migrations_page", "web.migration_page"}
 LIVE = {"web.changes", "web.run_history", "web.run_stream", "web.all_runs_stream"}
 ACTIONS = {"web.send_event", "web.cancel_run", "web.retry_run", "web.pause_run", "web.resume_run"}
 SCHEDULE_ACTIONS = {"web.pause_schedule", "web.resume_schedule", "web.trigger_schedule", "web.delete_schedule"}
 BATCH_ACTIONS = {"web.bulk_action"}
+MIGRATION_ACTIONS = {"web.plan_migration", "web.apply_migration"}
 PUBLIC = {"web.login", "web.logout"}
 
 
@@ -277,8 +278,10 @@ def test_web_pages_redirect_to_sign_in_and_actions_need_a_read_write_session(sit
     every action with 403; a read-write session performs them."""
     rt, app, base = site
     routes = web_routes(app)
-    assert {endpoint for endpoint, _, _ in routes} == PAGES | LIVE | ACTIONS | SCHEDULE_ACTIONS | BATCH_ACTIONS | PUBLIC, \
-        "a web route is not covered here: add it to PAGES, LIVE, ACTIONS, SCHEDULE_ACTIONS, BATCH_ACTIONS or PUBLIC"
+    assert {endpoint for endpoint, _, _ in routes} == \
+        PAGES | LIVE | ACTIONS | SCHEDULE_ACTIONS | BATCH_ACTIONS | MIGRATION_ACTIONS | PUBLIC, \
+        "a web route is not covered here: add it to PAGES, LIVE, ACTIONS, SCHEDULE_ACTIONS, BATCH_ACTIONS, " \
+        "MIGRATION_ACTIONS or PUBLIC"
     reader, writer = signed_in(base, RO), signed_in(base, RW)
     anonymous = requests.Session()
     wrong = anonymous.post(f"{base}/login", data={"csrf_token": csrf_of(anonymous.get(f"{base}/login").text),
@@ -293,6 +296,8 @@ def test_web_pages_redirect_to_sign_in_and_actions_need_a_read_write_session(sit
             params["name"] = a_schedule(rt, paused=endpoint == "web.resume_schedule")
         if endpoint == "web.batch_page":
             params["batch_id"] = a_batch(rt)
+        if endpoint in ("web.migration_page", "web.apply_migration"):
+            params["plan_id"] = a_plan(rt)
         before = dump(rt)
         response, text = web_call(anonymous, base, rule, method, params)
         if endpoint in LIVE:
@@ -312,6 +317,17 @@ def test_web_pages_redirect_to_sign_in_and_actions_need_a_read_write_session(sit
             form["csrf_token"] = csrf_of(writer.get(f"{base}/schedules", timeout=10).text)
             response, text = web_call(writer, base, rule, method, params, form)
             assert response.status_code == 303, (rule, response.status_code, text[:300])
+            assert dump(rt) != before, f"{rule} changed nothing with a read-write session"
+        elif endpoint in MIGRATION_ACTIONS:
+            form = {"csrf_token": csrf_of(reader.get(f"{base}/migrations", timeout=10).text), "confirm": "yes",
+                    "workflow": "delivery", "from": "1", "to": "2", "map": "shipped=in_transit"}
+            response, text = web_call(reader, base, rule, method, params, form)
+            assert response.status_code == 403, (rule, response.status_code)
+            assert dump(rt) == before
+            form["csrf_token"] = csrf_of(writer.get(f"{base}/migrations", timeout=10).text)
+            response, text = web_call(writer, base, rule, method, params, form)
+            assert response.status_code == 303, (rule, response.status_code, text[:300])
+            assert ("/batches/" if endpoint == "web.apply_migration" else "/migrations/") in response.headers["Location"]
             assert dump(rt) != before, f"{rule} changed nothing with a read-write session"
         elif endpoint in BATCH_ACTIONS:
             form = {"csrf_token": csrf_of(reader.get(f"{base}/", timeout=10).text), "action": "cancel",

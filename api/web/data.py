@@ -287,11 +287,19 @@ def gantt(rt, run, now: float) -> dict | None:
     entered: dict = {}
     waiting: dict = {}   # step: when its failed attempt ended (a retry waits from then)
     began: dict = {}     # step: its attempt's start (the step_started entry)
+    version = {"number": run.version, "since": entries[0]["at"], "moved": False}  # the versions lane
     for e in entries:
         detail = e["detail"] or {}
-        if e["kind"] in ("started", "transition"):
+        if e["kind"] == "started":
+            version["number"] = detail.get("version", version["number"])
+        if e["kind"] == "migrated":
+            bar(("version", "version"), "version", version["since"], e["at"], f"on v{detail.get('from_version')} for {{d}}")
+            bar(("version", "version"), "migrated", e["at"], e["at"],
+                f"migrated v{detail.get('from_version')} → v{detail.get('to_version')}: {e['source']} → {e['target']}")
+            version.update(number=detail.get("to_version"), since=e["at"], moved=True)
+        if e["kind"] in ("started", "transition", "migrated"):
             at = e["at"]
-            for state in (e["source"] or "").split(",") if e["kind"] == "transition" else []:
+            for state in (e["source"] or "").split(",") if e["kind"] != "started" else []:
                 if state in entered and state not in (e["target"] or "").split(","):
                     since = entered.pop(state)
                     bar(("state", state), "dwell", since, at, f"in {state} for {{d}}")
@@ -322,12 +330,14 @@ def gantt(rt, run, now: float) -> dict | None:
     for state, since in entered.items():
         bar(("state", state), "dwell current" if run.status in ("running", "waiting") else "dwell",
             since, end, f"in {state} for {{d}}" + (" (so far)" if run.status in ("running", "waiting") else ""))
+    if version["moved"]:
+        bar(("version", "version"), "version", version["since"], end, f"on v{version['number']} for {{d}}")
     for step, since in waiting.items():
         if run.status in ("running", "waiting") and end > since:
             bar(("step", step), "wait", since, end, f"{step}: waiting {{d}} for the next attempt")
     begin = min([entries[0]["at"]] + [b["start"] for lane in lanes.values() for b in lane["bars"]])
     span = max(end - begin, 1e-3)
-    order = {"state": 0, "step": 1, "timer": 2}
+    order = {"version": -1, "state": 0, "step": 1, "timer": 2}
     out = []
     for lane in sorted(lanes.values(), key=lambda l: (order[l["kind"]], min(b["start"] for b in l["bars"]))):
         for b in lane["bars"]:
@@ -371,6 +381,9 @@ def describe_entry(e, previous_at) -> dict:
         note = f"key {detail['business_key']}" if detail.get("business_key") else ""
     elif e.kind == "child_ended":
         what = f"{detail.get('status')} in {detail.get('state')}"
+    elif e.kind == "migrated":
+        what = f"v{detail.get('from_version')} → v{detail.get('to_version')}: {e.source} → {e.target}"
+        note = "; ".join(str(c) for c in detail.get("changes") or []) or "nothing else changed"
     else:
         what = e.event or ""
         note = ", ".join(f"{k}={v}" for k, v in detail.items()
