@@ -11,7 +11,7 @@ from dataclasses import asdict
 
 import click
 
-from . import cli_batches, cli_pauses, cli_retention, cli_runs, cli_schedules
+from . import cli_batches, cli_diff, cli_pauses, cli_retention, cli_runs, cli_schedules
 from .cli_common import load_registry, open_runtime
 from .config import Settings
 from .db import Database
@@ -233,6 +233,7 @@ cli.add_command(cli_schedules.group)
 cli_runs.runs.add_command(cli_retention.purge)
 cli.add_command(cli_retention.archive)
 cli.add_command(cli_batches.group)
+cli.add_command(cli_diff.diff)
 
 
 def main():
