@@ -79,10 +79,13 @@ def check_renames(old, new, renames: dict[str, str] | None) -> dict[str, str]:
         n = renames.get(o, o)
         if n in onto:
             first = onto[n]
-            why = f"{first!r} is a state of {_label(old)} too" if n == first or n == o else \
-                f"{first!r} is mapped to it too"
-            raise InvalidMapping(f"{o!r} and {first!r} would both be {n!r} in {_label(new)} ({why}): a diff "
-                                 "compares one state with one")
+            if n in (first, o):  # one of the two is not mapped: it stays itself
+                moved = first if n == o else o
+                raise InvalidMapping(f"{moved!r} is mapped to {n!r}, but {n!r} is a state of {_label(old)} too: "
+                                     f"map {n!r} to another state as well, or leave {moved!r} out (a diff "
+                                     "compares one state with one)")
+            raise InvalidMapping(f"{first!r} and {o!r} would both be {n!r} in {_label(new)}: a diff compares "
+                                 "one state with one")
         onto[n] = o
     return renames
 
