@@ -137,6 +137,11 @@ def _specs(cls) -> dict[str, list[Item]]:
 
 # -- comparing ------------------------------------------------------------------------------------
 
+def _same(value):
+    """What a value is compared as: a list of states (a trigger's) in any order."""
+    return sorted(value) if isinstance(value, list) else value
+
+
 def _keyed(old: list[Item], new: list[Item], key: Callable[[Item], tuple], fields, refs, rename,
            ident: Callable[[Item, Item], Item]) -> dict:
     """Items paired by ``key`` (old ones keyed after renaming the state ids in ``refs``); the
@@ -151,7 +156,7 @@ def _keyed(old: list[Item], new: list[Item], key: Callable[[Item], tuple], field
     for k, n in news.items():
         if k in olds:
             o, mapped = olds[k], renamed(olds[k])
-            changes = {f: [o[f], n[f]] for f in fields if mapped[f] != n[f]}
+            changes = {f: [o[f], n[f]] for f in fields if _same(mapped[f]) != _same(n[f])}
             if changes:
                 changed.append({**ident(o, n), "changes": changes})
     return {"added": [n for k, n in news.items() if k not in olds],

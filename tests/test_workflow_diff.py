@@ -13,8 +13,8 @@ import pytest
 
 from api import create_app
 from api.web import diagram, versions
-from engine.db import Database
 from engine.config import Settings
+from engine.db import Database
 from engine.errors import InvalidMapping
 from engine.registry import Registry
 from engine.runtime import Interlock
@@ -135,12 +135,65 @@ def test_a_state_moved_into_a_new_compound_state():
 
 
 def test_a_renamed_parent_is_not_a_change_of_its_children():
-    from tests.diff_workflows import NestedV2
+    from engine import State, Workflow
 
-    d = diff(NestedV2, NestedV2, {})
-    assert d["identical"] is True
-    with pytest.raises(InvalidMapping):  # nothing to rename it to in the same version
-        diff(NestedV2, NestedV2, {"work": "job"})
+    class Before(Workflow):
+        name, version = "diff_local", 1
+        begin = State(initial=True)
+
+        class work(State.Compound):
+            check = State(initial=True)
+            checked = State(final=True)
+            confirm = check.to(checked)
+
+        end = State(final=True)
+        go = begin.to(work)
+        done_state_work = work.to(end)
+
+    class After(Workflow):
+        name, version = "diff_local", 2
+        begin = State(initial=True)
+
+        class job(State.Compound):
+            check = State(initial=True)
+            checked = State(final=True)
+            confirm = check.to(checked)
+
+        end = State(final=True)
+        go = begin.to(job)
+        done_state_job = job.to(end)
+
+    renamed = diff(Before, After, {"work": "job"})
+    assert renamed["states"]["changed"] == [] and renamed["states"]["renamed"] == [{"from": "work", "to": "job"}]
+    assert triples(renamed["transitions"]["added"]) == {("job", "done_state_job done.state.job", "end")}
+    plain = diff(Before, After)
+    assert {s["id"]: s["changes"] for s in plain["states"]["changed"]} == {
+        "check": {"parent": ["work", "job"]}, "checked": {"parent": ["work", "job"]}}
+
+
+def test_a_triggers_states_are_compared_in_any_order_and_after_renaming():
+    from engine import State, Workflow, trigger
+
+    class Before(Workflow):
+        name, version = "diff_local", 1
+        a, b = State(initial=True), State()
+        c = State(final=True)
+        go = a.to(b)
+        stop = b.to(c)
+        watch = trigger("total", send="stop", states=[a, b])
+
+    class After(Workflow):
+        name, version = "diff_local", 2
+        a, bee = State(initial=True), State()
+        c = State(final=True)
+        go = a.to(bee)
+        stop = bee.to(c)
+        watch = trigger("total", send="stop", states=[bee, a])
+
+    assert diff(Before, After, {"b": "bee"})["triggers"]["changed"] == []
+    assert diff(Before, After, {"b": "bee"})["identical"] is False  # the rename itself
+    [changed] = diff(Before, After)["triggers"]["changed"]
+    assert changed["changes"] == {"states": [["a", "b"], ["bee", "a"]]}
 
 
 def test_identical_versions():
