@@ -4,7 +4,7 @@ import re
 from datetime import datetime, timezone
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, create_model
 from pydantic_core import PydanticCustomError
 
 from engine.definitions import ACTIVITY_NAME
@@ -413,6 +413,135 @@ class WorkflowDetail(BaseModel):
 
     name: str
     versions: list[WorkflowVersion]
+
+
+def _listed(value):
+    # One `map=` in the query arrives as a string, several as a list.
+    return [value] if isinstance(value, str) else value
+
+
+# `old:new`: state `old` of version `from` is state `new` of version `to`.
+STATE_MAPPING = r"^[^:\x00]{1,200}:[^:\x00]{1,200}$"
+
+
+class DiffQuery(BaseModel):
+    from_: int = Field(alias="from", ge=1, le=2**31 - 1, description="the version compared from")
+    to: int = Field(ge=1, le=2**31 - 1, description="the version compared to")
+    map: Annotated[list[Annotated[str, Field(pattern=STATE_MAPPING)]], BeforeValidator(_listed)] = Field(
+        default_factory=list, max_length=200,
+        description="`old:new`, repeatable: state `old` of version `from` was renamed `new` in version `to` "
+                    "(compared as one state). A state one version lacks, or two states mapped onto one, is a "
+                    "422 problem of type urn:interlock:problem:invalid-mapping")
+
+
+Changes = dict[str, Annotated[list[Any], Field(min_length=2, max_length=2)]]
+CHANGES = Field(description="per field that differs: [old value, new value] (state ids as each version has them)")
+
+
+class Renamed(BaseModel):
+    from_: str = Field(alias="from")
+    to: str
+
+
+class StateChanged(BaseModel):
+    id: str = Field(description="the state's id in the newer version")
+    old_id: str = Field(description="its id in the older version (another one if renamed)")
+    changes: Changes = CHANGES
+
+
+class StatesDiff(BaseModel):
+    added: list[str]
+    removed: list[str]
+    renamed: list[Renamed]
+    changed: list[StateChanged]
+
+
+class EventsDiff(BaseModel):
+    added: list[str]
+    removed: list[str]
+
+
+class TransitionChanged(TransitionOut):
+    old_source: str
+    old_target: str
+    changes: Changes = CHANGES
+
+
+class TransitionsDiff(BaseModel):
+    added: list[TransitionOut] = Field(description="in the newer version's state ids")
+    removed: list[TransitionOut] = Field(description="in the older version's state ids")
+    changed: list[TransitionChanged]
+
+
+class SpecChanged(BaseModel):
+    name: str
+    state: str = Field(description="its state in the newer version")
+    old_state: str = Field(description="its state in the older version")
+    changes: Changes = CHANGES
+
+
+class TriggerChanged(BaseModel):
+    name: str
+    changes: Changes = CHANGES
+
+
+class ChildSpecOut(BaseModel):
+    name: str
+    state: str
+    workflow: str
+    version: int | None
+    on_done: str | None
+    on_error: str | None
+    result: str | None
+    parent_close: str
+
+
+class MapSpecOut(BaseModel):
+    name: str
+    state: str
+    workflow: str
+    version: int | None
+    items: str = Field(description="the data key holding the items, or `name()` of the function giving them")
+    max_concurrency: int | None
+    tolerated_failures: float
+    on_done: str | None
+    on_error: str | None
+    results: str | None
+    parent_close: str
+
+
+def _section(name, item):
+    doc = f"{name} added (in the newer version), removed (from the older one) or changed"
+    fields = {"added": (list[item], ...), "removed": (list[item], ...),
+              "changed": (list[TriggerChanged if item is TriggerOut else SpecChanged], ...)}
+    return create_model(f"{name.capitalize()}Diff", __doc__=doc, **fields)
+
+
+StepsDiff = _section("steps", StepOut)
+ActivitiesDiff = _section("activities", ActivityOut)
+TimersDiff = _section("timers", TimerSpecOut)
+TriggersDiff = _section("triggers", TriggerOut)
+ChildrenDiff = _section("children", ChildSpecOut)
+MapsDiff = _section("maps", MapSpecOut)
+
+
+class WorkflowDiff(BaseModel):
+    """What changed from one version of a workflow to another, read from the definitions."""
+
+    workflow: str
+    from_: int = Field(alias="from")
+    to: int
+    renames: dict[str, str] = Field(description="the mapping the diff was made with: old state id -> new one")
+    identical: bool = Field(description="true when nothing differs (and nothing is renamed)")
+    states: StatesDiff
+    events: EventsDiff
+    transitions: TransitionsDiff
+    steps: StepsDiff
+    activities: ActivitiesDiff
+    timers: TimersDiff
+    triggers: TriggersDiff
+    children: ChildrenDiff
+    maps: MapsDiff
 
 
 # -- activities ----------------------------------------------------------------------

@@ -4,6 +4,7 @@ from flask import Blueprint, request, url_for
 
 from engine.describe import describe
 from engine.errors import RunNotFound
+from engine.workflow_diff import diff, parse_renames
 
 from . import schemas as s
 from .context import engine
@@ -30,6 +31,14 @@ def get_workflow(name, query: s.WorkflowQuery):
     registry.get(name, query.version)  # 404 when unknown
     versions = [query.version] if query.version else registry.versions(name)
     return {"name": name, "versions": [describe(registry.get(name, v)) for v in versions]}
+
+
+@API.route(blueprint, "/<name>/diff", "GET", summary="What changed between two versions of a workflow",
+           query=s.DiffQuery, responses={200: s.WorkflowDiff})
+def diff_versions(name, query: s.DiffQuery):
+    registry = engine().registry
+    old, new = registry.get(name, query.from_), registry.get(name, query.to)  # 404 when unknown
+    return diff(old, new, parse_renames(query.map, ":"))
 
 
 @API.route(blueprint, "/<name>/runs", "POST", summary="Start a run",

@@ -11,7 +11,7 @@ from dataclasses import asdict
 
 import click
 
-from . import cli_batches, cli_migrate, cli_pauses, cli_retention, cli_runs, cli_schedules
+from . import cli_batches, cli_diff, cli_migrate, cli_pauses, cli_retention, cli_runs, cli_schedules
 from .cli_common import load_registry, open_runtime
 from .config import Settings
 from .db import Database
@@ -234,6 +234,7 @@ cli_runs.runs.add_command(cli_retention.purge)
 cli.add_command(cli_retention.archive)
 cli.add_command(cli_batches.group)
 cli.add_command(cli_migrate.group)
+cli.add_command(cli_diff.diff)
 
 
 def main():

@@ -84,6 +84,16 @@ class InvalidData(InterlockError):
         return {**super().to_dict(), "field": self.field}
 
 
+class InvalidMapping(InvalidData):
+    """A state mapping between two versions (``old=new``) that names a state one of them lacks,
+    maps two states onto one, or is not ``old=new`` at all. Nothing was compared or changed."""
+
+    code = "invalid-mapping"
+
+    def __init__(self, message):
+        super().__init__(message, field="map")
+
+
 class InvalidTransition(InterlockError):
     """The event is not accepted by the run in its current state."""
 

@@ -120,6 +120,8 @@ SCENARIOS = {
     "docs.openapi": lambda rt: ({}, None, {}, 200),
     "workflows.list_workflows": lambda rt: ({}, None, {}, 200),
     "workflows.get_workflow": lambda rt: ({"name": "cargo"}, None, {}, 200),
+    "workflows.diff_versions": lambda rt: ({"name": "delivery"}, None, {"from": 1, "to": 2, "map": "shipped:in_transit"},
+                                           200),
     "workflows.start_run": lambda rt: ({"name": "test_counter"}, {"data": {"n": 1}}, {}, 201),
     "workflows.send_by_key": lambda rt: ({"name": "test_counter", "key": (counter(rt, "K-9"), "K-9")[1]},
                                          {"event": "add"}, {}, 200),
@@ -251,8 +253,8 @@ def web_routes(app):
                   for method in rule.methods - {"HEAD", "OPTIONS"})
 
 
-PAGES = {"web.runs_page", "web.run_page", "web.workflows_page", "web.workflow_page", "web.schedules_page",
-         "web.batch_page", "web.dashboard_page", "web.migrations_page", "web.migration_page"}
+PAGES = {"web.runs_page", "web.run_page", "web.workflows_page", "web.workflow_page", "web.workflow_diff_page",
+         "web.schedules_page", "web.batch_page", "web.dashboard_page", "web.migrations_page", "web.migration_page"}
 LIVE = {"web.changes", "web.run_history", "web.run_stream", "web.all_runs_stream"}
 ACTIONS = {"web.send_event", "web.cancel_run", "web.retry_run", "web.pause_run", "web.resume_run"}
 SCHEDULE_ACTIONS = {"web.pause_schedule", "web.resume_schedule", "web.trigger_schedule", "web.delete_schedule"}

@@ -48,10 +48,13 @@ CONFIG = SchemathesisConfig.from_dict({
     "request-timeout": STREAM_SECONDS,  # an event stream is read this long, then cut
     # A new schedule's cron expression, time zone, and cron-or-every are checked by the engine
     # (croniter, zoneinfo) beyond what a JSON schema can say: a schema-valid one may get 422.
-    # A migration plan's versions and state mapping are checked against the loaded workflows.
-    "operations": [{"include-path": path, "include-method": "POST", "checks": {
+    # A migration plan's versions and state mapping are checked against the loaded workflows, and a
+    # diff's mapping may name a state one of the two versions lacks.
+    "operations": [*({"include-path": path, "include-method": "POST", "checks": {
         "positive_data_acceptance": {"expected-statuses": ["2xx", "404", "409", "410", "422"]}}}
-        for path in ("/api/schedules", "/api/workflows/{name}/migrations")],
+        for path in ("/api/schedules", "/api/workflows/{name}/migrations")),
+                   {"include-path": "/api/workflows/{name}/diff", "include-method": "GET", "checks": {
+                       "positive_data_acceptance": {"expected-statuses": ["2xx", "404", "422"]}}}],
 })
 
 
@@ -109,6 +112,11 @@ def aim(case, draw, pools) -> None:
                 case.query[name] = case.query.pop(pattern)
                 if "workflow" in case.query:  # one that declares it (another is a documented 400)
                     case.query["workflow"] = "cargo"
+    if isinstance(case.query, dict) and case.path.endswith("/diff") and draw(st.booleans()):
+        # Versions that exist, and now and then the delivery example's rename.
+        case.query.update({"from": draw(st.sampled_from([1, 2])), "to": draw(st.sampled_from([1, 2]))})
+        if draw(st.booleans()):
+            case.query["map"] = ["shipped:in_transit"]
     if isinstance(case.query, dict) and isinstance(case.query.get("wait"), (int, float)):
         case.query["wait"] = min(case.query["wait"], MAX_WAIT)
     if isinstance(case.body, dict) and isinstance(case.body.get("wait_time_seconds"), (int, float)):

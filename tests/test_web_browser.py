@@ -253,3 +253,57 @@ def test_the_runs_page_cancels_the_selected_runs_as_one_batch(tmp_path, browser)
         assert site.rt.get(kept).status != "cancelled"
         browser.refresh()
         until(lambda: css(browser, "section#batch[data-status='done']"), message="the batch shown done")
+
+
+def test_the_diff_page_marks_both_diagrams_of_delivery(tmp_path, browser):
+    """From the workflow page's form to the diff of delivery 1 → 2 with shipped renamed in_transit:
+    the removed, renamed, changed and added states and edges are marked with a sign and a line
+    pattern as well as a colour, and no label overlaps as Chromium draws them."""
+    with serve(tmp_path) as site:
+        browser.get(f"{site.url}/workflows/delivery")
+        form = until(lambda: css(browser, "#compare form"), message="the compare form")[0]
+        assert form.find_element("css selector", "select[name=from] option:checked").text == "1"
+        assert form.find_element("css selector", "select[name=to] option:checked").text == "2"
+        form.find_element("css selector", "input[name=map]").send_keys("shipped:in_transit")
+        form.find_element("css selector", "button[type=submit]").click()
+        until(lambda: "/workflows/delivery/diff?" in browser.current_url and css(browser, "svg.diagram"),
+              message="the diff page")
+        assert "map=shipped%3Ain_transit" in browser.current_url
+        old, new = (css(browser, f"section[data-version='{v}'] svg.diagram")[0] for v in (1, 2))
+
+        def marked(svg, kind):
+            return sorted(g.get_attribute("data-state") or g.get_attribute("data-edge")
+                          for g in svg.find_elements("css selector", f"g.mark-{kind}"))
+
+        assert marked(old, "removed") == ["labelling", "labelling|labelled|shipped", "packing|packed|labelling"]
+        assert marked(old, "renamed") == ["shipped"] and marked(new, "renamed") == ["in_transit"]
+        assert marked(old, "changed") == marked(new, "changed") == ["packing"]
+        assert marked(new, "added") == ["packing|packed|in_transit"] and marked(new, "removed") == []
+        # Not colour alone: a sign in each marked node's badge and each marked label, removed dashed.
+        badge = old.find_element("css selector", "g.node[data-state=labelling] .mark-badge text")
+        assert badge.text == "\u2212"
+        assert new.find_element("css selector", "g.edge.mark-added text").text == "+ packed"
+        removed = old.find_element("css selector", "g.node[data-state=labelling] > rect")
+        assert browser.execute_script("return getComputedStyle(arguments[0]).strokeDasharray", removed) not in ("", "none")
+        colours = {kind: browser.execute_script("return getComputedStyle(arguments[0]).stroke", svg.find_element(
+            "css selector", f"g.node.mark-{kind} > rect")) for svg, kind in ((old, "removed"), (new, "renamed"))}
+        assert len(set(colours.values())) == 2
+        assert [s.text for s in css(browser, "#diff-legend span")] == [
+            "+ added", "\u2212 removed (dashed)", "~ changed", "= renamed (dotted)"]
+        items = [" ".join(li.get_attribute("textContent").split()) for li in css(browser, "#changes li")]
+        assert "= renamed: state shipped renamed in_transit" in items  # "renamed:" for screen readers
+        assert "~ changed: timer patience (shipped → in_transit): after 3 days → 5 days" in items
+        found = browser.execute_script("""
+            const hit = (a, b) => a.x < b.x + b.width && b.x < a.x + a.width && a.y < b.y + b.height && b.y < a.y + a.height;
+            const out = [];
+            for (const svg of document.querySelectorAll('svg.diagram')) {
+              const labels = [...svg.querySelectorAll('g.edge text')].map(t => [t.textContent, t.getBBox()]);
+              const blocks = [...svg.querySelectorAll('g.node > rect:not(.inner), g.node .mark-badge circle')]
+                .map(r => [r.closest('g.node').dataset.state, r.getBBox()]);
+              labels.forEach(([name, box], i) => {
+                for (const [other, b] of labels.slice(i + 1)) if (hit(box, b)) out.push(`${name} on ${other}`);
+                for (const [state, b] of blocks) if (hit(box, b)) out.push(`${name} on state ${state}`);
+              });
+            }
+            return out;""")
+        assert found == []

@@ -111,3 +111,33 @@ def test_the_checker_finds_a_label_on_a_state():
                    lambda m: f"{m[1]}{state[1]}{m[2]}{float(state[2]) + 20}{m[3]}", svg, count=1)
     assert any("overlaps state" in c for c in collisions(moved))
 
+
+
+def _version_pairs():
+    """Each workflow of the repository with several versions: every two consecutive ones."""
+    by_name = {}
+    for cls in CLASSES.values():
+        by_name.setdefault(cls.workflow_name, {})[cls.version] = cls
+    return {f"{name}-v{a}-v{b}": (found[a], found[b]) for name, found in sorted(by_name.items())
+            for a, b in zip(sorted(found), sorted(found)[1:])}
+
+
+VERSION_PAIRS = _version_pairs()
+
+
+@pytest.mark.parametrize("key", sorted(VERSION_PAIRS))
+def test_diagrams_with_a_diffs_marks_keep_their_labels_clear(key):
+    """The marks of a diff (a sign before each marked event, a badge per marked state) are placed
+    like everything else: nothing overlaps."""
+    from api.web.versions import marks
+    from engine.workflow_diff import diff
+
+    old, new = VERSION_PAIRS[key]
+    for cls, mark in zip((old, new), marks(diff(old, new))):
+        svg = str(diagram.render(cls, marks=mark, label=key))
+        assert collisions(svg) == []
+        assert ("mark-" in svg) == bool(mark["states"] or mark["edges"])
+
+
+def test_the_repository_has_versions_to_compare():
+    assert {"delivery-v1-v2", "diff_kinds-v1-v2", "diff_nested-v1-v2"} <= set(VERSION_PAIRS)

@@ -91,7 +91,9 @@ def _pages(site):
         "runs": "/", "runs-search": f"/?q={site.failed.id[:10]}", "run-failed": f"/runs/{site.failed.id}",
         "run-succeeded": f"/runs/{site.done.id}", "run-live": f"/runs/{site.cargo[0].id}",
         "run-paused": f"/runs/{site.cargo[1].id}", "workflows": "/workflows", "workflow": "/workflows/cargo",
-        "workflow-orders": "/workflows/orders", "schedules": "/schedules", "batch": f"/batches/{site.batch['id']}",
+        "workflow-orders": "/workflows/orders", "workflow-delivery": "/workflows/delivery",
+        "diff": "/workflows/delivery/diff?from=1&to=2&map=shipped:in_transit",
+        "diff-refused": "/workflows/delivery/diff?from=1&to=2&map=ship:in_transit", "schedules": "/schedules", "batch": f"/batches/{site.batch['id']}",
         "not-found": "/runs/" + "0" * 32, "dashboard": "/dashboard",
     }
 

@@ -185,4 +185,4 @@ def duration(seconds) -> str:
     return f"{sign}{d} d {h} h"
 
 
-from . import bulk, catalog, dashboard, live, migrations, pages, schedules  # noqa: E402,F401  (routes)
+from . import bulk, catalog, dashboard, live, migrations, pages, schedules, versions  # noqa: E402,F401  (routes)

@@ -46,4 +46,5 @@ def workflow_page(name):
             })
         versions.append({"info": info, "rows": rows, "total": sum(per_state.values()),
                          "svg": diagram.render(cls, counts=per_state, label=f"state diagram of {name} v{version}")})
-    return render_template("workflow.html", name=name, versions=versions)
+    return render_template("workflow.html", name=name, versions=versions,
+                           version_numbers=rt.registry.versions(name))

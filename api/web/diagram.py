@@ -4,6 +4,11 @@ Layered top-to-bottom layout: states are ranked by their longest path from the i
 (an edge that leads back is laid out reversed and drawn with its arrow pointing up), edges spanning several ranks get waypoints,
 and each rank is ordered by the barycenter of its neighbours. The layout is computed once per
 workflow class; drawing it marks the current, visited and counted states and taken transitions.
+
+A diff of two versions marks states and transitions as added, removed, changed or renamed
+(``marks``): a state's mark is a badge with a sign in the place kept free for its count, an
+edge's a sign before each marked event in its label, so the labels are placed with the signs in
+them (a layout per workflow and set of marked edges) and keep the same guarantees.
 """
 
 import itertools
@@ -25,6 +30,8 @@ LABEL_GAP = 5          # a label's distance from its arrow
 SPREADS = 4            # layouts tried, each with more room, until every label has a free place
 
 _ids = itertools.count(1)
+# What a diff can say about a state or a transition, and the sign drawn for it (not colour alone).
+MARKS = {"added": "+", "removed": "\u2212", "changed": "~", "renamed": "="}
 
 
 @dataclass
@@ -56,6 +63,7 @@ class Edge:
     events: list
     back: bool = False     # leads back up: laid out reversed, drawn with the arrow at its top
     chain: list = field(default_factory=list)  # node ids from the upper end to the lower one
+    signs: dict = field(default_factory=dict)  # event -> the sign of its mark (MARKS), drawn in the label
 
     @property
     def ends(self):
@@ -120,26 +128,28 @@ def bezier_points(d: str, steps: int = 24) -> list:
     return points
 
 
-def layout_of(states, transitions) -> Layout:
-    """``states``: [(id, label, initial, final)], ``transitions``: [(source, event, target)].
+def layout_of(states, transitions, signs=None) -> Layout:
+    """``states``: [(id, label, initial, final)], ``transitions``: [(source, event, target)],
+    ``signs``: {(source, event, target): sign} to write before those events in their labels.
 
     Laid out, then each edge label is put where it touches no state, no other label and no
     arrow; when some label finds no such place, the layout is made again with more room."""
     for spread in range(SPREADS):
-        lay = _layout_once(states, transitions, NODE_GAP + spread * 36, RANK_GAP + spread * 26)
+        lay = _layout_once(states, transitions, NODE_GAP + spread * 36, RANK_GAP + spread * 26, signs or {})
         if _route(lay) or spread == SPREADS - 1:
             return lay
     raise AssertionError("unreachable")
 
 
-def _layout_once(states, transitions, node_gap, rank_gap) -> Layout:
+def _layout_once(states, transitions, node_gap, rank_gap, signs) -> Layout:
     nodes = {sid: Node(sid, label, initial, final, w=max(108.0, text_width(label, NODE_FONT) + 30))
              for sid, label, initial, final in states}
     merged: dict = {}
     for source, event, target in transitions:
         if source in nodes and target in nodes:
             merged.setdefault((source, target), []).append(event)
-    edges = [Edge(s, t, events) for (s, t), events in merged.items()]
+    edges = [Edge(s, t, events, signs={ev: signs[(s, ev, t)] for ev in events if (s, ev, t) in signs})
+             for (s, t), events in merged.items()]
     _mark_back_edges(nodes, edges)
     _rank(nodes, edges)
     ranks = _add_dummies(nodes, edges)
@@ -270,21 +280,27 @@ def _place(nodes, edges, ranks, node_gap=NODE_GAP, rank_gap=RANK_GAP) -> float:
 
 
 @lru_cache(maxsize=256)
-def _cached(cls) -> Layout:
+def _cached(cls, signs: tuple = ()) -> Layout:
+    """The layout of ``cls``; ``signs``: ((source, event, target), sign) pairs of marked edges."""
     states = [(s.id, s.name, bool(s.initial), bool(s.final)) for s in cls.states_map.values()]
     transitions = [(s.id, t.event, target.id) for s in cls.states_map.values()
                    for t in s.transitions for target in t.targets]
-    return layout_of(states, transitions)
+    return layout_of(states, transitions, dict(signs))
 
 
 def edge_key(source, event, target) -> str:
     return f"{source}|{event}|{target}"
 
 
-def render(cls, *, current=(), visited=(), taken=(), counts=None, label="", failed=False) -> Markup:
+def render(cls, *, current=(), visited=(), taken=(), counts=None, label="", failed=False, marks=None) -> Markup:
     """The SVG for ``cls``: ``current``/``visited`` state ids, ``taken`` edge keys, ``counts`` per state;
-    ``failed``: the run failed in its current states (drawn red, not as a healthy current state)."""
-    lay = _cached(cls)
+    ``failed``: the run failed in its current states (drawn red, not as a healthy current state);
+    ``marks``: ``{"states": {state id: mark}, "edges": {edge key: mark}}``, a mark one of MARKS
+    (a marked state's badge takes the place of its count)."""
+    marks = marks or {}
+    state_marks, edge_marks = marks.get("states", {}), marks.get("edges", {})
+    signs = tuple(sorted((tuple(key.split("|", 2)), MARKS[mark]) for key, mark in edge_marks.items()))
+    lay = _cached(cls, signs)
     uid = f"d{next(_ids)}"
     current, visited, taken = set(current), set(visited), set(taken)
     counts = counts or {}
@@ -294,12 +310,16 @@ def render(cls, *, current=(), visited=(), taken=(), counts=None, label="", fail
            f'<marker id="{uid}-a" viewBox="0 0 10 10" refX="9" refY="5" markerWidth="7" markerHeight="7" '
            'orient="auto-start-reverse"><path d="M0,0 L10,5 L0,10 z" class="arrow"/></marker>',
            f'<marker id="{uid}-t" viewBox="0 0 10 10" refX="9" refY="5" markerWidth="7" markerHeight="7" '
-           'orient="auto-start-reverse"><path d="M0,0 L10,5 L0,10 z" class="arrow taken"/></marker>',
-           "</defs>"]
-    out += _edges(lay, uid, taken)
+           'orient="auto-start-reverse"><path d="M0,0 L10,5 L0,10 z" class="arrow taken"/></marker>']
+    for mark in sorted(set(edge_marks.values())):
+        out.append(f'<marker id="{uid}-{mark}" viewBox="0 0 10 10" refX="9" refY="5" markerWidth="7" '
+                   f'markerHeight="7" orient="auto-start-reverse"><path d="M0,0 L10,5 L0,10 z" '
+                   f'class="arrow mark-{mark}"/></marker>')
+    out.append("</defs>")
+    out += _edges(lay, uid, taken, edge_marks)
     for n in lay.nodes.values():
         if not n.dummy:
-            out.append(_node(n, n.id in current, n.id in visited, counts.get(n.id), failed))
+            out.append(_node(n, n.id in current, n.id in visited, counts.get(n.id), failed, state_marks.get(n.id)))
     out.append("</svg>")
     return Markup("".join(out))
 
@@ -359,8 +379,10 @@ def _route(lay) -> bool:
     for e in lay.edges:
         d, points = paths[id(e)]
         # python-statemachine names some events twice in one ("done_state_x done.state.x"): the first.
-        text = " / ".join(dict.fromkeys(ev.split()[0] for ev in e.events if ev and ev.strip()))
-        if not text:  # an eventless transition: no label
+        text = " / ".join(dict.fromkeys(_event_text(ev, e.signs.get(ev)) for ev in e.events if ev and ev.strip()))
+        if not text:  # an eventless transition: no label, but its marks' signs
+            text = " ".join(dict.fromkeys(e.signs.get(ev) for ev in e.events if e.signs.get(ev)))
+        if not text:
             lay.routes[id(e)] = (d, None)
             continue
         best, best_cost = None, None
@@ -380,6 +402,17 @@ def _route(lay) -> bool:
     lay.width = max(lay.width, right + MARGIN / 2)
     lay.height = max(lay.height, bottom + MARGIN / 2)
     return ok
+
+
+def _event_text(event, sign=None) -> str:
+    return f"{sign} {event.split()[0]}" if sign else event.split()[0]
+
+
+def edge_mark(marks: list) -> str | None:
+    """One mark for an edge drawing several events: theirs if all have the same, else changed."""
+    if not any(marks):
+        return None
+    return marks[0] if len(set(marks)) == 1 else "changed"
 
 
 def _candidates(points, text, prefer, loop):
@@ -403,25 +436,35 @@ def _candidates(points, text, prefer, loop):
             yield Label(x - dx, y + 4, "end", text)
 
 
-def _edges(lay, uid, taken):
+def _edges(lay, uid, taken, edge_marks):
     parts = []
     for e in lay.edges:
         d, label = lay.routes[id(e)]
         keys = [edge_key(e.source, ev, e.target) for ev in e.events]
         is_taken = any(k in taken for k in keys)
+        mark = edge_mark([edge_marks.get(k) for k in keys])
         cls = "edge taken" if is_taken else "edge"
         if e.back:
             cls += " back"
         marker = f"url(#{uid}-t)" if is_taken else f"url(#{uid}-a)"
+        title = ""
+        if mark:
+            cls += f" mark-{mark}"
+            marker = marker if is_taken else f"url(#{uid}-{mark})"
+            said = [f"{_event_text(ev) if ev.strip() else '(no event)'} {edge_marks[k]}"
+                    for ev, k in zip(e.events, keys) if edge_marks.get(k)]
+            title = f"<title>{escape(f'{e.source} → {e.target}: ' + ', '.join(said))}</title>"
         end = f'marker-start="{marker}"' if e.back else f'marker-end="{marker}"'
         text = "" if label is None else \
             f'<text x="{label.x:.1f}" y="{label.y:.1f}" text-anchor="{label.anchor}">{escape(label.text)}</text>'
-        parts.append(f'<g class="{cls}" data-edge="{escape(" ".join(keys))}"><path d="{d}" {end}/>{text}</g>')
+        parts.append(f'<g class="{cls}" data-edge="{escape(" ".join(keys))}">{title}<path d="{d}" {end}/>{text}</g>')
     return parts
 
 
-def _node(n, is_current, is_visited, count, failed=False):
+def _node(n, is_current, is_visited, count, failed=False, mark=None):
     classes = ["node"]
+    if mark:
+        classes.append(f"mark-{mark}")
     if n.initial:
         classes.append("initial")
     if n.final:
@@ -434,6 +477,8 @@ def _node(n, is_current, is_visited, count, failed=False):
             classes.append("failed")
     x, y = n.left, n.y - NODE_H / 2
     title = n.label + ((" (current, failed)" if failed else " (current)") if is_current else "") + (f": {count} runs" if count else "")
+    if mark:
+        title += f" ({mark})"
     parts = [f'<g class="{" ".join(classes)}" data-state="{escape(n.id)}"><title>{escape(title)}</title>']
     if n.initial:
         parts.append(f'<circle class="start" cx="{n.x:.1f}" cy="{y - 26:.1f}" r="6"/>'
@@ -443,7 +488,11 @@ def _node(n, is_current, is_visited, count, failed=False):
         parts.append(f'<rect class="inner" x="{x + 3:.1f}" y="{y + 3:.1f}" width="{n.w - 6:.1f}" '
                      f'height="{NODE_H - 6}" rx="7"/>')
     parts.append(f'<text x="{n.x:.1f}" y="{n.y + 4.5:.1f}" text-anchor="middle">{escape(n.label)}</text>')
-    if count:
+    if mark:  # in the place kept for a count (no label is placed there)
+        cx, cy = n.right - 4, y
+        parts.append(f'<g class="mark-badge"><circle cx="{cx:.1f}" cy="{cy:.1f}" r="10"/>'
+                     f'<text x="{cx:.1f}" y="{cy + 4.5:.1f}" text-anchor="middle">{MARKS[mark]}</text></g>')
+    elif count:
         label = f"{count:,}"
         w = max(22.0, len(label) * 7.0 + 12)
         cx, cy = n.right - 4, y
