@@ -74,6 +74,19 @@ def site(tmp_path_factory):
                             business_key="INV-2")
             until(lambda: rt.get(failed.id).status == "failed" and rt.get(done.id).status == "succeeded",
                   timeout=60, message="the settlement runs to end")
+            parcel = rt.start("delivery", {"parcel": "P-7", "printer_busy_checks": 0}, version=1)
+            rt.send(parcel.id, "pay")
+            until(lambda: rt.get(parcel.id).state == "shipped", timeout=30, message="the parcel to ship")
+        from engine import migration_plans
+
+        rt.start("delivery", {"parcel": "P-8"}, version=1)
+        moved = migration_plans.create(rt, "delivery", 1, 2, mapping={"shipped": "in_transit"},
+                                       filter={"state": "shipped"})
+        migration_plans.apply(rt, moved["id"])
+        while batch_work.work(rt):
+            pass
+        served.parcel, served.moved = rt.get(parcel.id), moved
+        served.plan = migration_plans.create(rt, "delivery", 1, 2)  # not applied: its page offers a dry run
         cargo = [served.start(key=f"MSCU{i:07d}") for i in range(3)]
         rt.send(cargo[0].id, "depart", {"vessel": "Ever Given"})
         rt.pause(cargo[1].id, "waiting for the port")
@@ -94,7 +107,9 @@ def _pages(site):
         "workflow-orders": "/workflows/orders", "workflow-delivery": "/workflows/delivery",
         "diff": "/workflows/delivery/diff?from=1&to=2&map=shipped:in_transit",
         "diff-refused": "/workflows/delivery/diff?from=1&to=2&map=ship:in_transit", "schedules": "/schedules", "batch": f"/batches/{site.batch['id']}",
-        "not-found": "/runs/" + "0" * 32, "dashboard": "/dashboard",
+        "not-found": "/runs/" + "0" * 32, "dashboard": "/dashboard", "migrations": "/migrations",
+        "migration": f"/migrations/{site.plan['id']}", "migration-applied": f"/migrations/{site.moved['id']}",
+        "run-migrated": f"/runs/{site.parcel.id}",
     }
 
 
@@ -330,3 +345,25 @@ def test_the_dashboard_draws_runs_per_hour_and_step_durations(site, browser):
     rows = {tr.get_attribute("data-step"): tr.text for tr in css(browser, "table.steps tr[data-step]")}
     assert {"test_settlement.charge", "test_settlement.price"} <= set(rows)
     assert " 3 " in f" {rows['test_settlement.charge']} "  # two attempts of the failed run, one of the other
+
+
+def test_a_plan_page_shows_its_verdicts_and_a_dry_run_and_a_run_page_its_migration(site, browser):
+    _open(browser, f"{site.url}/migrations/{site.plan['id']}")
+    verdicts = {a.get_attribute("data-outcome"): a.text for a in css(browser, "#verdicts article")}
+    assert set(verdicts) == {"clean"}  # the run in ordered; the moved one is on v2 now, not judged
+    assert "1 run(s) → ordered" in verdicts["clean"]
+    css(browser, "#apply-form button")[0].click()
+    until(lambda: css(browser, "#dry-run"), message="the dry run's result")
+    assert "1 would move, 0 would be refused" in " ".join(css(browser, "#dry-run p")[0].text.split())
+    assert css(browser, "#apply-form button")[0].text == "Move 1 run(s) now"
+
+    _open(browser, f"{site.url}/runs/{site.parcel.id}")
+    lanes = {lane.find_element("css selector", ".lane-name").text: lane for lane in css(browser, "#gantt .lane")}
+    versions = [r.find_element("css selector", "title").get_attribute("textContent")
+                for r in lanes["version"].find_elements("css selector", "rect")]
+    assert versions[0].startswith("on v1 for ") and versions[2].startswith("on v2 for ")
+    assert versions[1] == "migrated v1 → v2: shipped → in_transit"
+    assert {"shipped", "in_transit"} <= set(lanes)
+    [entry] = css(browser, "#timeline > li.k-migrated")
+    text = " ".join(entry.text.split())
+    assert "v1 → v2: shipped → in_transit" in text and "re-arms timer patience" in text
