@@ -52,7 +52,7 @@ _OWNER = uuid.uuid4().hex  # a process that runs no worker (no worker id) works 
 
 def operation(action: str, args: dict, rt=None):
     if action == "migrate":
-        return ops.Migrate(migration_plans.stored(rt, args["plan"]))
+        return ops.Migrate(migration_plans.ready(rt, args["plan"]))
     if action == "cancel":
         return ops.Cancel(args.get("reason"))
     if action == "pause":
@@ -299,6 +299,10 @@ def _chunk(rt, batch, ids) -> None:
             item = _item(rt, batch)
             item.known, item.new_items = known, new_items
             locked.append((dict(row), None, item))
+        if locked and hasattr(locked[0][2].op, "prefetch"):  # what each run's operation reads, read once
+            shared = locked[0][2].op.prefetch(conn, [row["id"] for row in rows])
+            for _, _, item in locked:
+                item.op.prefetched = shared
         outcomes = perform_locked(rt, conn, locked)
         if new_items:
             hotsql.execute_many(conn, _INSERT_ITEMS, new_items)

@@ -114,6 +114,21 @@ def stored(rt, plan_id: str) -> dict:
     return dict(row)
 
 
+_READY: dict = {}  # plans ready to apply never change (but for their batch id): read once per process
+
+
+def ready(rt, plan_id: str) -> dict:
+    """The plan's row, once it is ready (a migrate batch's operation reads it for every run)."""
+    plan = _READY.get(plan_id)
+    if plan is None:
+        plan = stored(rt, plan_id)
+        if plan["status"] == "ready":
+            if len(_READY) >= 64:
+                _READY.clear()
+            _READY[plan_id] = plan
+    return plan
+
+
 def get(rt, plan_id: str) -> dict:
     """The plan as the API shows it: its verdicts with how many runs each, samples per outcome,
     and the batch applying it, if started."""

@@ -23,7 +23,7 @@ the new version adds to a state the run is in is queued.
 
 from dataclasses import dataclass, field
 
-from sqlalchemy import delete, select, update
+from sqlalchemy import bindparam, delete, select, update
 
 from .errors import MigrationRefused
 from .models import history, run_search, runs, tasks, timers
@@ -270,14 +270,33 @@ def _events(verdict, sit, old_cls, new_cls):
 
 # -- moving one run, inside its transition ------------------------------------------------------
 
-def read(conn, run_id) -> tuple[list, list]:
-    """The run's task and timer rows a situation is made of."""
-    task_rows = conn.execute(select(tasks.c.id, tasks.c.state, tasks.c.name, tasks.c.kind, tasks.c.status,
-                                    tasks.c.entry_seq).where(tasks.c.run_id == run_id,
-                                                             tasks.c.status.in_((*OPEN, "failed")))).mappings().all()
-    timer_rows = conn.execute(select(timers).where(timers.c.run_id == run_id,
-                                                   timers.c.status.in_(("armed", "suspended")))).mappings().all()
-    return [dict(t) for t in task_rows], [dict(t) for t in timer_rows]
+_TASK_COLUMNS = (tasks.c.id, tasks.c.run_id, tasks.c.state, tasks.c.name, tasks.c.kind, tasks.c.status,
+                 tasks.c.entry_seq)
+_TIMER_COLUMNS = (timers.c.id, timers.c.run_id, timers.c.state, timers.c.name, timers.c.kind, timers.c.event,
+                  timers.c.status, timers.c.due_at, timers.c.entry_seq)
+# What moving writes, each statement once: a chunk of runs moved together runs each as one executemany.
+_MOVE_TASK = update(tasks).where(tasks.c.id == bindparam("b_id")).values(
+    state=bindparam("b_state"), max_attempts=bindparam("b_max_attempts"), updated_at=bindparam("b_now"))
+_MOVE_TIMER = update(timers).where(timers.c.id == bindparam("b_id")).values(state=bindparam("b_state"))
+_REARM_TIMER = update(timers).where(timers.c.id == bindparam("b_id")).values(
+    state=bindparam("b_state"), event=bindparam("b_event"), due_at=bindparam("b_due_at"))
+_CANCEL_TIMER = update(timers).where(timers.c.id == bindparam("b_id")).values(status="cancelled")
+_SET_VERSION = update(runs).where(runs.c.id == bindparam("b_id")).values(version=bindparam("b_version"))
+
+
+def read(conn, run_ids: list) -> dict:
+    """The task and timer rows situations are made of, of each of these runs: {run id: (tasks, timers)}."""
+    out = {run_id: ([], []) for run_id in run_ids}
+    low, high = min(run_ids), max(run_ids)  # an index range whatever the planner knows
+    for row in conn.execute(select(*_TASK_COLUMNS).where(
+            tasks.c.run_id.in_(run_ids), tasks.c.run_id >= low, tasks.c.run_id <= high,
+            tasks.c.status.in_((*OPEN, "failed")))).mappings():
+        out[row["run_id"]][0].append(dict(row))
+    for row in conn.execute(select(*_TIMER_COLUMNS).where(
+            timers.c.run_id.in_(run_ids), timers.c.run_id >= low, timers.c.run_id <= high,
+            timers.c.status.in_(("armed", "suspended")))).mappings():
+        out[row["run_id"]][1].append(dict(row))
+    return out
 
 
 def move(change, verdict: Verdict, new_cls, task_rows, timer_rows, plan: dict) -> None:
@@ -294,33 +313,32 @@ def move(change, verdict: Verdict, new_cls, task_rows, timer_rows, plan: dict) -
         if new not in entries:
             entries[new] = min(seq for key, seq in entries.items()
                                if _is_inside(new_cls, key, new))
+    defer = change.writes.defer
     for row in task_rows:
         new = verdict.tasks.get((row["state"], row["name"]))
-        if new is None:
-            continue
-        spec = new_cls.step_for(new)
-        conn.execute(update(tasks).where(tasks.c.id == row["id"]).values(
-            state=new, max_attempts=spec.max_attempts, updated_at=change.now))
+        if new is not None:
+            defer(_MOVE_TASK, {"b_id": row["id"], "b_state": new, "b_now": change.now,
+                               "b_max_attempts": new_cls.step_for(new).max_attempts})
     for row in timer_rows:
         action, new = verdict.timers[(row["state"], row["name"])]
         if action == "cancel":
-            conn.execute(update(timers).where(timers.c.id == row["id"]).values(status="cancelled"))
+            defer(_CANCEL_TIMER, {"b_id": row["id"]})
             change.open_timers -= 1
-            continue
-        values = {"state": new}
-        if action == "rearm":
+        elif action == "rearm":
             old_spec = next((t for t in old_cls._timers if t.state_id == row["state"] and t.name == row["name"]), None)
             spec = next(t for t in new_cls._timers if t.state_id == new and t.name == row["name"])
             entered = _entered_at(conn, run_id, row["entry_seq"], row, old_spec)
-            values.update(event=spec.send, due_at=_due(change, spec, entered))
-        conn.execute(update(timers).where(timers.c.id == row["id"]).values(**values))
+            defer(_REARM_TIMER, {"b_id": row["id"], "b_state": new, "b_event": spec.send,
+                                 "b_due_at": _due(change, spec, entered)})
+        elif new != row["state"]:
+            defer(_MOVE_TIMER, {"b_id": row["id"], "b_state": new})
     detail = {"from_version": old_cls.version, "to_version": new_cls.version, "mapping": mapping or None,
               "plan": plan["id"], "outcome": verdict.outcome, "changes": verdict.changes}
     source = change.leaves()
     change.switch_version(new_cls, verdict.configuration, entries)
     if change.remembered:
         change.remembered = {k: [mapping.get(i, i) for i in ids] for k, ids in change.remembered.items()}
-    conn.execute(update(runs).where(runs.c.id == run_id).values(version=new_cls.version))
+    defer(_SET_VERSION, {"b_id": run_id, "b_version": new_cls.version})
     if old_cls._search != new_cls._search:  # the new version's fields, from the data as it is
         conn.execute(delete(run_search).where(run_search.c.run_id == run_id))
         change.search_before = {}

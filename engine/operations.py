@@ -331,6 +331,17 @@ class Migrate:
     judged it (engine/moving.py), if it is still where the plan saw it."""
 
     plan: dict
+    # A chunk of runs read together (``prefetch``): {"planned": {run id: row}, "rows": {run id: (tasks, timers)}}.
+    prefetched: dict | None = None
+
+    def prefetch(self, conn, run_ids: list) -> dict:
+        """What ``check`` reads of each run, for these locked runs at once (a batch's chunk)."""
+        planned = {row.run_id: row for row in conn.execute(
+            select(migration_runs.c.run_id, migration_runs.c.last_seq, migration_runs.c.shape,
+                   migration_runs.c.outcome).where(
+                migration_runs.c.plan_id == self.plan["id"], migration_runs.c.run_id.in_(run_ids),
+                migration_runs.c.run_id >= min(run_ids), migration_runs.c.run_id <= max(run_ids)))}
+        return {"planned": planned, "rows": moving.read(conn, run_ids)}
 
     def check(self, change: Change) -> tuple | None:
         """Why the run does not move now, as (batch item outcome, reason), or None (it moves).
@@ -338,9 +349,8 @@ class Migrate:
         ``skipped``: not the plan's to move (ended, not in the plan, judged impossible);
         ``refused``: it changed since the plan (its history went on, or what it waits on)."""
         plan, run_id = self.plan, change.row["id"]
-        planned = change.conn.execute(select(migration_runs.c.last_seq, migration_runs.c.shape,
-                                             migration_runs.c.outcome).where(
-            migration_runs.c.plan_id == plan["id"], migration_runs.c.run_id == run_id)).first()
+        known = self.prefetched if self.prefetched is not None else self.prefetch(change.conn, [run_id])
+        planned = known["planned"].get(run_id)
         if planned is None:
             return "skipped", f"the run is not in plan {plan['id']}"
         if change.row["version"] != plan["from_version"]:
@@ -354,7 +364,7 @@ class Migrate:
             return "refused", (f"the run moved on since the plan (history entry {change.seq}, "
                                f"planned at {planned.last_seq})")
         new_cls = change.rt.registry.get(plan["workflow"], plan["to_version"])
-        self._rows = moving.read(change.conn, run_id)
+        self._rows = known["rows"][run_id]
         self._verdict = moving.judge(moving.situation(change.row, *self._rows), change.cls, new_cls,
                                      plan["mapping"])
         if self._verdict.shown() != shape:

@@ -168,8 +168,19 @@ class Writes:
         self.run_inserts, self.run_updates, self.task_updates, self.timer_updates = [], [], [], []
         self.history, self.tasks, self.timers, self.signals = [], [], [], []
         self.search_deletes, self.search_inserts = [], []  # rows of run_search (engine/search.py)
+        self.deferred: dict = {}  # an operation's own statements: {statement: [parameters, ...]}
+
+    def defer(self, statement, params: dict) -> None:
+        """Run ``statement`` with ``params`` at the flush, with the others like it (one executemany)."""
+        self.deferred.setdefault(statement, []).append(params)
+
+    def _flush_deferred(self, conn):
+        for statement, rows in self.deferred.items():
+            conn.execute(statement, rows)
+        self.deferred.clear()
 
     def flush(self, conn):
+        self._flush_deferred(conn)
         with hotsql.pipelined(conn):
             for statement, rows in ((_HOT_INSERT_RUN, self.run_inserts), (_HOT_UPDATE_RUN, self.run_updates),
                                     (_HOT_FINISH_TASK, self.task_updates), (_HOT_FIRE_TIMER, self.timer_updates),
@@ -184,6 +195,7 @@ class Writes:
 
     def flush_pending(self, conn):
         """Write the deferred task and timer updates now: an UPDATE by run or state follows."""
+        self._flush_deferred(conn)
         for statement, rows in ((_HOT_FINISH_TASK, self.task_updates), (_HOT_FIRE_TIMER, self.timer_updates)):
             if rows:
                 hotsql.execute_many(conn, statement, rows)

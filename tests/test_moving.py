@@ -426,3 +426,38 @@ def test_a_worker_warns_at_start_of_a_version_with_active_runs_that_no_live_work
         assert explain(rt, waiting)["version_loaded_nowhere"] is None
     finally:
         narrow.close()
+
+
+def test_a_chunk_moved_together_writes_what_moving_each_run_alone_writes(rt):
+    """The batch's chunk path (reads for the whole chunk at once, writes as one executemany per
+    statement) against ``transitions.apply`` of ``Migrate`` run by run: the same rows."""
+    pairs = [waiting_runs(rt) for _ in range(2)]
+    plan = migration_plans.create(rt, "mig_shipment", 1, 2, mapping={"in_transit": "sailing"})
+    stored = migration_plans.stored(rt, plan["id"])
+    for run_id in pairs[1].values():  # one at a time
+        try:
+            apply(rt, run_id, Migrate(stored))
+        except MigrationRefused:
+            pass  # the impossible one
+    migration_plans.apply(rt, plan["id"])
+    drain(rt)  # the other set, a chunk at a time
+
+    def written(run_id):
+        run = rt.get(run_id)
+        with rt.db.read() as conn:
+            task_rows = conn.execute(select(tasks.c.state, tasks.c.name, tasks.c.status, tasks.c.max_attempts).where(
+                tasks.c.run_id == run_id).order_by(tasks.c.name)).all()
+            timer_rows = conn.execute(select(timers.c.state, timers.c.name, timers.c.status, timers.c.event,
+                                             timers.c.due_at - run.created_at).where(
+                timers.c.run_id == run_id).order_by(timers.c.name)).all()
+        entries = [(h.kind, h.source, h.target, {k: v for k, v in (h.detail or {}).items() if k != "plan"})
+                   for h in rt.history(run_id)]
+        with rt.db.read() as conn:
+            counters = tuple(conn.execute(select(runs_table.c.open_tasks, runs_table.c.open_timers).where(
+                runs_table.c.id == run_id)).one())
+        return (run.version, run.status, run.state, run.configuration, counters,
+                [tuple(r) for r in task_rows], [tuple(r[:4]) + (round(r[4]),) for r in timer_rows], entries)
+
+    for kind in pairs[0]:
+        assert written(pairs[0][kind]) == written(pairs[1][kind]), kind
+    assert written(pairs[0]["step_and_timer"])[0] == 2 and written(pairs[0]["activity"])[0] == 1
