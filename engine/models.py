@@ -73,7 +73,7 @@ history = Table(
     Column("seq", Integer, primary_key=True, autoincrement=False),
     Column("at", Double, nullable=False),
     # started, transition, step_started, step_succeeded, step_failed, step_rechecked,
-    # timer_fired, event_rejected, ignored, failed, cancelled, retried, data_updated
+    # timer_fired, event_rejected, ignored, failed, cancelled, retried, data_updated, migrated
     Column("kind", String(32), nullable=False),
     Column("event", String(200)),
     Column("source", String(500)),

@@ -461,3 +461,20 @@ def test_a_chunk_moved_together_writes_what_moving_each_run_alone_writes(rt):
     for kind in pairs[0]:
         assert written(pairs[0][kind]) == written(pairs[1][kind]), kind
     assert written(pairs[0]["step_and_timer"])[0] == 2 and written(pairs[0]["activity"])[0] == 1
+
+
+def test_a_run_waiting_on_an_activity_the_new_version_keeps_moves_and_its_task_stays_receivable(rt):
+    from engine import activities
+
+    run_id = shipment(rt, "depart", "arrive")  # at_port: the mig_unload activity queued
+    plan = migration_plans.create(rt, "mig_shipment", 1, 3, mapping={"in_transit": "voyage"})
+    [verdict] = [r for r in migration_plans.plan_runs(rt, plan["id"])["runs"] if r["run_id"] == run_id]
+    assert verdict["outcome"] == "clean"
+    assert verdict["changes"] == ["keeps activity mig_unload, visibility_timeout 30.0 -> 300.0"]
+    migration_plans.apply(rt, plan["id"])
+    drain(rt)
+    assert rt.get(run_id).version == 3
+    [task] = activities.receive(rt, "mig_unload", visibility_timeout=60)
+    assert task.run_id == run_id
+    activities.complete(rt, task.token, "unloaded", {})
+    assert rt.get(run_id).state == "customs"
