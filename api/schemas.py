@@ -78,6 +78,9 @@ class StartRun(Strict):
     business_key: str | None = Key
     version: Annotated[Annotated[int, Field(ge=1)] | None, BeforeValidator(_json_integer)] = Field(
         default=None, description="default: the latest version")
+    priority: JsonInt = Field(default=0, ge=-1000, le=1000, description=(
+        "higher first where its steps wait for a slot of a concurrency limit (it also gains one level "
+        "per minute of waiting, so low priorities are not starved)"))
 
 
 class SendEvent(Strict):
@@ -178,6 +181,7 @@ class RunOut(BaseModel):
     last_seq: int
     created_at: str
     updated_at: str
+    priority: int = Field(0, description="higher first where steps wait for a slot")
     finished_at: str | None
     parent_id: str | None = Field(None, description="the parent run, for a run a parent's state started")
     parent_state: str | None = Field(None, description="the parent's state that started this run")
@@ -243,6 +247,18 @@ class TaskOut(BaseModel):
     next_attempt_at: str | None
     next_attempt_in_seconds: float | None
     lease_until: str | None
+    limit: "LimitWait | None" = Field(None, description="status limited: the concurrency limit it waits for a slot of")
+    rate_limit: str | None = Field(None, description="the rate limit that put its start off to next_attempt_at")
+
+
+class LimitWait(BaseModel):
+    limit: str = Field(description="the limit's name (workflow.step, or the name given)")
+    key: str | None
+    in_use: int
+    slots: int
+    waiters: int
+    ahead: int = Field(description="waiters before this one (higher priority, or as high and older)")
+    since: float
 
 
 class ChildOut(BaseModel):

@@ -47,7 +47,7 @@ def diff_versions(name, query: s.DiffQuery):
 def start_run(name, body: s.StartRun):
     key = request.headers.get("Idempotency-Key") or None
     run, created = engine().start_run(name, body.data, business_key=body.business_key,
-                                      idempotency_key=key, version=body.version)
+                                      idempotency_key=key, version=body.version, priority=body.priority)
     status = 201 if created else 200
     return run.to_dict(), status, {"Location": url_for("runs.get_run", run_id=run.id)}
 

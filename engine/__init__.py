@@ -13,11 +13,12 @@ from .errors import (BindingError, CallbackError, DefinitionError, InterlockErro
                      StateColumnWritten, WorkflowNotFound)
 from .runtime import Interlock
 from .schedule_times import schedule
+from .specs import Limit, Rate
 
 __all__ = [
     # defining workflows
     "Workflow", "State", "step", "activity", "child", "map_", "after", "at", "trigger", "recheck",
-    "schedule", "bind",
+    "schedule", "bind", "Limit", "Rate",
     # running them
     "Interlock",
     # errors

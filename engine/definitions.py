@@ -168,6 +168,7 @@ def _check_and_collect(cls, class_name):
             check_event(spec.default, f"step {attr} default")
             if spec.default is None:
                 spec.default = _only_event_leaving(cls, spec.state_id)
+            spec.workflow = cls.workflow_name
             steps[spec.state_id] = spec
         elif isinstance(value, ActivitySpec):
             _collect_activity(cls, class_name, attr, value, finals, activities, check_event)

@@ -2,8 +2,10 @@
 
 from sqlalchemy import and_, false, or_, select
 
+from . import limits
 from . import machine as m
 from . import pauses
+from .limits import describe_wait
 from .errors import WorkflowNotFound
 from .models import history, maps, runs, signals, tasks, timers
 from .queries import get_run
@@ -58,6 +60,15 @@ def explain(rt, run_id: str) -> dict:
             machine = m.restore(cls, ctx, list(run.configuration))
             accepted, blocked = _events(machine, ctx, conn, run.status)
     outstanding = [_task(t, now) for t in open_tasks if _is_current(t, run)]
+    if any(t["status"] == "limited" for t in outstanding):
+        with rt.db.read() as conn:
+            for t in outstanding:
+                if t["status"] == "limited":
+                    t["limit"] = limits.waiting_for(conn, t["id"], now)
+    for t in outstanding:  # a start put off by a rate limit
+        spec = cls.step_for(t["state"]) if cls is not None else None
+        if t["next_attempt_at"] and getattr(spec, "rate", None) is not None and t["attempt"] == 0:
+            t["rate_limit"] = spec.limit_name(spec.rate)
     unloaded = None if cls is not None else not_loaded(rt, run.workflow, run.version)
     with rt.db.read() as conn:
         workflow_pause = pauses.workflow_pause_of(conn, run.workflow, run.version) if run.status in ACTIVE else None
@@ -208,7 +219,8 @@ def _events(machine, ctx, conn, status):
 
 
 def _task(task, now) -> dict:
-    next_retry = task.available_at if task.status == "queued" and task.attempt > 0 else None
+    next_retry = task.available_at if task.status == "queued" and (task.attempt > 0 or task.available_at > now) \
+        else None
     return {
         "id": task.id, "kind": task.kind, "name": task.name, "state": task.state,
         "status": task.status, "attempt": task.attempt, "max_attempts": task.max_attempts,
@@ -225,6 +237,10 @@ def _summary(run, accepted, armed, outstanding, children=()) -> str:
     for t in outstanding:
         if t["status"] == "failed":
             parts.append(f"a retry of failed {t['kind']} {t['name']} ({t['last_error']})")
+        elif t["status"] == "limited" and t.get("limit"):
+            parts.append(f"{describe_wait(t['limit'])}, for {t['kind']} {t['name']}")
+        elif t.get("rate_limit"):
+            parts.append(f"{t['kind']} {t['name']} to start at {t['next_attempt_at']} (rate limit {t['rate_limit']})")
         elif t["status"] == "running":
             parts.append(f"{t['kind']} {t['name']} to finish (attempt {t['attempt']} of {t['max_attempts']})")
         elif t["attempt"]:

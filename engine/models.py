@@ -50,6 +50,8 @@ runs = Table(
     Column("parent_seq", Integer),
     # Paused by an operator (engine/pauses.py): no step starts and no timer fires until resumed.
     Column("paused_at", Double),
+    # Higher first: its steps waiting for a slot of a limit (engine/limits.py), its messages on RabbitMQ.
+    Column("priority", Integer, nullable=False, server_default="0"),
     UniqueConstraint("workflow", "idempotency_key"),
     Index(None, "business_key"),
     Index(None, "status", "id"),
@@ -91,7 +93,7 @@ tasks = Table(
     Column("entry_seq", Integer, nullable=False),
     Column("name", String(200), nullable=False),
     Column("kind", String(16), nullable=False),
-    # queued, running, succeeded, failed, superseded, cancelled
+    # queued, limited (waiting for a slot: engine/limits.py), running, succeeded, failed, superseded, cancelled
     Column("status", String(16), nullable=False),
     Column("attempt", Integer, nullable=False),
     Column("max_attempts", Integer, nullable=False),
@@ -369,4 +371,38 @@ migration_runs = Table(
     Column("shape", Integer, nullable=False),
     Column("outcome", String(16), nullable=False),  # clean, mapped, impossible
     Index(None, "plan_id", "outcome", "run_id"),
+)
+
+# Concurrency limits (engine/limits.py): a row per slot of a limit's key, holding the task whose
+# attempts use it (NULL: free); ``slot`` below the limit's n is usable.
+limit_slots = Table(
+    "limit_slots", metadata,
+    Column("name", String(200), primary_key=True),
+    Column("key", String(255), primary_key=True),
+    Column("slot", Integer, primary_key=True, autoincrement=False),
+    Column("task_id", ID),
+    Column("acquired_at", Double),
+    Index(None, "task_id"),
+)
+
+# A task waiting for a slot (its status ``limited``): no thread, no message; the slot's release
+# hands it over, highest priority first, then oldest.
+limit_waiters = Table(
+    "limit_waiters", metadata,
+    Column("task_id", ID, primary_key=True),
+    Column("run_id", ID, nullable=False),
+    Column("name", String(200), nullable=False),
+    Column("key", String(255), nullable=False),
+    Column("priority", Integer, nullable=False),
+    Column("since", Double, nullable=False),
+    Column("time_limit", Double, nullable=False),
+    Index(None, "name", "key", "priority", "since"),
+)
+
+# Rate limits: the time the next attempt of a key may start (evenly spaced, GCRA).
+rate_buckets = Table(
+    "rate_buckets", metadata,
+    Column("name", String(200), primary_key=True),
+    Column("key", String(255), primary_key=True),
+    Column("next_at", Double, nullable=False),
 )

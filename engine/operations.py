@@ -2,14 +2,14 @@
 
 from dataclasses import dataclass, field
 
-from sqlalchemy import select, update
+from sqlalchemy import bindparam, select, update
 
 from . import children, maps, moving, pauses
 from . import machine as m
 from .errors import (CallbackError, InterlockError, InvalidTransition, MigrationRefused, RunNotActive,
                      RunPaused)
 from .ids import new_id
-from .models import migration_runs, runs, tasks, timers
+from .models import limit_waiters, migration_runs, runs, tasks, timers
 from .transitions import ACTIVE, Change, require_active
 
 
@@ -20,6 +20,7 @@ class Start:
     business_key: str | None = None
     idempotency_key: str | None = None
     parent: tuple | None = None  # (parent run id, its state, its entry seq) for a child run
+    priority: int = 0  # higher first, where runs wait for a slot (engine/limits.py)
 
     def existing(self, rt, conn):
         if self.idempotency_key is None:
@@ -35,7 +36,8 @@ class Start:
                "data": self.data, "business_key": self.business_key,
                "idempotency_key": self.idempotency_key, "last_seq": 0, "open_tasks": 0, "open_timers": 0,
                "created_at": now, "updated_at": now, "finished_at": None,
-               "parent_id": None, "parent_state": None, "parent_seq": None, "paused_at": None}
+               "parent_id": None, "parent_state": None, "parent_seq": None, "paused_at": None,
+               "priority": self.priority}
         if self.parent is not None:
             row["parent_id"], row["parent_state"], row["parent_seq"] = self.parent
         return Change(rt, conn, row, self.cls, now, new=True, writes=writes)
@@ -201,7 +203,8 @@ class StepFailed:
             delay = spec.delay_before(task["attempt"] + 1) if self.retry_in is None else self.retry_in
             change.record("step_failed", cause="step", detail={**detail, "retry_in": delay})
             change.schedule(task, delay, spec)
-            change.finish_task(task, "queued", self.started_at, last_error=self.error,
+            waits = task["status"] == "limited"  # for a slot (engine/limits.py)
+            change.finish_task(task, "limited" if waits else "queued", self.started_at, last_error=self.error,
                                available_at=task["available_at"], sent_at=task["sent_at"],
                                sent_by=task["sent_by"], sends=task["sends"])
             return
@@ -379,3 +382,26 @@ class Migrate:
             if checked is not None:
                 raise MigrationRefused(change.row["id"], checked[1])
         moving.move(change, self._verdict, self._new_cls, *self._rows, self.plan)
+
+
+_SET_PRIORITY = update(runs).where(runs.c.id == bindparam("b_id")).values(priority=bindparam("b_priority"))
+_WAITER_PRIORITY = update(limit_waiters).where(limit_waiters.c.run_id == bindparam("b_id")).values(
+    priority=bindparam("b_priority"))
+
+
+@dataclass
+class SetPriority:
+    """A run's priority: higher first where its steps wait for a slot (engine/limits.py)."""
+
+    priority: int
+
+    def perform(self, change: Change):
+        require_active(change, "change its priority")
+        before = change.row.get("priority") or 0
+        if before == self.priority:
+            return
+        params = {"b_id": change.row["id"], "b_priority": self.priority}
+        change.writes.defer(_SET_PRIORITY, params)
+        change.writes.defer(_WAITER_PRIORITY, params)
+        change.row = {**change.row, "priority": self.priority}
+        change.record("priority_changed", cause="operator", detail={"from": before, "to": self.priority})

@@ -35,10 +35,12 @@ class Run:
     parent_id: str | None = None  # a child run's parent
     parent_state: str | None = None  # the parent's state that started it
     paused_at: float | None = None  # paused by an operator: no step starts, no timer fires
+    priority: int = 0  # higher first where steps wait for a slot (engine/limits.py)
 
     @classmethod
     def from_row(cls, row) -> "Run":
-        return cls(**{name: row[name] for name in cls.__dataclass_fields__})
+        out = {name: row[name] for name in cls.__dataclass_fields__ if name != "priority"}
+        return cls(**out, priority=row.get("priority") or 0)
 
     def to_dict(self) -> dict:
         out = asdict(self)

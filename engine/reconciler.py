@@ -15,7 +15,7 @@ import threading
 
 from sqlalchemy import and_, not_, or_, select, update
 
-from . import batch_work, children, pauses, retention, schedules
+from . import batch_work, children, limits, pauses, retention, schedules
 from .errors import InterlockError
 from .explain import not_loaded
 from .models import runs, tasks, timers
@@ -87,6 +87,7 @@ class Reconciler:
         delivered = children.deliver_pending(self.rt)
         scheduled = schedules.fire_due(self.rt)
         batched = batch_work.work_for(self.rt, BATCH_SECONDS)
+        limits.reclaim(self.rt)
         # Last, one batch a pass and paced by itself: a backlog of old runs is never a reason to
         # go again at once, so it delays neither the duties above nor the transitions.
         self.retention.tick()

@@ -38,6 +38,12 @@ def _check_key(value, name):
     return value
 
 
+def _check_priority(value) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not -1000 <= value <= 1000:
+        raise InvalidData(f"priority must be an integer from -1000 to 1000, got {value!r}", field="priority")
+    return value
+
+
 def _check_event(name):
     if not isinstance(name, str) or not name:
         raise InvalidData("event must be a non-empty string", field="event")
@@ -158,17 +164,18 @@ class Interlock:
     # -- changing runs -------------------------------------------------------------
 
     def start(self, workflow: str, data=None, *, business_key=None, idempotency_key=None,
-              version=None, session=None) -> queries.Run:
-        """Start a run; with ``idempotency_key``, a repeat returns the first run unchanged."""
+              version=None, session=None, priority: int = 0) -> queries.Run:
+        """Start a run; with ``idempotency_key``, a repeat returns the first run unchanged.
+        ``priority``: higher first where its steps wait for a slot (engine/limits.py)."""
         return self.start_run(workflow, data, business_key=business_key, idempotency_key=idempotency_key,
-                              version=version, session=session)[0]
+                              version=version, session=session, priority=priority)[0]
 
     def start_run(self, workflow: str, data=None, *, business_key=None, idempotency_key=None,
-                  version=None, session=None) -> tuple[queries.Run, bool]:
+                  version=None, session=None, priority: int = 0) -> tuple[queries.Run, bool]:
         """Like ``start``, also saying whether the run was created (False: an idempotent repeat)."""
         cls = self.registry.get(workflow, version)
         op = ops.Start(cls, check_data(data), _check_key(business_key, "business_key"),
-                       _check_key(idempotency_key, "idempotency_key"))
+                       _check_key(idempotency_key, "idempotency_key"), priority=_check_priority(priority))
         try:
             outcome = apply(self, None, op, session=session)
         except IntegrityError:
@@ -208,6 +215,11 @@ class Interlock:
 
     def resume(self, run_id: str) -> queries.Run:
         return queries.Run.from_row(apply(self, run_id, ops.Resume()).run)
+
+    def set_priority(self, run_id: str, priority: int) -> queries.Run:
+        """Change a run's priority: its steps waiting for a slot move in the queue at once."""
+        outcome = apply(self, run_id, ops.SetPriority(_check_priority(priority)))
+        return queries.Run.from_row(outcome.run)
 
     def pause_workflow(self, workflow: str, version: int | None = None, reason: str | None = None) -> dict:
         """Pause every run of a workflow (of one version, else of all) without touching them."""

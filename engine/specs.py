@@ -26,6 +26,56 @@ def _state_ref(state) -> str | State:
     raise DefinitionError(f"expected a State or a state id, got {state!r}")
 
 
+@dataclass(frozen=True)
+class Limit:
+    """At most ``n`` attempts running at once, across every worker: of the step it is given to
+    (``step(concurrency=Limit(5))``, or just ``concurrency=5``), or of every step given a Limit
+    of the same ``name``; with ``key``, ``n`` per key (``key(run) -> str``, say an account)."""
+
+    n: int
+    key: Callable | None = None
+    name: str | None = None
+
+    def __post_init__(self):
+        if isinstance(self.n, bool) or not isinstance(self.n, int) or not 1 <= self.n <= MAX_LIMIT:
+            raise DefinitionError(f"Limit(n) must be an int from 1 to {MAX_LIMIT}, got {self.n!r}")
+        _check_key_and_name("Limit", self.key, self.name)
+
+
+@dataclass(frozen=True)
+class Rate:
+    """At most ``n`` attempts started per ``per`` (a timedelta or seconds), evenly spaced (no
+    burst), across every worker; shared by name and per key like ``Limit``."""
+
+    n: int
+    per: Any = 1.0
+    key: Callable | None = None
+    name: str | None = None
+
+    def __post_init__(self):
+        if isinstance(self.n, bool) or not isinstance(self.n, int) or self.n < 1:
+            raise DefinitionError(f"Rate(n) must be an int >= 1, got {self.n!r}")
+        object.__setattr__(self, "per", _seconds(self.per, "Rate(per)"))
+        if self.per <= 0:
+            raise DefinitionError("Rate(per) must be more than 0 seconds")
+        _check_key_and_name("Rate", self.key, self.name)
+
+    @property
+    def interval(self) -> float:
+        return self.per / self.n
+
+
+MAX_LIMIT = 10_000  # slots of one limit key (each is a row)
+LIMIT_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:-]{0,199}")
+
+
+def _check_key_and_name(what, key, name):
+    if key is not None and not callable(key):
+        raise DefinitionError(f"{what}(key=...) must be a function of the run")
+    if name is not None and (not isinstance(name, str) or not LIMIT_NAME.fullmatch(name)):
+        raise DefinitionError(f"{what}(name=...) must be 1-200 letters, digits or _.:-, got {name!r}")
+
+
 @dataclass
 class StepSpec:
     """Background work run by a worker when its state is entered."""
@@ -41,6 +91,16 @@ class StepSpec:
     default: str | None = None
     name: str = ""
     state_id: str = ""
+    concurrency: Limit | None = None
+    rate: Rate | None = None
+    workflow: str = ""  # set with the class: the default name of its limits
+
+    @property
+    def limited(self) -> bool:
+        return self.concurrency is not None or self.rate is not None
+
+    def limit_name(self, limit) -> str:
+        return limit.name or f"{self.workflow}.{self.name}"
 
     def delay_before(self, attempt: int) -> float:
         """Backoff before attempt number ``attempt`` (the 2nd attempt waits ``backoff``)."""
@@ -52,23 +112,29 @@ class StepSpec:
 
 
 def step(state, *, retries=3, backoff=timedelta(seconds=1), max_backoff=timedelta(minutes=5),
-         time_limit=timedelta(minutes=10), on_error=None, default=None):
+         time_limit=timedelta(minutes=10), on_error=None, default=None, concurrency=None, rate=None):
     """Declare the decorated method as the step of ``state``.
 
     The method runs in a worker, outside any transaction, as ``func(self, run)``.
     It returns the next event's name, ``(event, data)``, a data dict (then
     ``default`` is sent), ``recheck(...)``, or None (``default`` is sent).
     After ``retries`` failed retries the run takes ``on_error`` or fails.
+    ``concurrency`` (an int, or ``Limit``) and ``rate`` (``Rate``) bound its attempts across
+    every worker (engine/limits.py).
     """
     if not isinstance(retries, int) or retries < 0:
         raise DefinitionError(f"retries must be an int >= 0, got {retries!r}")
+    if concurrency is not None and not isinstance(concurrency, Limit):
+        concurrency = Limit(concurrency)
+    if rate is not None and not isinstance(rate, Rate):
+        raise DefinitionError(f"rate must be Rate(n, per=..., key=...), got {rate!r}")
 
     def mark(func):
         func._interlock_step = StepSpec(
             func=func, state=_state_ref(state), retries=retries,
             backoff=_seconds(backoff, "backoff"), max_backoff=_seconds(max_backoff, "max_backoff"),
             time_limit=_seconds(time_limit, "time_limit"), on_error=on_error, default=default,
-            name=func.__name__,
+            name=func.__name__, concurrency=concurrency, rate=rate,
         )
         return func
 

@@ -27,7 +27,7 @@ from dramatiq.middleware.time_limit import TimeLimitExceeded
 from sqlalchemy import bindparam, select, update
 from sqlalchemy.exc import DBAPIError
 
-from . import hotsql, pauses, step_logs
+from . import hotsql, limits, pauses, step_logs
 from . import machine as m
 from . import metrics
 from .definitions import Recheck
@@ -141,6 +141,9 @@ class StepExecutor:
             self._hand_back(row)
             return None
         spec = cls.step_for(row["state"])
+        if spec.limited and via == "broker" and not limits.runs_now(self.rt, row, spec):
+            log.debug("task %s waits for a slot of %s", row["id"], spec.limit_name(spec.concurrency))
+            return None
         attempt = Attempt(row["attempt"], now, now + spec.time_limit + LEASE_GRACE)
         if claim:
             try:

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from sqlalchemy import Double, and_, bindparam, func, insert, or_, select, update
 from statemachine.exceptions import TransitionNotAllowed
 
-from . import bindings, children, hotsql, pauses, search
+from . import bindings, children, hotsql, limits, pauses, search
 from . import machine as m
 from .errors import (CallbackError, InterlockError, InvalidData, InvalidTransition, RunNotActive,
                      RunNotFound)
@@ -26,7 +26,7 @@ from .models import history, runs, signals, tasks, timers
 from .timeparse import parse_time
 
 ACTIVE = ("running", "waiting")
-OPEN_TASK = ("queued", "running")
+OPEN_TASK = ("queued", "limited", "running")  # limited: waiting for a slot (engine/limits.py)
 # Retries waiting longer than this are left to the reconciler instead of a delayed message.
 MAX_BROKER_DELAY = 30.0
 MAX_TRIGGER_CHAIN = 10
@@ -235,6 +235,7 @@ class Change:
         self.new_tasks: list[dict] = []
         self.new_timers: list[dict] = []
         self.dispatch: list[Dispatch] = []
+        self.woken: list[Dispatch] = []  # other runs' tasks handed a slot this change freed (engine/limits.py)
         self.related: list[Outcome] = []  # runs started by this change (children), already finished
         self.signals: list[tuple] = []  # (signal id, receiving run) for after the commit
 
@@ -450,7 +451,14 @@ class Change:
     def schedule(self, task: dict, delay: float, spec):
         """Mark the task sent and queue its dispatch, if this process can deliver it now.
 
-        Activity tasks are never sent: external workers receive them from the tasks table."""
+        Activity tasks are never sent: external workers receive them from the tasks table. A
+        limited step's task first takes its slot and rate (engine/limits.py), or waits for a slot."""
+        if spec.kind == "step" and spec.limited and not self.held():
+            delay = limits.admit(self, task, spec, delay)
+            if delay is None:  # waiting for a slot: sent when one is handed to it
+                task["status"], task["available_at"] = "limited", self.now
+                task["sent_at"], task["sent_by"], task["sends"] = None, None, 0
+                return
         task["available_at"] = self.now + delay
         if spec.kind == "step" and self.rt.dispatcher.delivers and delay <= MAX_BROKER_DELAY and not self.held():
             task["sent_at"], task["sent_by"], task["sends"] = self.now, self.rt.worker_id, 1
@@ -504,6 +512,9 @@ class Change:
             "b_sends": sends if status == "queued" else task["sends"]})
         if status not in OPEN_TASK:
             self.open_tasks -= 1
+            spec = self.cls.step_for(task["state"])
+            if spec is not None and getattr(spec, "concurrency", None) is not None:
+                limits.release(self, task["id"])
 
     def fire_timer(self, timer_id):
         self.writes.timer_updates.append({"b_timer": timer_id, "b_now": self.now})
@@ -574,7 +585,7 @@ class Change:
         self.writes.tasks.extend(self.new_tasks)
         self.writes.timers.extend(self.new_timers)
         return Outcome(run={**self.row, **values}, history=self.history_rows,
-                       dispatch=self.dispatch, created=self.new, finished=finished,
+                       dispatch=self.dispatch + self.woken, created=self.new, finished=finished,
                        related=self.related, signals=self.signals)
 
 

@@ -1,0 +1,263 @@
+"""Concurrency and rate limits of steps, across every worker process and host.
+
+**Concurrency** (``step(concurrency=5)``, ``Limit(5, key=lambda run: run.data["account"])``): a
+limit's key has ``n`` slot rows (``limit_slots``). A task takes a slot in the transaction that
+makes it ready to run (``Change.schedule``: the state's entry, a retry, a resume), before it is
+sent; with no slot free it is stored ``limited`` with a ``limit_waiters`` row and is not sent:
+it holds no thread and no broker message. The slot stays the task's through its retries and is
+given back in the transaction that ends the task (its result, its last failure), which hands it
+straight to the waiter of highest priority (then the oldest) and sends that task after the
+commit. A task that ends any other way (superseded, cancelled, its run deleted) and a waiter
+whose task is gone are found by the reconciler's pass (``reclaim``), which frees and hands
+over their slots. A worker that dies running a step keeps the task's slot for the task: the
+attempt is run again once its lease has expired, under the same slot. Free slots are taken
+with ``FOR UPDATE SKIP LOCKED`` (PostgreSQL, MariaDB): two transactions taking slots of one key
+never wait for each other; SQLite has one writer at a time.
+
+**Rate** (``Rate(50, per=timedelta(seconds=1), key=...)``): a key's next start time
+(``rate_buckets``), moved on by ``per / n`` per attempt, evenly spaced (no burst); an attempt
+admitted later than now waits as a retry does (a delayed message, or the reconciler).
+
+A task of a limited step runs only holding its slot: a delivery whose task has none (sent by a
+path that did not take one) takes it first, or waits for it (``runs_now``).
+"""
+
+import logging
+
+from sqlalchemy import Double, bindparam, delete, exists, func, insert, select, update
+from sqlalchemy.dialects import mysql, postgresql, sqlite
+
+from .errors import CallbackError
+
+
+from .models import limit_slots, limit_waiters, rate_buckets, runs, tasks
+
+log = logging.getLogger(__name__)
+OPEN = ("queued", "limited", "running")
+KEY_LENGTH = 255
+RECLAIM_BATCH = 200
+# A waiter gains one priority level per this many seconds of waiting: a steady stream of higher
+# priorities delays a lower one, never forever.
+AGING = 60.0
+_ENSURED: set = set()  # (name, key, n) whose slot rows this process made sure exist
+
+
+def key_of(limit, change) -> str:
+    if limit.key is None:
+        return ""
+    try:
+        value = limit.key(change.ctx)
+    except Exception as exc:  # the user's function
+        raise CallbackError(change.row["id"], "limit key", exc) from exc
+    return str(value)[:KEY_LENGTH]
+
+
+def _insert_ignoring_duplicates(dialect: str, table):
+    if dialect == "postgresql":
+        return postgresql.insert(table).on_conflict_do_nothing()
+    if dialect == "sqlite":
+        return sqlite.insert(table).on_conflict_do_nothing()
+    return mysql.insert(table).prefix_with("IGNORE")
+
+
+def _ensure_slots(conn, name: str, key: str, n: int) -> None:
+    if (name, key, n) in _ENSURED:
+        return
+    have = conn.execute(select(func.count()).select_from(limit_slots).where(
+        limit_slots.c.name == name, limit_slots.c.key == key)).scalar_one()
+    if have < n:
+        conn.execute(_insert_ignoring_duplicates(conn.dialect.name, limit_slots),
+                     [{"name": name, "key": key, "slot": i, "task_id": None, "acquired_at": None}
+                      for i in range(have, n)])
+    if len(_ENSURED) > 100_000:
+        _ENSURED.clear()
+    _ENSURED.add((name, key, n))
+
+
+_FREE_SLOT = (select(limit_slots.c.slot).where(
+    limit_slots.c.name == bindparam("b_name"), limit_slots.c.key == bindparam("b_key"),
+    limit_slots.c.slot < bindparam("b_n"), limit_slots.c.task_id.is_(None))
+    .order_by(limit_slots.c.slot).limit(1).with_for_update(skip_locked=True))
+_TAKE_SLOT = update(limit_slots).where(
+    limit_slots.c.name == bindparam("b_name"), limit_slots.c.key == bindparam("b_key"),
+    limit_slots.c.slot == bindparam("b_slot")).values(task_id=bindparam("b_task"), acquired_at=bindparam("b_now"))
+
+
+def _take(conn, name, key, n, task_id, now) -> bool:
+    _ensure_slots(conn, name, key, n)
+    slot = conn.execute(_FREE_SLOT, {"b_name": name, "b_key": key, "b_n": n}).scalar()
+    if slot is None:
+        return False
+    conn.execute(_TAKE_SLOT, {"b_name": name, "b_key": key, "b_slot": slot, "b_task": task_id, "b_now": now})
+    return True
+
+
+def holds_slot(conn, task_id) -> bool:
+    return conn.execute(select(limit_slots.c.slot).where(limit_slots.c.task_id == task_id)).first() is not None
+
+
+def admit(change, task: dict, spec, delay: float) -> float | None:
+    """Before ``task`` of a limited step is sent (``Change.schedule``): the delay it starts
+    after (a rate limit may lengthen it), or None: it waits for a slot (stored ``limited``)."""
+    conn, now = change.conn, change.now
+    if spec.concurrency is not None:
+        name, key = spec.limit_name(spec.concurrency), key_of(spec.concurrency, change)
+        fresh = task.get("attempt", 0) == 0 and task["status"] == "queued" and task.get("sends", 0) == 0
+        if (fresh or not holds_slot(conn, task["id"])) and not _take(conn, name, key, spec.concurrency.n,
+                                                                       task["id"], now):
+            conn.execute(insert(limit_waiters).values(
+                task_id=task["id"], run_id=change.row["id"], name=name, key=key,
+                priority=change.row.get("priority") or 0, since=now, time_limit=spec.time_limit))
+            return None
+    if spec.rate is not None:
+        delay = max(delay, _rate_wait(conn, spec.limit_name(spec.rate), key_of(spec.rate, change),
+                                      spec.rate.interval, now + delay))
+    return delay
+
+
+def _rate_wait(conn, name, key, interval, wanted) -> float:
+    """When an attempt wanted at ``wanted`` may start, less ``wanted`` (and the key moved on)."""
+    row = conn.execute(select(rate_buckets.c.next_at).where(
+        rate_buckets.c.name == name, rate_buckets.c.key == key).with_for_update()).first()
+    if row is None:
+        conn.execute(_insert_ignoring_duplicates(conn.dialect.name, rate_buckets).values(
+            name=name, key=key, next_at=wanted))
+        row = conn.execute(select(rate_buckets.c.next_at).where(
+            rate_buckets.c.name == name, rate_buckets.c.key == key).with_for_update()).first()
+    start = max(wanted, row.next_at)
+    conn.execute(update(rate_buckets).where(rate_buckets.c.name == name, rate_buckets.c.key == key)
+                 .values(next_at=start + interval))
+    return start - wanted
+
+
+def release(change, task_id) -> None:
+    """``task_id`` ended: its slot goes to the next waiter of its key (sent after the commit)."""
+    conn = change.conn
+    held = conn.execute(select(limit_slots.c.name, limit_slots.c.key, limit_slots.c.slot).where(
+        limit_slots.c.task_id == task_id).with_for_update()).first()
+    if held is None:
+        return
+    _hand_over(change.conn, held.name, held.key, held.slot, change.now, change.rt.worker_id, change.woken)
+
+
+def _effective(now):
+    """A waiter's priority as the hand-over orders it: its own, plus one per AGING seconds waited."""
+    return limit_waiters.c.priority + (bindparam("b_now", now, type_=Double()) - limit_waiters.c.since) / AGING
+
+
+def _hand_over(conn, name, key, slot, now, sender, dispatch) -> bool:
+    """Give the slot to the first waiter of the key whose task still waits, else free it."""
+    from .transitions import Dispatch
+
+    while True:
+        waiter = conn.execute(select(limit_waiters.c.task_id, limit_waiters.c.time_limit).where(
+            limit_waiters.c.name == name, limit_waiters.c.key == key)
+            .order_by(_effective(now).desc(), limit_waiters.c.since).limit(1)
+            .with_for_update(skip_locked=True)).first()
+        if waiter is None:
+            conn.execute(update(limit_slots).where(limit_slots.c.name == name, limit_slots.c.key == key,
+                                                   limit_slots.c.slot == slot).values(task_id=None, acquired_at=None))
+            return False
+        conn.execute(delete(limit_waiters).where(limit_waiters.c.task_id == waiter.task_id))
+        woken = conn.execute(update(tasks).where(tasks.c.id == waiter.task_id, tasks.c.status == "limited").values(
+            status="queued", sent_at=now, sent_by=sender, sends=tasks.c.sends + 1, updated_at=now)).rowcount
+        if woken:
+            conn.execute(_TAKE_SLOT, {"b_name": name, "b_key": key, "b_slot": slot, "b_task": waiter.task_id,
+                                      "b_now": now})
+            dispatch.append(Dispatch(waiter.task_id, 0.0, waiter.time_limit))
+            return True
+
+
+def reclaim(rt) -> int:
+    """The reconciler's duty: free the slots of tasks that ended without giving theirs back
+    (superseded, cancelled, deleted) and hand them, and any free slot, to waiters; forget
+    waiters whose task no longer waits. How many slots it handed over or freed."""
+    now = rt.clock.now()
+    open_task = exists().where(tasks.c.id == limit_slots.c.task_id, tasks.c.status.in_(OPEN))
+    still_waiting = exists().where(tasks.c.id == limit_waiters.c.task_id, tasks.c.status == "limited")
+    with rt.db.read() as conn:
+        stale = conn.execute(select(limit_slots.c.name, limit_slots.c.key, limit_slots.c.slot).where(
+            limit_slots.c.task_id.is_not(None), ~open_task).limit(RECLAIM_BATCH)).all()
+        free = conn.execute(select(limit_slots.c.name, limit_slots.c.key, limit_slots.c.slot).where(
+            limit_slots.c.task_id.is_(None), exists().where(
+                limit_waiters.c.name == limit_slots.c.name, limit_waiters.c.key == limit_slots.c.key))
+            .limit(RECLAIM_BATCH)).all()
+        gone = conn.execute(select(limit_waiters.c.task_id).where(~still_waiting).limit(RECLAIM_BATCH)).scalars().all()
+    if not (stale or free or gone):
+        return 0
+    dispatch: list = []
+    with rt.db.write() as conn:
+        if gone:
+            conn.execute(delete(limit_waiters).where(limit_waiters.c.task_id.in_(gone), ~still_waiting))
+        for name, key, slot in [*stale, *free]:
+            current = conn.execute(select(limit_slots.c.task_id).where(
+                limit_slots.c.name == name, limit_slots.c.key == key, limit_slots.c.slot == slot)
+                .with_for_update(skip_locked=True)).first()
+            if current is None:
+                continue  # held by another transaction: it sees to the slot
+            if current.task_id is not None and conn.execute(select(tasks.c.status).where(
+                    tasks.c.id == current.task_id, tasks.c.status.in_(OPEN))).first() is not None:
+                continue  # taken again meanwhile
+            _hand_over(conn, name, key, slot, now, rt.worker_id, dispatch)
+    for item in dispatch:
+        rt.dispatcher.send(item.task_id, item.delay, item.time_limit)
+    return len(stale) + len(free)
+
+
+def runs_now(rt, row: dict, spec) -> bool:
+    """At a delivery of a limited step's task: True if it may run (it holds its slot, or took a
+    free one); else it now waits for one (stored ``limited``), and the delivery is dropped."""
+    if spec.concurrency is None:
+        return True
+    from .transitions import Change
+
+    if rt.db.query(lambda conn: holds_slot(conn, row["id"])):
+        return True
+    with rt.db.write() as conn:
+        if holds_slot(conn, row["id"]):
+            return True
+        locked = conn.execute(select(runs).where(runs.c.id == row["run_id"])).mappings().first()
+        cls = rt.registry.get(locked["workflow"], locked["version"])
+        change = Change(rt, conn, dict(locked), cls, rt.clock.now())
+        name, key = spec.limit_name(spec.concurrency), key_of(spec.concurrency, change)
+        if _take(conn, name, key, spec.concurrency.n, row["id"], change.now):
+            return True
+        conn.execute(update(tasks).where(tasks.c.id == row["id"], tasks.c.status == "queued").values(
+            status="limited", sent_at=None))
+        conn.execute(_insert_ignoring_duplicates(conn.dialect.name, limit_waiters).values(
+            task_id=row["id"], run_id=row["run_id"], name=name, key=key, priority=locked["priority"] or 0,
+            since=change.now, time_limit=spec.time_limit))
+    return False
+
+
+def in_use(conn, name: str, key: str) -> tuple[int, int]:
+    """(slots held, waiters) of a limit's key, for explain and the run page."""
+    held = conn.execute(select(func.count()).select_from(limit_slots).where(
+        limit_slots.c.name == name, limit_slots.c.key == key, limit_slots.c.task_id.is_not(None))).scalar_one()
+    waiting = conn.execute(select(func.count()).select_from(limit_waiters).where(
+        limit_waiters.c.name == name, limit_waiters.c.key == key)).scalar_one()
+    return held, waiting
+
+
+def waiting_for(conn, task_id, now: float) -> dict | None:
+    """The limit a ``limited`` task waits for: its name, key, waiters ahead."""
+    row = conn.execute(select(limit_waiters).where(limit_waiters.c.task_id == task_id)).mappings().first()
+    if row is None:
+        return None
+    held, waiting = in_use(conn, row["name"], row["key"])
+    slots = conn.execute(select(func.count()).select_from(limit_slots).where(
+        limit_slots.c.name == row["name"], limit_slots.c.key == row["key"])).scalar_one()
+    ahead = conn.execute(select(func.count()).select_from(limit_waiters).where(
+        limit_waiters.c.name == row["name"], limit_waiters.c.key == row["key"],
+        limit_waiters.c.task_id != task_id,
+        _effective(now) >= row["priority"] + (now - row["since"]) / AGING)).scalar_one()
+    return {"limit": row["name"], "key": row["key"] or None, "in_use": held, "slots": slots, "waiters": waiting,
+            "ahead": ahead, "since": row["since"]}
+
+
+def describe_wait(limit: dict) -> str:
+    """``a slot of lim_call.call (account A-17: 5 of 5 in use, 2 waiting ahead)``."""
+    where = f"{limit['key']}: " if limit["key"] else ""
+    return (f"a slot of {limit['limit']} ({where}{limit['in_use']} of {limit['slots']} in use, "
+            f"{limit['ahead']} waiting ahead)")
+
