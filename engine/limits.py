@@ -15,8 +15,12 @@ with ``FOR UPDATE SKIP LOCKED`` (PostgreSQL, MariaDB): two transactions taking s
 never wait for each other; SQLite has one writer at a time.
 
 **Rate** (``Rate(50, per=timedelta(seconds=1), key=...)``): a key's next start time
-(``rate_buckets``), moved on by ``per / n`` per attempt, evenly spaced (no burst); an attempt
-admitted later than now waits as a retry does (a delayed message, or the reconciler).
+(``rate_buckets``), moved on by ``per / n`` per attempt: evenly spaced, no burst. An attempt
+reserves its start when it is delivered, not when it is scheduled (a backlog left by workers that
+were down is spread out, not let through at once), in ``tasks.rate_at``; a start less than
+``RATE_LEAD`` away is waited for in the worker thread, a later one is the message sent again
+with the time left (Dramatiq's delays are about 0.1 s coarse: the last ``RATE_LEAD`` is the
+worker's). A retry reserves again.
 
 A task of a limited step runs only holding its slot: a delivery whose task has none (sent by a
 path that did not take one) takes it first, or waits for it (``runs_now``).
@@ -39,6 +43,9 @@ RECLAIM_BATCH = 200
 # A waiter gains one priority level per this many seconds of waiting: a steady stream of higher
 # priorities delays a lower one, never forever.
 AGING = 60.0
+# A rate-limited attempt whose reserved start is at most this far away waits for it in the worker
+# thread; a later one comes back (its message sent again) this much before its start.
+RATE_LEAD = 0.5
 _ENSURED: set = set()  # (name, key, n) whose slot rows this process made sure exist
 
 
@@ -60,8 +67,8 @@ def _insert_ignoring_duplicates(dialect: str, table):
     return mysql.insert(table).prefix_with("IGNORE")
 
 
-def _ensure_slots(conn, name: str, key: str, n: int) -> None:
-    if (name, key, n) in _ENSURED:
+def _ensure_slots(conn, name: str, key: str, n: int, check=False) -> None:
+    if (name, key, n) in _ENSURED and not check:
         return
     have = conn.execute(select(func.count()).select_from(limit_slots).where(
         limit_slots.c.name == name, limit_slots.c.key == key)).scalar_one()
@@ -86,48 +93,63 @@ _TAKE_SLOT = update(limit_slots).where(
 def _take(conn, name, key, n, task_id, now) -> bool:
     _ensure_slots(conn, name, key, n)
     slot = conn.execute(_FREE_SLOT, {"b_name": name, "b_key": key, "b_n": n}).scalar()
+    if slot is None:  # none free, or its rows are gone (this process's memory of them is stale)
+        _ensure_slots(conn, name, key, n, check=True)
+        slot = conn.execute(_FREE_SLOT, {"b_name": name, "b_key": key, "b_n": n}).scalar()
     if slot is None:
         return False
     conn.execute(_TAKE_SLOT, {"b_name": name, "b_key": key, "b_slot": slot, "b_task": task_id, "b_now": now})
     return True
 
 
+FORGET_RESERVATION = update(tasks).where(tasks.c.id == bindparam("b_task")).values(rate_at=None)
+
+
 def holds_slot(conn, task_id) -> bool:
     return conn.execute(select(limit_slots.c.slot).where(limit_slots.c.task_id == task_id)).first() is not None
 
 
-def admit(change, task: dict, spec, delay: float) -> float | None:
-    """Before ``task`` of a limited step is sent (``Change.schedule``): the delay it starts
-    after (a rate limit may lengthen it), or None: it waits for a slot (stored ``limited``)."""
+def admit(change, task: dict, spec) -> bool:
+    """Before ``task`` of a step with a concurrency limit is sent (``Change.schedule``): True if
+    it holds a slot (taken now, or already its own: a retry), else it waits for one (a waiter row;
+    the caller stores it ``limited``)."""
     conn, now = change.conn, change.now
-    if spec.concurrency is not None:
-        name, key = spec.limit_name(spec.concurrency), key_of(spec.concurrency, change)
-        fresh = task.get("attempt", 0) == 0 and task["status"] == "queued" and task.get("sends", 0) == 0
-        if (fresh or not holds_slot(conn, task["id"])) and not _take(conn, name, key, spec.concurrency.n,
-                                                                       task["id"], now):
-            conn.execute(insert(limit_waiters).values(
-                task_id=task["id"], run_id=change.row["id"], name=name, key=key,
-                priority=change.row.get("priority") or 0, since=now, time_limit=spec.time_limit))
-            return None
-    if spec.rate is not None:
-        delay = max(delay, _rate_wait(conn, spec.limit_name(spec.rate), key_of(spec.rate, change),
-                                      spec.rate.interval, now + delay))
-    return delay
+    name, key = spec.limit_name(spec.concurrency), key_of(spec.concurrency, change)
+    fresh = task.get("attempt", 0) == 0 and task["status"] == "queued" and task.get("sends", 0) == 0
+    if (not fresh and holds_slot(conn, task["id"])) or _take(conn, name, key, spec.concurrency.n, task["id"], now):
+        return True
+    conn.execute(insert(limit_waiters).values(
+        task_id=task["id"], run_id=change.row["id"], name=name, key=key,
+        priority=change.row.get("priority") or 0, since=now, time_limit=spec.time_limit))
+    return False
 
 
-def _rate_wait(conn, name, key, interval, wanted) -> float:
-    """When an attempt wanted at ``wanted`` may start, less ``wanted`` (and the key moved on)."""
-    row = conn.execute(select(rate_buckets.c.next_at).where(
-        rate_buckets.c.name == name, rate_buckets.c.key == key).with_for_update()).first()
-    if row is None:
-        conn.execute(_insert_ignoring_duplicates(conn.dialect.name, rate_buckets).values(
-            name=name, key=key, next_at=wanted))
-        row = conn.execute(select(rate_buckets.c.next_at).where(
+def reserve(rt, row: dict, spec, now: float) -> float:
+    """At a delivery of a rate-limited step's task: its attempt's start time, reserved from the
+    key's bucket once per attempt (``tasks.rate_at``; a re-delivery finds its reservation)."""
+    from .transitions import Change
+
+    rate = spec.rate
+    with rt.db.write() as conn:
+        reserved = conn.execute(select(tasks.c.rate_at).where(tasks.c.id == row["id"])).scalar()
+        if reserved is not None and reserved >= now - rate.interval:
+            return reserved
+        # None yet, or its message came back too late to start in its place: a new place, at the end.
+        locked = conn.execute(select(runs).where(runs.c.id == row["run_id"])).mappings().first()
+        change = Change(rt, conn, dict(locked), rt.registry.get(locked["workflow"], locked["version"]), now)
+        name, key = spec.limit_name(rate), key_of(rate, change)
+        bucket = conn.execute(select(rate_buckets.c.next_at).where(
             rate_buckets.c.name == name, rate_buckets.c.key == key).with_for_update()).first()
-    start = max(wanted, row.next_at)
-    conn.execute(update(rate_buckets).where(rate_buckets.c.name == name, rate_buckets.c.key == key)
-                 .values(next_at=start + interval))
-    return start - wanted
+        if bucket is None:
+            conn.execute(_insert_ignoring_duplicates(conn.dialect.name, rate_buckets).values(
+                name=name, key=key, next_at=now))
+            bucket = conn.execute(select(rate_buckets.c.next_at).where(
+                rate_buckets.c.name == name, rate_buckets.c.key == key).with_for_update()).first()
+        start = max(now, bucket.next_at)
+        conn.execute(update(rate_buckets).where(rate_buckets.c.name == name, rate_buckets.c.key == key)
+                     .values(next_at=start + rate.interval))
+        conn.execute(update(tasks).where(tasks.c.id == row["id"]).values(rate_at=start))
+    return start
 
 
 def release(change, task_id) -> None:

@@ -111,6 +111,8 @@ tasks = Table(
     Column("last_error", Text),
     Column("created_at", Double, nullable=False),
     Column("updated_at", Double, nullable=False),
+    # A rate-limited attempt's reserved start (engine/limits.py); NULL until it is delivered.
+    Column("rate_at", Double),
     Index(None, "status", "available_at"),
     Index(None, "run_id"),
     Index(None, "token"),

@@ -20,6 +20,7 @@ import copy
 import inspect
 import logging
 import threading
+import time
 import traceback
 from dataclasses import dataclass
 
@@ -144,6 +145,14 @@ class StepExecutor:
         if spec.limited and via == "broker" and not limits.runs_now(self.rt, row, spec):
             log.debug("task %s waits for a slot of %s", row["id"], spec.limit_name(spec.concurrency))
             return None
+        if spec.rate is not None:
+            start = limits.reserve(self.rt, row, spec, now)
+            if start - now > limits.RATE_LEAD:  # back just before its start, holding no thread meanwhile
+                self.rt.dispatcher.send(row["id"], start - now - limits.RATE_LEAD, spec.time_limit)
+                return None
+            if start > now:
+                time.sleep(start - now)
+                now = self.rt.clock.now()
         attempt = Attempt(row["attempt"], now, now + spec.time_limit + LEASE_GRACE)
         if claim:
             try:

@@ -451,11 +451,12 @@ class Change:
     def schedule(self, task: dict, delay: float, spec):
         """Mark the task sent and queue its dispatch, if this process can deliver it now.
 
-        Activity tasks are never sent: external workers receive them from the tasks table. A
-        limited step's task first takes its slot and rate (engine/limits.py), or waits for a slot."""
-        if spec.kind == "step" and spec.limited and not self.held():
-            delay = limits.admit(self, task, spec, delay)
-            if delay is None:  # waiting for a slot: sent when one is handed to it
+        Activity tasks are never sent: external workers receive them from the tasks table. The
+        task of a step with a concurrency limit first takes its slot, or waits for one (engine/limits.py)."""
+        if spec.kind == "step" and spec.rate is not None and task.get("attempt"):
+            self.writes.defer(limits.FORGET_RESERVATION, {"b_task": task["id"]})  # a retry reserves again
+        if spec.kind == "step" and spec.concurrency is not None and not self.held():
+            if not limits.admit(self, task, spec):  # waiting for a slot: sent when one is handed to it
                 task["status"], task["available_at"] = "limited", self.now
                 task["sent_at"], task["sent_by"], task["sends"] = None, None, 0
                 return

@@ -1,9 +1,30 @@
 """Steps with concurrency and rate limits (tests/test_limits.py)."""
 
+import os
 import time
 from datetime import timedelta
 
+from sqlalchemy import create_engine, text
+
 from engine import Limit, Rate, State, Workflow, step
+
+_PROBES: dict = {}
+
+
+def probe(run, event: str) -> None:
+    """With LIMIT_PROBE_URL set (tests/test_limits.py), note the attempt's start or end in the
+    ``lim_probe`` table, committed at once: a sampler counts the attempts running at every moment."""
+    url = os.environ.get("LIMIT_PROBE_URL")
+    if not url:
+        return
+    engine = _PROBES.get(url) or _PROBES.setdefault(url, create_engine(url))
+    with engine.begin() as conn:
+        if event == "start":
+            conn.execute(text("INSERT INTO lim_probe (task_id, attempt, pid, started_at) VALUES (:t, :a, :p, :s)"),
+                         {"t": run.task_id, "a": run.attempt, "p": os.getpid(), "s": time.time()})
+        else:
+            conn.execute(text("UPDATE lim_probe SET ended_at = :e WHERE task_id = :t AND attempt = :a AND pid = :p"),
+                         {"t": run.task_id, "a": run.attempt, "p": os.getpid(), "e": time.time()})
 
 
 class LimitedCall(Workflow):
@@ -22,6 +43,27 @@ class LimitedCall(Workflow):
             raise RuntimeError("the system said no")
         time.sleep(run.data.get("sleep", 0.2))
         return "finished"
+
+
+class ThreeAtOnce(Workflow):
+    """A carrier API that bans a client running more than three requests at once."""
+
+    name, version = "lim_three", 1
+
+    calling = State(initial=True)
+    done = State(final=True)
+
+    finished = calling.to(done)
+
+    @step(calling, concurrency=3, time_limit=timedelta(seconds=30))
+    def call(self, run):
+        probe(run, "start")
+        time.sleep(run.data.get("sleep", 0.3))
+        probe(run, "end")
+        return "finished"
+
+    demo_data = {"sleep": 0.01}
+    demo_events = {}
 
     demo_data = {"sleep": 0.05}
     demo_events = {}
@@ -58,6 +100,8 @@ class Rated(Workflow):
 
     @step(calling, rate=Rate(20, per=timedelta(seconds=1)))
     def call(self, run):
+        probe(run, "start")
+        probe(run, "end")
         return "finished"
 
     demo_data = {}

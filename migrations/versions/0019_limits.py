@@ -4,7 +4,8 @@ Revision ID: 0019
 Revises: 0018
 
 A step's concurrency limit is a row per slot (the task holding it); a task waiting for one has a
-limit_waiters row (status ``limited``); a rate limit keeps when its next attempt may start. A
+limit_waiters row (status ``limited``); a rate limit keeps when its next attempt may start, and
+an attempt's reserved start (tasks.rate_at). A
 run's priority orders the waiters (and RabbitMQ messages).
 """
 import sqlalchemy as sa
@@ -18,6 +19,7 @@ depends_on = None
 
 def upgrade():
     op.add_column('runs', sa.Column('priority', sa.Integer(), server_default='0', nullable=False))
+    op.add_column('tasks', sa.Column('rate_at', sa.Double(), nullable=True))
     op.create_table(
         'limit_slots',
         sa.Column('name', sa.String(200), nullable=False),
@@ -56,4 +58,5 @@ def downgrade():
     op.drop_table('limit_waiters')
     op.drop_index('ix_limit_slots_task_id', table_name='limit_slots')
     op.drop_table('limit_slots')
+    op.drop_column('tasks', 'rate_at')
     op.drop_column('runs', 'priority')
