@@ -90,6 +90,7 @@ class Config:
     # (a dead sender, a restarted broker), short enough to recover within the settle timeout.
     resend_after: float = 10.0
     poll_interval: float = 0.2
+    batch_chunk: int = 2
 
 
 def schedule(count: int, first: float, every: float, rng: random.Random, kinds=FAULTS) -> list:
@@ -214,7 +215,10 @@ class Scenario:
             INTERLOCK_DATABASE_URL=m.pg_url(self.dbname, "postgresql+psycopg"), INTERLOCK_BROKER_URL=self.broker_url,
             INTERLOCK_WORKFLOWS=WORKFLOWS, INTERLOCK_QUEUE=self.queue, INTERLOCK_LEASE_SECONDS=cfg.lease_seconds,
             INTERLOCK_RESEND_AFTER=cfg.resend_after, INTERLOCK_POLL_INTERVAL=cfg.poll_interval,
-            INTERLOCK_WORKER_THREADS=cfg.threads, INTERLOCK_ARCHIVE_DIR=self.tmp / "archive")
+            INTERLOCK_WORKER_THREADS=cfg.threads, INTERLOCK_ARCHIVE_DIR=self.tmp / "archive",
+            # Batches of a few runs a chunk: the bulk cancel and the migration take several
+            # chunks, leased and handed over between workers while the faults go on.
+            INTERLOCK_BATCH_CHUNK=cfg.batch_chunk)
         self.registry = Registry().load_modules(WORKFLOWS.split(","))
         self.api = None
         self.workers: list = [None] * cfg.workers

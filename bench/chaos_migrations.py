@@ -27,6 +27,7 @@ Invariants, from the database alone:
     berthed run has the ``demurrage`` timer the new version adds, from its entry.
 """
 
+import random
 import threading
 from collections import Counter, defaultdict
 
@@ -51,8 +52,6 @@ def plan(kind: str, data: dict, chaos: dict, i: int) -> tuple[str, dict]:
     same) become voyages; the route and the loading's faults from the run's own generator."""
     if kind != "cargo" or i % 2:
         return kind, data
-    import random
-
     rng = random.Random(104729 * i + 3)
     for key in ("plan", "lost_after"):
         chaos.pop(key, None)
@@ -96,10 +95,25 @@ def _until(sc, what, request):
     return None
 
 
+def when(cfg, broker: str) -> tuple[float, str | None]:
+    """When to plan (seconds after the first start): just before the first fault due after
+    ``AT`` of the load, so that the fault meets the plan, its apply or its batch at work."""
+    at = AT * cfg.load_seconds
+    later = [(t, kind) for t, kind in cfg.faults if t >= at]
+    if not later:
+        return at, None
+    t, kind = later[0]
+    return max(at - 1.0, t - random.Random(f"{cfg.seed}-{broker}-migration").uniform(0.0, 0.6)), kind
+
+
 def drive(sc, done: threading.Event) -> None:
     """Plan, look at a dry run, apply twice at once, wait for the batch; then ``done``."""
-    if sc.stop.wait(AT * sc.cfg.load_seconds):
-        return
+    at, fault = when(sc.cfg, sc.broker)
+    while sc.t() < at:
+        if sc.stop.wait(0.05):
+            return
+    sc.say("planning the migration" + (f" (a {fault} is due {max(0.0, _due(sc, at) - sc.t()):.1f}s from now)"
+                                          if fault else ""))
     made = _until(sc, "migration planned",
                   lambda c: c.request("POST", f"/api/workflows/{WORKFLOW}/migrations", json=PLAN))
     if made is None:
@@ -133,6 +147,10 @@ def drive(sc, done: threading.Event) -> None:
                    f"{batch['refused']} refused, {batch['skipped']} skipped")
             break
     done.set()
+
+
+def _due(sc, at: float) -> float:
+    return next((t for t, _ in sc.cfg.faults if t >= AT * sc.cfg.load_seconds), at)
 
 
 # -- the checks -----------------------------------------------------------------------------
