@@ -16,7 +16,9 @@ attempts, timers set seconds ahead, external events this script sends through th
 (events meanwhile sent with queue=True: bench/chaos_pauses.py), schedules ticking every second or
 two under each overlap policy (bench/chaos_schedules.py), one of them issuing runs that
 retention archives and deletes two seconds after they end (bench/chaos_retention.py), a bulk
-cancel of the runs a search field selects (bench/chaos_batches.py), and activity tasks that
+cancel of the runs a search field selects (bench/chaos_batches.py), runs started on version 1
+of a workflow and moved to version 2 mid-flight by a migration plan made and applied through the
+API (bench/chaos_migrations.py), and activity tasks that
 ActivityPollers do (one more receiver drops one task per run on the floor).
 
 Meanwhile, on the printed schedule: SIGKILL a random worker and restart it, SIGKILL the API
@@ -53,7 +55,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench import chaos_batches, chaos_composition, chaos_pauses, chaos_retention, chaos_schedules, duplicates
+from bench import (chaos_batches, chaos_composition, chaos_migrations, chaos_pauses, chaos_retention, chaos_schedules,
+                   duplicates)
 from bench import measure as m
 from bench.chaos_checks import check
 from engine.client import ActivityPoller, ApiError, Client, ClientError
@@ -87,6 +90,7 @@ class Config:
     # (a dead sender, a restarted broker), short enough to recover within the settle timeout.
     resend_after: float = 10.0
     poll_interval: float = 0.2
+    batch_chunk: int = 2
 
 
 def schedule(count: int, first: float, every: float, rng: random.Random, kinds=FAULTS) -> list:
@@ -137,6 +141,7 @@ def plan_run(i: int, rng: random.Random, now: float) -> tuple[str, dict]:
                 "broken_until": round(now + rng.uniform(1, 6), 3) if rng.random() < 0.25 else 0,
                 "label_deadline": round(now + (3600 if rng.random() < 0.5 else rng.uniform(2, 8)), 3),
                 "pickup_deadline": round(now + (3600 if chaos["pickup"] == "pickup" else rng.uniform(4, 12)), 3)}
+    kind, data = chaos_migrations.plan(kind, data, chaos, i)
     chaos_pauses.plan(chaos, kind, i)
     chaos_batches.plan(chaos, kind, data, i)
     data["chaos"] = chaos
@@ -145,6 +150,8 @@ def plan_run(i: int, rng: random.Random, now: float) -> tuple[str, dict]:
 
 # (workflow, state, statuses) -> what the outside world does to a run waiting there
 def external_action(run: dict):
+    if run["workflow"] == chaos_migrations.WORKFLOW:
+        return chaos_migrations.external_action(run)
     plan = run["data"].get("chaos") or {}
     key = (run["workflow"], run["state"])
     if key == ("cargo", "booked"):
@@ -162,7 +169,7 @@ def external_action(run: dict):
 
 WATCHED = [("cargo", "booked", "waiting"), ("cargo", "at_port", "waiting"), ("orders", "review", "waiting"),
            ("chaos_parcel", "awaiting_pickup", "waiting"), ("cargo", "in_transit", "running"),
-           ("cargo", "in_transit", "waiting")]
+           ("cargo", "in_transit", "waiting"), *chaos_migrations.WATCHED]
 
 
 # -- processes ------------------------------------------------------------------------------
@@ -208,7 +215,10 @@ class Scenario:
             INTERLOCK_DATABASE_URL=m.pg_url(self.dbname, "postgresql+psycopg"), INTERLOCK_BROKER_URL=self.broker_url,
             INTERLOCK_WORKFLOWS=WORKFLOWS, INTERLOCK_QUEUE=self.queue, INTERLOCK_LEASE_SECONDS=cfg.lease_seconds,
             INTERLOCK_RESEND_AFTER=cfg.resend_after, INTERLOCK_POLL_INTERVAL=cfg.poll_interval,
-            INTERLOCK_WORKER_THREADS=cfg.threads, INTERLOCK_ARCHIVE_DIR=self.tmp / "archive")
+            INTERLOCK_WORKER_THREADS=cfg.threads, INTERLOCK_ARCHIVE_DIR=self.tmp / "archive",
+            # Batches of a few runs a chunk: the bulk cancel and the migration take several
+            # chunks, leased and handed over between workers while the faults go on.
+            INTERLOCK_BATCH_CHUNK=cfg.batch_chunk)
         self.registry = Registry().load_modules(WORKFLOWS.split(","))
         self.api = None
         self.workers: list = [None] * cfg.workers
@@ -216,6 +226,7 @@ class Scenario:
         self.stop = threading.Event()
         self.load_done = threading.Event()  # the last run started and the last fault injected
         self.batches_done = threading.Event()  # every bulk cancel created is done
+        self.migrations_done = threading.Event()  # the migration plan's batch is done
         self.lock = threading.Lock()
         self.started: dict = {}  # run id -> (plan index, monotonic start)
         self.stats = Counter()
@@ -383,7 +394,8 @@ class Scenario:
                 return
             while not self.stop.is_set():
                 try:
-                    run = self.client().start(workflow, data, idempotency_key=f"chaos-{i}")
+                    run = self.client().start(workflow, data, idempotency_key=f"chaos-{i}",
+                                              version=chaos_migrations.version(workflow))
                     with self.lock:
                         self.started[run["id"]] = (i, time.monotonic())
                     return
@@ -441,7 +453,8 @@ class Scenario:
                             if action[0] == "event":  # queued if the run is paused now
                                 plan = run["data"].get("chaos") or {}
                                 if chaos_pauses.hold_events(plan, run["id"] in ever_paused) or \
-                                        chaos_batches.hold_decision(plan, self.batches_done.is_set()):
+                                        chaos_batches.hold_decision(plan, self.batches_done.is_set()) or \
+                                        chaos_migrations.hold(run, self.migrations_done.is_set()):
                                     continue
                                 submit(key, run["id"], self.call, f"event {action[1]}",
                                        lambda c, r=run["id"], e=action[1]: c.send(r, e, queue=True))
@@ -497,6 +510,7 @@ class Scenario:
                 listed = self.client().request("GET", "/api/batches")["batches"]
             except (ApiError, ClientError):
                 continue
+            listed = [b for b in listed if b["action"] == "cancel"]
             if listed and all(b["status"] == "done" for b in listed):
                 self.batches_done.set()
                 return
@@ -603,6 +617,8 @@ class Scenario:
                    threading.Thread(target=self.abandoner, name="abandoner"),
                    threading.Thread(target=self.progress, args=(cfg.runs,), name="progress"),
                    threading.Thread(target=self.bulk_cancel, name="batches"),
+                   threading.Thread(target=chaos_migrations.drive, args=(self, self.migrations_done),
+                                    name="migrations"),
                    threading.Thread(target=self.schedule_ticks, name="schedules")]
         for th in threads:
             th.daemon = True

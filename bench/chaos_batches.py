@@ -45,8 +45,9 @@ def check(url: str, invariant) -> list:
     engine = create_engine(normalize_url(url))
     try:
         with engine.connect() as conn:
-            batch_rows = [dict(r) for r in conn.execute(select(batches)).mappings()]
-            items = [dict(r) for r in conn.execute(select(batch_items)).mappings()]
+            batch_rows = [dict(r) for r in conn.execute(select(batches).where(batches.c.action == "cancel")).mappings()]
+            ids = {b["id"] for b in batch_rows}
+            items = [dict(r) for r in conn.execute(select(batch_items)).mappings() if r["batch_id"] in ids]
             orders = {r["id"]: dict(r) for r in conn.execute(select(
                 runs.c.id, runs.c.data, runs.c.created_at, runs.c.status).where(
                 runs.c.workflow == "orders")).mappings()}

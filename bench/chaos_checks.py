@@ -29,6 +29,9 @@ Each invariant counts what it looked at and what broke it:
    policy kept``): see bench/chaos_schedules.py.
 15. Retention (``retention deletes whole finished runs``): see bench/chaos_retention.py.
 16. Bulk actions (``bulk cancel acts on each run once``): see bench/chaos_batches.py.
+17-18. Moving runs between versions (``migration moves each run once``, ``migrated runs follow
+   the new version``): see bench/chaos_migrations.py. A ``migrated`` entry renames the states
+   of the entries the run is in (its mapping); the replay follows it.
 
 Flat workflows only (a history row's source and target are leaf states).
 """
@@ -38,7 +41,7 @@ from dataclasses import dataclass, field
 
 from sqlalchemy import create_engine, select, text
 
-from bench import chaos_batches, chaos_composition, chaos_pauses, chaos_retention, chaos_schedules
+from bench import chaos_batches, chaos_composition, chaos_migrations, chaos_pauses, chaos_retention, chaos_schedules
 from engine.db import normalize_url
 from engine.models import history, runs, tasks, timers
 
@@ -50,7 +53,7 @@ SIMULATED_ERRORS = ("CustomsUnavailable", "GatewayTimeout", "StepBroken", "Inspe
 # Events the chaos script sends from outside, by (workflow, state): a run waiting there is
 # waiting for the script, not stuck.
 EXTERNAL = {("cargo", "booked"), ("cargo", "at_port"), ("orders", "review"),
-            ("chaos_parcel", "awaiting_pickup")}
+            ("chaos_parcel", "awaiting_pickup")} | {(w, s) for w, s, _ in chaos_migrations.WATCHED}
 
 
 @dataclass
@@ -125,6 +128,8 @@ def allowed_outcomes(workflow: str, data: dict) -> set:
             allowed = {"completed" if plan.get("decision") == "approve" else "cancelled"}
         else:
             allowed = {"completed"}
+    elif workflow == chaos_migrations.WORKFLOW:
+        allowed = {"arrived", "moored"}  # on version 1, or moved to version 2
     elif workflow == "chaos_parcel":
         allowed = {"pickup": {"delivered"}, "race": {"delivered", "returned"},
                    "no_pickup": {"returned"}}.get(plan.get("pickup"), {"delivered", "returned"})
@@ -178,10 +183,11 @@ def load(url: str):
                 by_run[r["run_id"]].append(dict(r))
             task_rows = {r["id"]: dict(r) for r in conn.execute(select(
                 tasks.c.id, tasks.c.run_id, tasks.c.state, tasks.c.entry_seq, tasks.c.name, tasks.c.kind,
-                tasks.c.status, tasks.c.attempt, tasks.c.max_attempts, tasks.c.lease_until)).mappings()}
+                tasks.c.status, tasks.c.attempt, tasks.c.max_attempts, tasks.c.lease_until,
+                tasks.c.updated_at)).mappings()}
             timer_rows = {r["id"]: dict(r) for r in conn.execute(select(
                 timers.c.id, timers.c.run_id, timers.c.state, timers.c.entry_seq, timers.c.name,
-                timers.c.kind, timers.c.event, timers.c.status)).mappings()}
+                timers.c.kind, timers.c.event, timers.c.status, timers.c.due_at, timers.c.fired_at)).mappings()}
     finally:
         engine.dispose()
     return run_rows, by_run, task_rows, timer_rows
@@ -273,7 +279,9 @@ def check(url: str, registry, now: float | None = None, archive_dir=None) -> Rep
     scheduled = chaos_schedules.check(url, Invariant, {rid: copies[-1]["run"] for rid, copies in archived.items()})
     retained = chaos_retention.check(url, archived, Invariant)
     bulk = chaos_batches.check(url, Invariant)
-    return Report([finals, contiguous, once, steps, timer_check, *composition, *paused, *scheduled, *retained, *bulk],
+    migrated = chaos_migrations.check(url, registry, by_run, task_rows, timer_rows, Invariant)
+    return Report([finals, contiguous, once, steps, timer_check, *composition, *paused, *scheduled, *retained, *bulk,
+                   *migrated],
                   len(run_rows),
                   transitions, outcomes, children=sum(r["parent_id"] is not None for r in run_rows),
                   scheduled=sum((r["idempotency_key"] or "").startswith("schedule:") for r in run_rows))
@@ -301,9 +309,25 @@ def _replay(rid, entries, task_rows, timer_rows, once, steps, timer_check) -> di
     started = Counter()
     handled_timers = Counter()
     by_seq = {h["seq"]: h for h in entries}
+    # Old state id -> new, from the run's migrated entries: a task or timer moved keeps its new
+    # name for the outcomes recorded before the move too.
+    renamed = {k: v for h in entries if h["kind"] == "migrated" for k, v in ((h["detail"] or {}).get("mapping") or {}).items()}
+
+    def entry_of(state):
+        """The entry the run is in for ``state``, under the name its rows have now."""
+        if state in current:
+            return current[state]
+        return next((current[old] for old, new in renamed.items() if new == state and old in current), None)
+
     for h in entries:
         kind, seq, detail = h["kind"], h["seq"], h["detail"] or {}
-        if kind == "started":
+        if kind == "migrated":
+            mapping = detail.get("mapping") or {}
+            current = {mapping.get(s, s): e for s, e in current.items()}
+            last_entry = {mapping.get(s, s): e for s, e in last_entry.items()}
+            left = {(mapping.get(s, s), e) for s, e in left}
+            leaves = _split(h["target"])
+        elif kind == "started":
             leaves = _split(h["target"])
             current = {s: seq for s in leaves}
             last_entry.update(current)
@@ -339,7 +363,7 @@ def _replay(rid, entries, task_rows, timer_rows, once, steps, timer_check) -> di
             if task is None:
                 steps.fail("step outcome for an unknown task", rid, f"seq {seq} {kind}")
                 continue
-            if current.get(task["state"]) != task["entry_seq"]:
+            if entry_of(task["state"]) != task["entry_seq"]:
                 steps.fail("step outcome applied outside its state entry", rid,
                            f"seq {seq} {kind} of {task['name']} for {task['state']}@{task['entry_seq']}")
             attempt = detail.get("attempt") or 0
@@ -371,7 +395,7 @@ def _replay(rid, entries, task_rows, timer_rows, once, steps, timer_check) -> di
             handled_timers[timer["id"]] += 1
             if handled_timers[timer["id"]] == 2:
                 timer_check.fail("timer handled twice", rid, f"{timer['name']} {timer['id']}")
-            if kind == "timer_fired" and current.get(timer["state"]) != timer["entry_seq"]:
+            if kind == "timer_fired" and entry_of(timer["state"]) != timer["entry_seq"]:
                 timer_check.fail("timer fired for a state entry already left", rid,
                                  f"seq {seq} {timer['name']} of {timer['state']}@{timer['entry_seq']}, "
                                  f"run in {','.join(leaves)}")

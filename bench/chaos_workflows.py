@@ -1,4 +1,4 @@
-"""A workflow only the chaos run uses (``bench/chaos.py``): an activity, a long flaky step,
+"""Workflows only the chaos run uses (``bench/chaos.py``): an activity, a long flaky step,
 a step that breaks until an operator retries it, and timers read from the run's data.
 
 Loaded with ``INTERLOCK_WORKFLOWS=workflows,bench.chaos_workflows``. Everything a step
@@ -10,7 +10,7 @@ which final states a run was allowed to reach.
 import time
 from datetime import timedelta
 
-from engine import State, Workflow, activity, at, child, map_, step
+from engine import State, Workflow, activity, after, at, child, map_, step
 
 
 class StepBroken(Exception):
@@ -162,3 +162,70 @@ class ChaosReceipt(Workflow):
     @step(issuing, retries=3, backoff=timedelta(seconds=0.1))
     def issue(self, run):
         return "done", {"issued_by": f"attempt-{run.attempt}"}
+
+
+# -- moving runs between versions: bench/chaos_migrations.py plans, migrates and checks them ---
+
+class ChaosVoyageV1(Workflow):
+    """A voyage: loaded by a step, then at sea (a timer armed), berthed, or held for inspection
+    (its data's ``route``), waiting there for the chaos script's ``arrive`` (or ``release``).
+    Runs start on this version and are moved to version 2 part way through the load."""
+
+    name, version = "chaos_voyage", 1
+
+    loading = State(initial=True)
+    at_sea = State()
+    berthed = State()
+    held = State()
+    arrived = State(final=True)
+    lost = State(final=True)
+
+    sail = loading.to(at_sea)
+    berth = loading.to(berthed)
+    detain = loading.to(held)
+    release = held.to(at_sea)
+    arrive = at_sea.to(arrived) | berthed.to(arrived)
+    give_up = at_sea.to(lost)
+    final_status = {"lost": "failed"}
+
+    overdue = after(timedelta(hours=1), at_sea, send="give_up")
+
+    @step(loading, retries=2, backoff=timedelta(seconds=0.1), time_limit=timedelta(seconds=20))
+    def load(self, run):
+        return _load(run, {"detain": "detain"}, 1)
+
+
+class ChaosVoyageV2(Workflow):
+    """Version 2: ``at_sea`` is ``sailing`` (its timer waits two hours, not one), a berthed run
+    arms a demurrage timer, inspections are dropped (no ``held``: a run detained by version 1
+    cannot move; loading sends it to sea instead), loading retries more, and the voyage ends
+    ``moored``."""
+
+    name, version = "chaos_voyage", 2
+
+    loading = State(initial=True)
+    sailing = State()
+    berthed = State()
+    moored = State(final=True)
+    lost = State(final=True)
+
+    sail = loading.to(sailing)
+    berth = loading.to(berthed)
+    arrive = sailing.to(moored) | berthed.to(moored)
+    give_up = sailing.to(lost)
+    final_status = {"lost": "failed"}
+
+    overdue = after(timedelta(hours=2), sailing, send="give_up")
+    demurrage = after(timedelta(hours=1), berthed, send="arrive")
+
+    @step(loading, retries=4, backoff=timedelta(seconds=0.1), time_limit=timedelta(seconds=20))
+    def load(self, run):
+        return _load(run, {"detain": "sail"}, 2)
+
+
+def _load(run, routes: dict, version: int):
+    time.sleep(run.data.get("work_seconds", 0))
+    if run.attempt <= run.data.get("load_failures", 0):
+        raise StepBroken(f"crane stalled (attempt {run.attempt})")
+    route = run.data.get("route", "sail")
+    return routes.get(route, route), {"loaded_by": version}

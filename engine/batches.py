@@ -124,12 +124,13 @@ def check_args(action, event=None, data=None, reason=None, plan=None) -> dict:
 
 
 def create(rt, action: str, filter: dict, *, event=None, data=None, reason=None, dry_run=False,
-           plan=None, total=None) -> dict:
+           plan=None, total=None, fence=None) -> dict | None:
     """A batch (status ``pending``: the next reconciler pass takes it), or with ``dry_run`` only
     how many runs the filter selects now and a sample of their ids, nothing written.
 
     ``plan``: the migration plan a ``migrate`` batch applies (its runs, ``total`` of them, are
-    the plan's: engine/migration_plans.py)."""
+    the plan's: engine/migration_plans.py). ``fence(conn, batch_id)``: run in the transaction
+    that writes the batch, before it; if it answers False nothing is written and None returned."""
     args = check_args(action, event, data, reason, plan)
     stored = check_filter(rt, filter)
     now = rt.clock.now()
@@ -148,6 +149,8 @@ def create(rt, action: str, filter: dict, *, event=None, data=None, reason=None,
            "lease_until": None, "created_at": now, "updated_at": now, "finished_at": None, "planned": None,
            "planned_at": None}
     with rt.db.write() as conn:
+        if fence is not None and not fence(conn, row["id"]):
+            return None
         conn.execute(insert(batches).values(**row))
     return shown(row)
 

@@ -219,14 +219,17 @@ def apply(rt, plan_id: str) -> dict:
     with rt.db.read() as conn:
         total = conn.execute(select(func.count()).select_from(migration_runs).where(
             migration_runs.c.plan_id == plan_id, migration_runs.c.outcome != moving.IMPOSSIBLE)).scalar_one()
-    batch = batches.create(rt, "migrate", {"workflow": plan["workflow"], "version": plan["from_version"]},
-                           plan=plan_id, total=total)
-    with rt.db.write() as conn:
-        taken = conn.execute(update(migration_plans).where(
+
+    def take(conn, batch_id) -> bool:
+        # In the batch's own transaction: a batch exists only as its plan's (an apply at the
+        # same moment, or one cut short by a crash, leaves no second batch to be worked).
+        return bool(conn.execute(update(migration_plans).where(
             migration_plans.c.id == plan_id, migration_plans.c.batch_id.is_(None)).values(
-            batch_id=batch["id"], updated_at=rt.clock.now())).rowcount
-    if not taken:  # applied at the same moment by someone else: theirs is the batch
-        batches.cancel(rt, batch["id"])
+            batch_id=batch_id, updated_at=rt.clock.now())).rowcount)
+
+    batch = batches.create(rt, "migrate", {"workflow": plan["workflow"], "version": plan["from_version"]},
+                           plan=plan_id, total=total, fence=take)
+    if batch is None:  # applied at the same moment by someone else: theirs is the batch
         return batches.get(rt, stored(rt, plan_id)["batch_id"])
     return batch
 

@@ -24,7 +24,8 @@ INVARIANTS = ["final states", "history contiguous", "transitions once per state 
               "fan-in counted once", "collected results match children", "map concurrency within its limit",
               "no timer fired while paused", "queued events applied once", "schedule ticks start one run each",
               "no schedule tick lost", "overlap policy kept", "retention deletes whole finished runs",
-              "bulk cancel acts on each run once", "no step run twice without a fault"]
+              "bulk cancel acts on each run once", "migration moves each run once",
+              "migrated runs follow the new version", "no step run twice without a fault"]
 
 
 def chaos(tmp_path, *args, timeout=300):
@@ -303,3 +304,105 @@ def test_an_attempt_lost_with_its_worker_is_put_down_to_the_fault_that_cut_it_sh
     assert attribute(executions, [kill], resend_after=10.0).violations == 0
     assert attribute(executions, [], resend_after=10.0).problems == {
         "attempt lost with its worker with no fault near it": 1}
+
+
+# -- moving runs between versions: the migration invariants, against a database damaged on purpose
+
+@pytest.fixture(scope="module")
+def migrated_db(tmp_path_factory):
+    """A SQLite database where voyages started on version 1 were planned for version 2 (at sea
+    and berthed ones moved, a held one could not, one moved on after the plan, one loading moved
+    with its step outstanding), a voyage started after the plan stayed, and all of them ended."""
+    import time
+
+    from engine import batches, migration_plans
+
+    directory = tmp_path_factory.mktemp("migrated")
+    with Harness("workflows", "bench.chaos_workflows", directory=str(directory)) as h:
+        rt = h.rt
+
+        def voyage(route, **extra):
+            return rt.start("chaos_voyage", {"route": route, **extra}, version=1).id
+
+        sea, berth, held, moved_on = voyage("sail"), voyage("berth"), voyage("detain"), voyage("sail")
+        slow = voyage("sail", work_seconds=3)
+        for run_id, state in ((sea, "at_sea"), (berth, "berthed"), (held, "held"), (moved_on, "at_sea")):
+            h.wait(run_id, state=state)
+        plan = migration_plans.create(rt, "chaos_voyage", 1, 2, mapping={"at_sea": "sailing"})
+        assert plan["counts"] == {"clean": 2, "mapped": 2, "impossible": 1}
+        rt.send(moved_on, "arrive")
+        batch = migration_plans.apply(rt, plan["id"])
+        deadline = time.monotonic() + 15
+        while batches.get(rt, batch["id"])["status"] != "done":
+            assert time.monotonic() < deadline, "the migration did not end"
+            time.sleep(0.05)
+        later = voyage("berth")
+        h.wait(later, state="berthed")
+        h.wait(slow, state="sailing")
+        for run_id, event in ((sea, "arrive"), (berth, "arrive"), (held, "release"), (later, "arrive"),
+                              (slow, "arrive")):
+            rt.send(run_id, event)
+        h.wait(held, state="at_sea")
+        rt.send(held, "arrive")
+        ended = {run_id: h.wait(run_id) for run_id in (sea, berth, held, moved_on, later, slow)}
+    assert sorted((r.version, r.state) for r in ended.values()) == [(1, "arrived")] * 3 + [(2, "moored")] * 3
+    return directory / "interlock.db"
+
+
+MOVED_SEA = ("(SELECT id FROM runs WHERE version = 2 AND json_extract(data, '$.route') = 'sail' "
+             "AND json_extract(data, '$.work_seconds') IS NULL)")
+HELD = "(SELECT id FROM runs WHERE json_extract(data, '$.route') = 'detain')"
+MIGRATION_DAMAGE = {
+    "a run moved twice": (
+        history_copied(MOVED_SEA, "migrated"),
+        {"migration moves each run once": {"a run moved twice by one plan": 1, "a run migrated more than once": 1,
+                                           "applied items differ from the migrated entries": 1},
+         "final states": {"run row state differs from its history": 1}}),
+    "a run the plan judged impossible moved": (
+        [f"UPDATE history SET kind = 'migrated', detail = (SELECT detail FROM history WHERE kind = 'migrated' "
+         f"LIMIT 1) WHERE run_id = {HELD} AND kind = 'transition' AND event = 'release'"],
+        {"migration moves each run once": {"a run moved that the plan judged impossible": 1,
+                                           "a run moved by no plan that judged it movable": 1,
+                                           "applied items differ from the migrated entries": 1},
+         "transitions once per state entry": {"transition from a state the run was not in": 1}}),
+    "the old delay kept": (
+        [f"UPDATE timers SET due_at = due_at - 3600 WHERE name = 'overdue' AND run_id = {MOVED_SEA}"],
+        {"migrated runs follow the new version": {"a timer not armed as the new version declares": 1}}),
+    "a timer left in the old state": (
+        [f"UPDATE timers SET state = 'at_sea' WHERE name = 'overdue' AND run_id = {MOVED_SEA}"],
+        {"migrated runs follow the new version": {"a moved run without its new version's timer": 1}}),
+    "a timer left armed in the old state": (
+        [f"UPDATE timers SET state = 'at_sea', status = 'armed' WHERE name = 'overdue' AND run_id = {MOVED_SEA}"],
+        {"migrated runs follow the new version": {"a moved run without its new version's timer": 1,
+                                                  "an open task or timer in a state the new version lacks": 1},
+         "final states": {"final run with an armed timer": 1}}),
+    "the new version's timer not armed": (
+        ["DELETE FROM timers WHERE name = 'demurrage'"],
+        {"migrated runs follow the new version": {"a moved run without its new version's timer": 1}}),
+    "an applied item lost": (
+        [f"DELETE FROM batch_items WHERE run_id = {MOVED_SEA}"],
+        {"migration moves each run once": {"batch counters differ from its items": 1,
+                                           "applied items differ from the migrated entries": 1}}),
+    "a moved run back on the old version": (
+        [f"UPDATE runs SET version = 1 WHERE id = {MOVED_SEA}"],
+        {"migration moves each run once": {"a moved run not on the new version": 1},
+         "migrated runs follow the new version": {"a state of no version the run was on at seq 6": 2,
+                                                  "a migrated run finished outside the new version's final states": 1,
+                                                  "a moved run without its new version's timer": 1}}),
+}
+
+
+def test_the_migration_checks_pass_an_undamaged_database(migrated_db, tmp_path):
+    report = damaged(migrated_db, tmp_path)
+    assert report.violations == 0, report.render()
+    assert report.by_name("migration moves each run once").checked == 5
+    assert report.by_name("migrated runs follow the new version").checked == 3
+    assert sorted(report.outcomes) == ["chaos_voyage: arrived", "chaos_voyage: moored"]
+
+
+@pytest.mark.parametrize("damage", list(MIGRATION_DAMAGE))
+def test_the_migration_checks_catch_a_damaged_database(migrated_db, tmp_path, damage):
+    statements, expected = MIGRATION_DAMAGE[damage]
+    report = damaged(migrated_db, tmp_path, *statements)
+    assert problems(report) == expected, report.render()
+    assert "FAIL" in report.render()

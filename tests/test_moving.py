@@ -134,6 +134,27 @@ def test_applying_a_plan_moves_each_movable_run_once_and_leaves_the_others_alone
     assert migrated == 2
 
 
+def test_a_plan_applied_twice_at_the_same_moment_starts_one_batch_and_no_other(rt, monkeypatch):
+    """The second apply read the plan before the first one's batch was written: it answers the
+    first one's batch, and no second batch exists for reconcilers to work (a batch cancelled
+    after its creation could be worked meanwhile; the chaos run saw one)."""
+    from engine.models import batches as batches_table
+
+    runs = waiting_runs(rt)
+    plan = migration_plans.create(rt, "mig_shipment", 1, 2, mapping={"in_transit": "sailing"})
+    stale = migration_plans.stored(rt, plan["id"])  # as the second apply read it: no batch yet
+    first = migration_plans.apply(rt, plan["id"])
+    monkeypatch.setattr(migration_plans, "_ready", lambda _rt, _plan_id: stale)
+    second = migration_plans.apply(rt, plan["id"])
+    assert second["id"] == first["id"]
+    with rt.db.read() as conn:
+        made = conn.execute(select(batches_table.c.id, batches_table.c.status).where(
+            batches_table.c.action == "migrate")).all()
+    assert [tuple(r) for r in made] == [(first["id"], "pending")]
+    drain(rt)
+    assert rt.get(runs["step_and_timer"]).version == 2 and kinds(rt, runs["step_and_timer"]).count("migrated") == 1
+
+
 def test_the_moved_runs_finish_on_the_new_version_with_contiguous_histories(rt):
     runs = waiting_runs(rt)
     plan = migration_plans.create(rt, "mig_shipment", 1, 2, mapping={"in_transit": "sailing"})
