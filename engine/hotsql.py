@@ -142,18 +142,24 @@ def fetch(conn, statement: Statement, params: dict) -> list[dict]:
     """The rows a SELECT returns, as dicts of converted values."""
     compiled = statement.compiled(conn.dialect, tuple(params))
     values = _bind(compiled, dict(params))
-    raw, description = _on_cursor(conn, compiled.sql, values, lambda cursor: _all(cursor, compiled.sql, values))
-    if compiled.results is None:
-        compiled.results = [kind.result_processor(conn.dialect, column[1])
-                             for kind, column in zip(compiled.types, description)]
+    raw = _on_cursor(conn, compiled.sql, values, lambda cursor: _all(cursor, compiled, values, conn.dialect))
     columns, results = compiled.columns, compiled.results
     return [{column: (value if convert is None or value is None else convert(value))
              for column, convert, value in zip(columns, results, row)} for row in raw]
 
 
-def _all(cursor, sql, values) -> tuple:
-    cursor.execute(sql, values)
-    return cursor.fetchall(), cursor.description
+def _all(cursor, compiled, values, dialect) -> list:
+    cursor.execute(compiled.sql, values)
+    if compiled.results is None:  # psycopg builds the description anew at each read: read it once
+        compiled.results = [kind.result_processor(dialect, column[1])
+                            for kind, column in zip(compiled.types, cursor.description)]
+    return cursor.fetchall()
+
+
+def execute_sql(conn, sql: str) -> None:
+    """A statement without parameters (``SAVEPOINT x``) on the driver's cursor: inside
+    ``pipelined``, it is sent with the statements around it."""
+    _on_cursor(conn, sql, None, lambda cursor: cursor.execute(sql))
 
 
 @contextmanager
