@@ -214,26 +214,35 @@ class Binding:
 
     # -- the flush ------------------------------------------------------------------------
 
-    def started(self, session, row, inserted: bool) -> None:
-        """Start the row's run (or find the one an earlier flush started for its primary key) and
-        give the row its state: before the INSERT, in the row itself (one statement fewer); after
-        it (a primary key the database assigns), with an UPDATE."""
+    def started(self, session, rows, inserted: bool) -> None:
+        """Start the rows' runs (or find those an earlier flush started for their primary keys),
+        all together (engine/bound_starts.py), and give each row its state: before the INSERT,
+        in the row itself (one statement fewer); after it (a primary key the database assigns),
+        with one UPDATE for them all."""
+        from . import bound_starts
         from . import operations as ops
-        from .transitions import apply, check_data
+        from .transitions import check_data
 
         rt = self.runtime_for(session)
-        pk = getattr(row, self.pk_attr)
-        start = ops.Start(rt.registry.get(self.workflow), check_data(self.data(row)),
-                          _key_text(self.key(row)), self.run_key(pk))
-        run = apply(rt, None, _StartRow(self, start, pk), session=session).run
+        cls = rt.registry.get(self.workflow)
+        items = []
+        for row in rows:
+            pk = getattr(row, self.pk_attr)
+            start = ops.Start(cls, check_data(self.data(row)), _key_text(self.key(row)), self.run_key(pk))
+            items.append(_StartRow(self, start, pk))
+        outcomes = bound_starts.start_all(rt, session, items)
         if self.state_column is None:
             return
+        states = [outcome.run["state"] for outcome in outcomes]
         if inserted:
-            session.connection().execute(self.update_state, {"b_pk": pk, "b_state": run["state"]})
-            set_committed_value(row, self.state_column, run["state"])
+            session.connection().execute(self.update_state, [
+                {"b_pk": item.pk, "b_state": state} for item, state in zip(items, states)])
+            for row, state in zip(rows, states):
+                set_committed_value(row, self.state_column, state)
         else:
-            setattr(row, self.state_column, run["state"])
-            inspect(row).info[_STATE_SET] = run["state"]  # ours: a flush tried again does not refuse it
+            for row, state in zip(rows, states):
+                setattr(row, self.state_column, state)
+                inspect(row).info[_STATE_SET] = state  # ours: a flush tried again does not refuse it
 
     def changed(self, session, row) -> None:
         """Before the UPDATE: refuse a state column the application set; send the triggers' events."""
@@ -296,8 +305,8 @@ class _StartRow:
     def existing(self, rt, conn):
         return self.binding.run_of(conn, self.pk)
 
-    def begin(self, rt, conn, now):
-        return self.start.begin(rt, conn, now)
+    def begin(self, rt, conn, now, writes=None):
+        return self.start.begin(rt, conn, now, writes)
 
     def perform(self, change):
         self.start.perform(change)
@@ -358,16 +367,17 @@ def _before_flush(session, _context, _instances):
     whole transaction back, the rows' changes with it."""
     session.info.pop(_ERROR, None)
     try:
-        started = set()
+        starting: dict = {}  # binding -> its new rows with a primary key, started together
         for binding, row in _bound(session.new):
             if binding.state_column is not None and inspect(row).attrs[binding.state_column].history.added:
                 value = getattr(row, binding.state_column)
                 if value is not None and inspect(row).info.get(_STATE_SET) != value:
                     raise StateColumnWritten(binding.name, binding.state_column, getattr(row, binding.pk_attr), value)
             if binding.start_on == "insert" and getattr(row, binding.pk_attr) is not None:
-                binding.started(session, row, inserted=False)
-                started.add(id(row))
-        session.info[_STARTED] = started
+                starting.setdefault(binding, []).append(row)
+        for binding, rows in starting.items():
+            binding.started(session, rows, inserted=False)
+        session.info[_STARTED] = {id(row) for rows in starting.values() for row in rows}
         for binding, row in _bound(session.dirty):
             if session.is_modified(row, include_collections=False):
                 binding.changed(session, row)
@@ -384,9 +394,12 @@ def _after_flush(session, _context):
     started = session.info.pop(_STARTED, ())
     if error is not None:
         raise error
+    starting: dict = {}
     for binding, row in _bound(session.new):
         if binding.start_on == "insert" and id(row) not in started:
-            binding.started(session, row, inserted=True)
+            starting.setdefault(binding, []).append(row)
+    for binding, rows in starting.items():
+        binding.started(session, rows, inserted=True)
 
 
 def _orm_execute(state):
