@@ -3,20 +3,32 @@
 Each row's start is the ``operations.Start`` any run's start is, performed by ``Change`` as
 ``transitions.apply`` performs it; what differs is only how the rows reach the database: the
 runs of a flush share one ``transitions.Writes`` (one statement per table for all of them, as a
-group commit writes its changes), and no row's earlier run is looked up first. The runs table's
-unique (workflow, idempotency key) finds it instead: the writes go in a SAVEPOINT and, when one
-of them fails, are rolled back to it, and every row is started again alone, looking its earlier
-run up, by ``transitions.apply``. On PostgreSQL the SAVEPOINT, the writes and its RELEASE are
-one round trip (with the transaction's BEGIN, when the flush opened it).
+group commit writes its changes), and a row's earlier run (a row inserted again) is found for
+all of them at once. If there is one, every row is started alone by ``transitions.apply``,
+which looks its own up.
+
+How the earlier runs are found: on PostgreSQL, by the runs table's unique (workflow,
+idempotency key) itself: the writes go in a SAVEPOINT and, if one fails, are rolled back to
+it. The SAVEPOINT, the writes and the RELEASE are one pipelined round trip, where a look-up
+would be one more. Elsewhere (and on PostgreSQL when the start runs callbacks or starts
+children, which write before the SAVEPOINT could go out with the rest) one SELECT for all the
+rows' keys: a SAVEPOINT costs SQLite a sub-journal of every page the writes touch, and MariaDB
+two round trips.
 """
 
+from sqlalchemy import bindparam, select
 from sqlalchemy.exc import IntegrityError
 
 from . import hotsql
 from . import machine as m
+from .models import runs
 from .transitions import Outcome, Writes, apply
 
 SAVEPOINT = "interlock_bound_starts"
+# One bind per key (k0, k1, ...): compiled once per number of rows.
+_STARTED_KEYS = hotsql.Statement(lambda _dialect, keys: select(runs.c.idempotency_key).where(
+    runs.c.workflow == bindparam("b_workflow"),
+    runs.c.idempotency_key.in_([bindparam(k) for k in keys if k != "b_workflow"])))
 
 
 def start_all(rt, session, items) -> list[Outcome]:
@@ -32,34 +44,36 @@ def start_all(rt, session, items) -> list[Outcome]:
 
 
 def together(rt, conn, items) -> list[Outcome] | None:
-    """The new runs of ``items``, written together; None if one of their keys is taken, with
+    """The new runs of ``items``, written together; None if one of their keys has a run, with
     nothing written."""
     cls = items[0].start.cls
-    # A plain workflow's start runs no callback and starts no child: nothing reaches the
-    # database before the writes, so the SAVEPOINT can go out with them.
-    quiet = m.is_plain(cls) and not cls._children
-    taken = False
-    if not quiet:
-        hotsql.execute_sql(conn, f"SAVEPOINT {SAVEPOINT}")
-        taken = True
+    # A plain workflow's start runs no callback and starts no child: nothing is written before
+    # the writes, so on PostgreSQL the SAVEPOINT can go out with them.
+    in_savepoint = conn.dialect.name == "postgresql" and m.is_plain(cls) and not cls._children
+    if not in_savepoint and _any_started(conn, cls.workflow_name, items):
+        return None
+    now = rt.clock.now()
+    writes, outcomes = Writes(), []
+    for item in items:
+        change = item.begin(rt, conn, now, writes)
+        item.perform(change)
+        outcomes.append(change.finish())
+    if not in_savepoint:
+        writes.flush(conn)
+        return outcomes
     try:
-        now = rt.clock.now()
-        writes, outcomes = Writes(), []
-        for item in items:
-            change = item.begin(rt, conn, now, writes)
-            item.perform(change)
-            outcomes.append(change.finish())
         with hotsql.pipelined(conn):
-            if quiet:
-                hotsql.execute_sql(conn, f"SAVEPOINT {SAVEPOINT}")
-                taken = True
+            hotsql.execute_sql(conn, f"SAVEPOINT {SAVEPOINT}")
             writes.write(conn)
             hotsql.execute_sql(conn, f"RELEASE SAVEPOINT {SAVEPOINT}")
-    except Exception as exc:
-        if taken:  # the transaction goes on without any of it (the flush fails, or starts each row)
-            hotsql.execute_sql(conn, f"ROLLBACK TO SAVEPOINT {SAVEPOINT}")
-            hotsql.execute_sql(conn, f"RELEASE SAVEPOINT {SAVEPOINT}")
-        if taken and isinstance(exc, IntegrityError):
-            return None
-        raise
+    except IntegrityError:
+        # The transaction goes on without any of it; each row is started alone.
+        hotsql.execute_sql(conn, f"ROLLBACK TO SAVEPOINT {SAVEPOINT}")
+        hotsql.execute_sql(conn, f"RELEASE SAVEPOINT {SAVEPOINT}")
+        return None
     return outcomes
+
+
+def _any_started(conn, workflow, items) -> bool:
+    params = {"b_workflow": workflow, **{f"k{i}": item.start.idempotency_key for i, item in enumerate(items)}}
+    return bool(hotsql.fetch(conn, _STARTED_KEYS, params))
