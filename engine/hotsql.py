@@ -10,6 +10,7 @@ does for its own statements, so ``Database.transaction`` retries it the same way
 
 from contextlib import contextmanager
 from dataclasses import dataclass
+from operator import itemgetter
 
 from sqlalchemy import JSON, Double, Integer, String, Text
 from sqlalchemy.exc import DBAPIError
@@ -24,6 +25,15 @@ class _Compiled:
     columns: list  # result column names
     types: list  # and their types, as the dialect implements them
     results: list | None = None  # result column conversions, known once the driver described them
+    ordered: object = None  # the values of ``names``, in order, from a dict of them (positional drivers)
+
+    def __post_init__(self):
+        if self.names is None:
+            return
+        if len(self.names) > 1:
+            self.ordered = itemgetter(*self.names)
+        else:  # itemgetter of one name gives the value, of none is an error
+            self.ordered = lambda values, names=tuple(self.names): tuple(values[name] for name in names)
 
 
 class Statement:
@@ -76,9 +86,9 @@ def _bind(compiled: _Compiled, params: dict):
     values = {**compiled.defaults, **params} if compiled.defaults else params
     for name, processor in compiled.processors.items():
         values[name] = processor(values[name])
-    if compiled.names is None:
+    if compiled.ordered is None:
         return values
-    return tuple(values[name] for name in compiled.names)
+    return compiled.ordered(values)
 
 
 def execute_many(conn, statement: Statement, rows: list) -> None:
