@@ -4,11 +4,13 @@ A binding is declared at module level in a workflows module, so every process th
 workflows (workers, the API, the application) knows the model, its table and its state column:
 
 - **In the application's flush** (SQLAlchemy session events, on every ``Session``): a new row
-  starts a run (``after_flush``, once its primary key is known), an attribute change that meets
-  its condition sends an event and a deleted row cancels its run (``before_flush``: the run is
-  locked before the flush writes the row, the order a worker's transition takes too). All of it
-  goes through ``transitions.apply`` with the application's session: it commits or rolls back
-  with the application's own writes, and its tasks are dispatched after the commit.
+  starts a run (``before_flush`` if its primary key is set, so its INSERT carries the state;
+  else ``after_flush``, once the INSERT gave it), an attribute change that meets its condition
+  sends an event and a deleted row cancels its run (``before_flush``: the run is locked before
+  the flush writes the row, the order a worker's transition takes too). All of it is performed
+  as ``transitions.apply`` performs it, with the application's session: it commits or rolls
+  back with the application's own writes, and its tasks are dispatched after the commit. The
+  starts of one flush's rows go together (engine/bound_starts.py).
 - **The state column** is written by ``sync``, called from ``Change.finish``: an UPDATE of the
   row by its primary key in the transition's own transaction, whichever process makes it. The
   application setting it itself is refused (``StateColumnWritten``).
@@ -214,7 +216,7 @@ class Binding:
 
     # -- the flush ------------------------------------------------------------------------
 
-    def started(self, session, rows, inserted: bool) -> None:
+    def start_runs(self, session, rows, inserted: bool) -> None:
         """Start the rows' runs (or find those an earlier flush started for their primary keys),
         all together (engine/bound_starts.py), and give each row its state: before the INSERT,
         in the row itself (one statement fewer); after it (a primary key the database assigns),
@@ -334,7 +336,7 @@ def bind(model, *, workflow: str, **options) -> Binding:
 def sync(change, state: str) -> None:
     """Write the run's state to its row's state column, in the transition's transaction, when it
     changed: an UPDATE by primary key, which locks the row. (A new run's row is given its state
-    by the flush that inserts it: ``Binding.started``.)"""
+    by the flush that inserts it: ``Binding.start_runs``.)"""
     binding = change.rt.registry.bindings.get(change.cls.workflow_name)
     if binding is None or binding.state_column is None or change.new or state == change.row["state"]:
         return
@@ -376,7 +378,7 @@ def _before_flush(session, _context, _instances):
             if binding.start_on == "insert" and getattr(row, binding.pk_attr) is not None:
                 starting.setdefault(binding, []).append(row)
         for binding, rows in starting.items():
-            binding.started(session, rows, inserted=False)
+            binding.start_runs(session, rows, inserted=False)
         session.info[_STARTED] = {id(row) for rows in starting.values() for row in rows}
         for binding, row in _bound(session.dirty):
             if session.is_modified(row, include_collections=False):
@@ -399,7 +401,7 @@ def _after_flush(session, _context):
         if binding.start_on == "insert" and id(row) not in started:
             starting.setdefault(binding, []).append(row)
     for binding, rows in starting.items():
-        binding.started(session, rows, inserted=True)
+        binding.start_runs(session, rows, inserted=True)
 
 
 def _orm_execute(state):

@@ -25,7 +25,9 @@ from .models import runs
 from .transitions import Outcome, Writes, apply
 
 SAVEPOINT = "interlock_bound_starts"
-# One bind per key (k0, k1, ...): compiled once per number of rows.
+# One bind per key (k0, k1, ...): compiled once per number of keys, which is a power of two up
+# to this (the last key repeated), so a few compiled forms serve any flush.
+LOOKUP_CHUNK = 256
 _STARTED_KEYS = hotsql.Statement(lambda _dialect, keys: select(runs.c.idempotency_key).where(
     runs.c.workflow == bindparam("b_workflow"),
     runs.c.idempotency_key.in_([bindparam(k) for k in keys if k != "b_workflow"])))
@@ -75,5 +77,11 @@ def together(rt, conn, items) -> list[Outcome] | None:
 
 
 def _any_started(conn, workflow, items) -> bool:
-    params = {"b_workflow": workflow, **{f"k{i}": item.start.idempotency_key for i, item in enumerate(items)}}
-    return bool(hotsql.fetch(conn, _STARTED_KEYS, params))
+    keys = [item.start.idempotency_key for item in items]
+    for at in range(0, len(keys), LOOKUP_CHUNK):
+        chunk = keys[at:at + LOOKUP_CHUNK]
+        size = 1 << (len(chunk) - 1).bit_length()
+        chunk += chunk[-1:] * (size - len(chunk))
+        if hotsql.fetch(conn, _STARTED_KEYS, {"b_workflow": workflow, **{f"k{i}": k for i, k in enumerate(chunk)}}):
+            return True
+    return False

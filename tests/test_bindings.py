@@ -228,6 +228,24 @@ def test_a_flush_whose_row_has_a_run_already_starts_the_others_and_finds_that_on
     assert stored(rt, Parcel, "P-1")["phase"] == stored(rt, Parcel, "P-2")["phase"] == "weighed"
 
 
+def test_a_flush_of_many_rows_finds_an_earlier_run_among_them(rt, app):
+    """More rows than one look-up takes (bound_starts.LOOKUP_CHUNK), the earlier run in the last."""
+    count = bound_starts.LOOKUP_CHUNK + 44
+    with Session(app) as s:
+        s.add(Parcel(id=f"P-{count - 1}"))
+        s.commit()
+    with rt.db.write() as conn:
+        conn.execute(delete(Parcel.__table__))
+    with Session(app) as s:
+        s.add_all([Parcel(id=f"P-{i}") for i in range(count)])
+        s.commit()
+    with rt.db.read() as conn:
+        started = conn.execute(select(func.count()).select_from(runs).where(runs.c.workflow == "test_bound_parcels")).scalar()
+        in_state = conn.execute(select(func.count()).select_from(Parcel.__table__)
+                                .where(Parcel.__table__.c.phase == "weighed")).scalar()
+    assert started == in_state == count
+
+
 # -- events from attributes, and the state column after every change ---------------------------------
 
 def test_the_state_column_follows_every_step_event_and_timer(rt, app):
