@@ -4,11 +4,13 @@ A binding is declared at module level in a workflows module, so every process th
 workflows (workers, the API, the application) knows the model, its table and its state column:
 
 - **In the application's flush** (SQLAlchemy session events, on every ``Session``): a new row
-  starts a run (``after_flush``, once its primary key is known), an attribute change that meets
-  its condition sends an event and a deleted row cancels its run (``before_flush``: the run is
-  locked before the flush writes the row, the order a worker's transition takes too). All of it
-  goes through ``transitions.apply`` with the application's session: it commits or rolls back
-  with the application's own writes, and its tasks are dispatched after the commit.
+  starts a run (``before_flush`` if its primary key is set, so its INSERT carries the state;
+  else ``after_flush``, once the INSERT gave it), an attribute change that meets its condition
+  sends an event and a deleted row cancels its run (``before_flush``: the run is locked before
+  the flush writes the row, the order a worker's transition takes too). All of it is performed
+  as ``transitions.apply`` performs it, with the application's session: it commits or rolls
+  back with the application's own writes, and its tasks are dispatched after the commit. The
+  starts of one flush's rows go together (engine/bound_starts.py).
 - **The state column** is written by ``sync``, called from ``Change.finish``: an UPDATE of the
   row by its primary key in the transition's own transaction, whichever process makes it. The
   application setting it itself is refused (``StateColumnWritten``).
@@ -214,26 +216,35 @@ class Binding:
 
     # -- the flush ------------------------------------------------------------------------
 
-    def started(self, session, row, inserted: bool) -> None:
-        """Start the row's run (or find the one an earlier flush started for its primary key) and
-        give the row its state: before the INSERT, in the row itself (one statement fewer); after
-        it (a primary key the database assigns), with an UPDATE."""
+    def start_runs(self, session, rows, inserted: bool) -> None:
+        """Start the rows' runs (or find those an earlier flush started for their primary keys),
+        all together (engine/bound_starts.py), and give each row its state: before the INSERT,
+        in the row itself (one statement fewer); after it (a primary key the database assigns),
+        with one UPDATE for them all."""
+        from . import bound_starts
         from . import operations as ops
-        from .transitions import apply, check_data
+        from .transitions import check_data
 
         rt = self.runtime_for(session)
-        pk = getattr(row, self.pk_attr)
-        start = ops.Start(rt.registry.get(self.workflow), check_data(self.data(row)),
-                          _key_text(self.key(row)), self.run_key(pk))
-        run = apply(rt, None, _StartRow(self, start, pk), session=session).run
+        cls = rt.registry.get(self.workflow)
+        items = []
+        for row in rows:
+            pk = getattr(row, self.pk_attr)
+            start = ops.Start(cls, check_data(self.data(row)), _key_text(self.key(row)), self.run_key(pk))
+            items.append(_StartRow(self, start, pk))
+        outcomes = bound_starts.start_all(rt, session, items)
         if self.state_column is None:
             return
+        states = [outcome.run["state"] for outcome in outcomes]
         if inserted:
-            session.connection().execute(self.update_state, {"b_pk": pk, "b_state": run["state"]})
-            set_committed_value(row, self.state_column, run["state"])
+            session.connection().execute(self.update_state, [
+                {"b_pk": item.pk, "b_state": state} for item, state in zip(items, states)])
+            for row, state in zip(rows, states):
+                set_committed_value(row, self.state_column, state)
         else:
-            setattr(row, self.state_column, run["state"])
-            inspect(row).info[_STATE_SET] = run["state"]  # ours: a flush tried again does not refuse it
+            for row, state in zip(rows, states):
+                setattr(row, self.state_column, state)
+                inspect(row).info[_STATE_SET] = state  # ours: a flush tried again does not refuse it
 
     def changed(self, session, row) -> None:
         """Before the UPDATE: refuse a state column the application set; send the triggers' events."""
@@ -296,8 +307,8 @@ class _StartRow:
     def existing(self, rt, conn):
         return self.binding.run_of(conn, self.pk)
 
-    def begin(self, rt, conn, now):
-        return self.start.begin(rt, conn, now)
+    def begin(self, rt, conn, now, writes=None):
+        return self.start.begin(rt, conn, now, writes)
 
     def perform(self, change):
         self.start.perform(change)
@@ -325,7 +336,7 @@ def bind(model, *, workflow: str, **options) -> Binding:
 def sync(change, state: str) -> None:
     """Write the run's state to its row's state column, in the transition's transaction, when it
     changed: an UPDATE by primary key, which locks the row. (A new run's row is given its state
-    by the flush that inserts it: ``Binding.started``.)"""
+    by the flush that inserts it: ``Binding.start_runs``.)"""
     binding = change.rt.registry.bindings.get(change.cls.workflow_name)
     if binding is None or binding.state_column is None or change.new or state == change.row["state"]:
         return
@@ -358,16 +369,17 @@ def _before_flush(session, _context, _instances):
     whole transaction back, the rows' changes with it."""
     session.info.pop(_ERROR, None)
     try:
-        started = set()
+        starting: dict = {}  # binding -> its new rows with a primary key, started together
         for binding, row in _bound(session.new):
             if binding.state_column is not None and inspect(row).attrs[binding.state_column].history.added:
                 value = getattr(row, binding.state_column)
                 if value is not None and inspect(row).info.get(_STATE_SET) != value:
                     raise StateColumnWritten(binding.name, binding.state_column, getattr(row, binding.pk_attr), value)
             if binding.start_on == "insert" and getattr(row, binding.pk_attr) is not None:
-                binding.started(session, row, inserted=False)
-                started.add(id(row))
-        session.info[_STARTED] = started
+                starting.setdefault(binding, []).append(row)
+        for binding, rows in starting.items():
+            binding.start_runs(session, rows, inserted=False)
+        session.info[_STARTED] = {id(row) for rows in starting.values() for row in rows}
         for binding, row in _bound(session.dirty):
             if session.is_modified(row, include_collections=False):
                 binding.changed(session, row)
@@ -384,9 +396,12 @@ def _after_flush(session, _context):
     started = session.info.pop(_STARTED, ())
     if error is not None:
         raise error
+    starting: dict = {}
     for binding, row in _bound(session.new):
         if binding.start_on == "insert" and id(row) not in started:
-            binding.started(session, row, inserted=True)
+            starting.setdefault(binding, []).append(row)
+    for binding, rows in starting.items():
+        binding.start_runs(session, rows, inserted=True)
 
 
 def _orm_execute(state):

@@ -10,6 +10,7 @@ does for its own statements, so ``Database.transaction`` retries it the same way
 
 from contextlib import contextmanager
 from dataclasses import dataclass
+from operator import itemgetter
 
 from sqlalchemy import JSON, Double, Integer, String, Text
 from sqlalchemy.exc import DBAPIError
@@ -24,6 +25,15 @@ class _Compiled:
     columns: list  # result column names
     types: list  # and their types, as the dialect implements them
     results: list | None = None  # result column conversions, known once the driver described them
+    ordered: object = None  # the values of ``names``, in order, from a dict of them (positional drivers)
+
+    def __post_init__(self):
+        if self.names is None:
+            return
+        if len(self.names) > 1:
+            self.ordered = itemgetter(*self.names)
+        else:  # itemgetter of one name gives the value, of none is an error
+            self.ordered = lambda values, names=tuple(self.names): tuple(values[name] for name in names)
 
 
 class Statement:
@@ -76,9 +86,9 @@ def _bind(compiled: _Compiled, params: dict):
     values = {**compiled.defaults, **params} if compiled.defaults else params
     for name, processor in compiled.processors.items():
         values[name] = processor(values[name])
-    if compiled.names is None:
+    if compiled.ordered is None:
         return values
-    return tuple(values[name] for name in compiled.names)
+    return compiled.ordered(values)
 
 
 def execute_many(conn, statement: Statement, rows: list) -> None:
@@ -142,18 +152,24 @@ def fetch(conn, statement: Statement, params: dict) -> list[dict]:
     """The rows a SELECT returns, as dicts of converted values."""
     compiled = statement.compiled(conn.dialect, tuple(params))
     values = _bind(compiled, dict(params))
-    raw, description = _on_cursor(conn, compiled.sql, values, lambda cursor: _all(cursor, compiled.sql, values))
-    if compiled.results is None:
-        compiled.results = [kind.result_processor(conn.dialect, column[1])
-                             for kind, column in zip(compiled.types, description)]
+    raw = _on_cursor(conn, compiled.sql, values, lambda cursor: _all(cursor, compiled, values, conn.dialect))
     columns, results = compiled.columns, compiled.results
     return [{column: (value if convert is None or value is None else convert(value))
              for column, convert, value in zip(columns, results, row)} for row in raw]
 
 
-def _all(cursor, sql, values) -> tuple:
-    cursor.execute(sql, values)
-    return cursor.fetchall(), cursor.description
+def _all(cursor, compiled, values, dialect) -> list:
+    cursor.execute(compiled.sql, values)
+    if compiled.results is None:  # psycopg builds the description anew at each read: read it once
+        compiled.results = [kind.result_processor(dialect, column[1])
+                            for kind, column in zip(compiled.types, cursor.description)]
+    return cursor.fetchall()
+
+
+def execute_sql(conn, sql: str) -> None:
+    """A statement without parameters (``SAVEPOINT x``) on the driver's cursor: inside
+    ``pipelined``, it is sent with the statements around it."""
+    _on_cursor(conn, sql, None, lambda cursor: cursor.execute(sql))
 
 
 @contextmanager

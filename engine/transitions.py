@@ -182,16 +182,20 @@ class Writes:
     def flush(self, conn):
         self._flush_deferred(conn)
         with hotsql.pipelined(conn):
-            for statement, rows in ((_HOT_INSERT_RUN, self.run_inserts), (_HOT_UPDATE_RUN, self.run_updates),
-                                    (_HOT_FINISH_TASK, self.task_updates), (_HOT_FIRE_TIMER, self.timer_updates),
-                                    (_HOT_INSERT_HISTORY, self.history),
-                                    (_HOT_INSERT_TASKS, self.tasks), (_HOT_INSERT_TIMERS, self.timers),
-                                    (_HOT_INSERT_SIGNALS, self.signals)):
-                if rows:
-                    hotsql.execute_many(conn, statement, rows)
-                    rows.clear()
-            if self.search_deletes or self.search_inserts:
-                search.flush(conn, self)
+            self.write(conn)
+
+    def write(self, conn):
+        """``flush``'s statements, in a pipeline the caller holds (with statements of its own)."""
+        for statement, rows in ((_HOT_INSERT_RUN, self.run_inserts), (_HOT_UPDATE_RUN, self.run_updates),
+                                (_HOT_FINISH_TASK, self.task_updates), (_HOT_FIRE_TIMER, self.timer_updates),
+                                (_HOT_INSERT_HISTORY, self.history),
+                                (_HOT_INSERT_TASKS, self.tasks), (_HOT_INSERT_TIMERS, self.timers),
+                                (_HOT_INSERT_SIGNALS, self.signals)):
+            if rows:
+                hotsql.execute_many(conn, statement, rows)
+                rows.clear()
+        if self.search_deletes or self.search_inserts:
+            search.flush(conn, self)
 
     def flush_pending(self, conn):
         """Write the deferred task and timer updates now: an UPDATE by run or state follows."""

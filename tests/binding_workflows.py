@@ -80,3 +80,65 @@ class NoteFlow(Workflow):
 
 notes = bind(Note, workflow="test_bound_notes", triggers={"total": "go"}, state_column="state",
              on_refused="record")
+
+
+class Parcel(Base):
+    """A start that writes every kind of row: a step's task, a timer, search fields."""
+
+    __tablename__ = "test_bound_parcels"
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    kind: Mapped[str] = mapped_column(String(64), default="box")
+    weight: Mapped[float] = mapped_column(Float, default=0.0)
+    phase: Mapped[str | None] = mapped_column(String(255))
+
+
+class ParcelFlow(Workflow):
+    """No callback: its start takes no machine."""
+
+    name, version = "test_bound_parcels", 1
+    search = {"kind": str, "weight": float}
+
+    weighed = State(initial=True)
+    sent = State(final=True)
+
+    ship = weighed.to(sent)
+    lapse = after(timedelta(hours=1), weighed, send="ship")
+
+    @step(weighed)
+    def label(self, run):
+        return "ship"
+
+
+parcels = bind(Parcel, workflow="test_bound_parcels", state_column="phase")
+
+
+class Crate(Base):
+    """Its workflow's entry callback changes the run's data: its start runs the machine."""
+
+    __tablename__ = "test_bound_crates"
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    kind: Mapped[str] = mapped_column(String(64), default="box")
+    phase: Mapped[str | None] = mapped_column(String(255))
+
+
+class CrateFlow(Workflow):
+    name, version = "test_bound_crates", 1
+    search = {"kind": str}
+
+    packed = State(initial=True)
+    gone = State(final=True)
+
+    ship = packed.to(gone)
+    lapse = after(timedelta(hours=1), packed, send="ship")
+
+    def on_enter_packed(self, run):
+        run.data["packed"] = True
+
+    @step(packed)
+    def load(self, run):
+        return "ship"
+
+
+crates = bind(Crate, workflow="test_bound_crates", state_column="phase")

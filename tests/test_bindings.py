@@ -8,14 +8,14 @@ from sqlalchemy import create_engine, delete, func, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 
-from engine import BindingError, DefinitionError, InvalidTransition, StateColumnWritten
+from engine import BindingError, DefinitionError, InvalidTransition, StateColumnWritten, bound_starts
 from engine.bindings import Binding
 from engine.config import Settings
 from engine.db import Database
-from engine.models import history, runs, tasks
+from engine.models import history, run_search, runs, tasks, timers
 from engine.runtime import Interlock
 
-from .binding_workflows import Base, Note, Ticket
+from .binding_workflows import Base, Crate, Note, Parcel, Ticket
 from .conftest import _runtime, require_server, wait_until
 from .processes import Process, env_for
 from .test_migrations import fresh_database
@@ -156,6 +156,94 @@ def test_a_rollback_leaves_no_run_no_event_and_no_task(rt, app):
     [run] = runs_of(rt)
     assert transitions(rt, run.id, "escalate") == [] and in_step(rt, ticket_id) == "open"
     assert stored(rt, Ticket, ticket_id)["total"] == 5.0
+
+
+def written(rt, model, prefix) -> dict:
+    """Every row the starts of ``model`` rows with ids ``<prefix>-...`` wrote, ids and times
+    made relative to their run (so two sets of rows started apart compare equal)."""
+    table = model.__table__
+    with rt.db.read() as conn:
+        found = conn.execute(select(runs).where(runs.c.idempotency_key.like(f"{table.name}:{prefix}-%"))
+                             .order_by(runs.c.idempotency_key)).mappings().all()
+        out = {}
+        for run in found:
+            def same(row, *drop):
+                kept = {k: v for k, v in row.items() if k not in drop}
+                for k, v in kept.items():
+                    if isinstance(v, float) and (k == "at" or k.endswith("_at")):
+                        kept[k] = round(v - run["created_at"], 3)  # times, from the run's start
+                return repr(kept).replace(run["id"], "<run>").replace(f"{prefix}-", "<prefix>-")
+
+            def rows_of(t, *drop):
+                return sorted(same(dict(r), *drop) for r in conn.execute(
+                    select(t).where(t.c.run_id == run["id"])).mappings())
+
+            pk = run["idempotency_key"].split(":", 1)[1]
+            out[pk.replace(f"{prefix}-", "<prefix>-")] = {
+                "run": same(dict(run), "id"), "history": rows_of(history),
+                "tasks": rows_of(tasks, "id"), "timers": rows_of(timers, "id"),
+                "search": rows_of(run_search),
+                "row": same(dict(conn.execute(select(table).where(table.c.id == pk)).mappings().one())),
+            }
+    return out
+
+
+@pytest.mark.parametrize("model", [Parcel, Crate])
+def test_rows_started_together_write_what_rows_started_one_by_one_do(rt, app, model, monkeypatch):
+    """One flush's rows start together (bound_starts.together: one statement per table, their
+    earlier runs found by the unique key) and write the same runs, history, tasks, timers,
+    search fields and state columns as each row started alone by transitions.apply."""
+    def insert(prefix):
+        with Session(app) as s:
+            s.add_all([model(id=f"{prefix}-{i}", kind=f"k{i % 2}", **({"weight": i + 0.5} if model is Parcel else {}))
+                       for i in range(3)])
+            s.commit()
+
+    together = []
+    real = bound_starts.together
+    monkeypatch.setattr(bound_starts, "together", lambda *a: together.append(real(*a)) or together[-1])
+    insert("A")
+    monkeypatch.setattr(bound_starts, "together", lambda *a: None)  # every row alone, as before
+    insert("B")
+    assert len(together) == 1 and len(together[0]) == 3
+    fast, slow = written(rt, model, "A"), written(rt, model, "B")
+    assert len(fast) == 3 and fast == slow
+    assert all(len(rows["tasks"]) == len(rows["timers"]) == 1 and rows["search"] for rows in fast.values())
+    if model is Crate:  # the callback's change is the run's, not the start's history entry
+        some = next(iter(fast.values()))
+        assert "'packed': True" in some["run"] and "'packed': True" not in some["history"][0]
+
+
+def test_a_flush_whose_row_has_a_run_already_starts_the_others_and_finds_that_one(rt, app):
+    with Session(app) as s:
+        s.add(Parcel(id="P-1", weight=1.0))
+        s.commit()
+    with rt.db.write() as conn:
+        conn.execute(delete(Parcel.__table__))
+    with Session(app) as s:  # P-1's run is found (the batch rolled back to its savepoint), P-2's started
+        s.add_all([Parcel(id="P-2"), Parcel(id="P-1")])
+        s.commit()
+    assert sorted(r.idempotency_key for r in runs_of(rt, "test_bound_parcels")) == [
+        "test_bound_parcels:P-1", "test_bound_parcels:P-2"]
+    assert stored(rt, Parcel, "P-1")["phase"] == stored(rt, Parcel, "P-2")["phase"] == "weighed"
+
+
+def test_a_flush_of_many_rows_finds_an_earlier_run_among_them(rt, app):
+    """More rows than one look-up takes (bound_starts.LOOKUP_CHUNK), the earlier run in the last."""
+    count = bound_starts.LOOKUP_CHUNK + 44
+    with Session(app) as s:
+        s.add(Parcel(id=f"P-{count - 1}"))
+        s.commit()
+    with rt.db.write() as conn:
+        conn.execute(delete(Parcel.__table__))
+    with Session(app) as s:
+        s.add_all([Parcel(id=f"P-{i}") for i in range(count)])
+        s.commit()
+    with rt.db.read() as conn:
+        started = conn.execute(select(func.count()).select_from(runs).where(runs.c.workflow == "test_bound_parcels")).scalar()
+        in_state = conn.execute(select(func.count()).select_from(Parcel.__table__)
+                                .where(Parcel.__table__.c.phase == "weighed")).scalar()
+    assert started == in_state == count
 
 
 # -- events from attributes, and the state column after every change ---------------------------------
