@@ -5,11 +5,14 @@ moves the run to the next state, so a run makes five step transitions.
 
 ``bench_payload5``: the same five steps on a run that carries a 1 KB string in its data; each
 step replaces it with a new 1 KB string, so every transition writes the payload again.
+
+``bench_limited5``: the five no-op steps, each with a concurrency limit never reached (10,000
+at once, shared by the five: engine/limits.py), so every step takes and gives back a slot.
 """
 
 import time
 
-from engine import State, Workflow, step
+from engine import Limit, State, Workflow, step
 
 PAYLOAD_BYTES = 1024
 
@@ -122,3 +125,43 @@ class Slow3(Workflow):
     def step3(self, run):
         time.sleep(0.5)
         return "e3"
+
+
+NEVER_REACHED = Limit(10_000, name="bench.never_reached")
+
+
+class Limited5(Workflow):
+    name, version = "bench_limited5", 1
+
+    s1 = State(initial=True)
+    s2 = State()
+    s3 = State()
+    s4 = State()
+    s5 = State()
+    done = State(final=True)
+
+    e1 = s1.to(s2)
+    e2 = s2.to(s3)
+    e3 = s3.to(s4)
+    e4 = s4.to(s5)
+    e5 = s5.to(done)
+
+    @step(s1, concurrency=NEVER_REACHED)
+    def step1(self, run):
+        return "e1"
+
+    @step(s2, concurrency=NEVER_REACHED)
+    def step2(self, run):
+        return "e2"
+
+    @step(s3, concurrency=NEVER_REACHED)
+    def step3(self, run):
+        return "e3"
+
+    @step(s4, concurrency=NEVER_REACHED)
+    def step4(self, run):
+        return "e4"
+
+    @step(s5, concurrency=NEVER_REACHED)
+    def step5(self, run):
+        return "e5"

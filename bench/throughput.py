@@ -39,7 +39,7 @@ BACKENDS = {
     "pg-rabbitmq": ("PostgreSQL + RabbitMQ", m.AMQP_URL),
 }
 # backlog: 3 steps of 0.5 s each, so the runs queue far longer than --resend-after (duplicates).
-VARIANTS = {"noop": "bench_noop5", "payload": "bench_payload5", "backlog": "bench_slow3"}
+VARIANTS = {"noop": "bench_noop5", "payload": "bench_payload5", "backlog": "bench_slow3", "limited": "bench_limited5"}
 BASELINES = ["chain-redis", "chain-rabbitmq", "commit", "dbos", "celery"]
 PORTS = {"PostgreSQL": 5432, "Redis": 6379, "RabbitMQ": 5672}
 
@@ -263,7 +263,7 @@ def parse_args(argv):
     mode.add_argument("--quick", action="store_true", help="small N, no peer installs (CI)")
     mode.add_argument("--full", action="store_true", help="the real figures (the default)")
     p.add_argument("--backends", default=",".join(BACKENDS), help=f"comma-separated, of {', '.join(BACKENDS)}")
-    p.add_argument("--variants", default=None, help="noop,payload,backlog (default: noop,payload; --quick: noop)")
+    p.add_argument("--variants", default=None, help="noop,payload,backlog,limited (default: noop,payload; --quick: noop)")
     p.add_argument("--baselines", default=",".join(BASELINES), help=f"comma-separated, of {', '.join(BASELINES)}; "
                    "'none' for none")
     p.add_argument("--runs", type=int, default=None, help="runs started at once (default 2000; --quick 100)")

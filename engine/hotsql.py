@@ -75,8 +75,8 @@ def _compile(statement, dialect) -> _Compiled:
         if processor is not None:
             processors[name] = processor
     columns, types = [], []
-    if statement.is_select:
-        for column in statement.selected_columns:
+    if statement.is_select or statement.is_dml:  # a SELECT's columns, or what an UPDATE ... RETURNING gives
+        for column in (statement.selected_columns if statement.is_select else statement.exported_columns):
             columns.append(column.key)
             types.append(column.type.dialect_impl(dialect))
     return _Compiled(compiled.string, names, defaults, processors, columns, types)

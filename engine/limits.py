@@ -27,10 +27,12 @@ path that did not take one) takes it first, or waits for it (``runs_now``).
 """
 
 import logging
+import random
 
 from sqlalchemy import Double, bindparam, delete, exists, func, insert, select, update
 from sqlalchemy.dialects import mysql, postgresql, sqlite
 
+from . import hotsql
 from .errors import CallbackError
 
 
@@ -81,6 +83,39 @@ def _ensure_slots(conn, name: str, key: str, n: int, check=False) -> None:
     _ENSURED.add((name, key, n))
 
 
+def _take_in_one(dialect, _keys):
+    """A free slot of the key taken, returning its number (PostgreSQL, SQLite: one statement)."""
+    free = (select(limit_slots.c.slot).where(
+        limit_slots.c.name == bindparam("b_name"), limit_slots.c.key == bindparam("b_key"),
+        limit_slots.c.slot >= bindparam("b_from"), limit_slots.c.slot < bindparam("b_n"),
+        limit_slots.c.task_id.is_(None))
+        .order_by(limit_slots.c.slot).limit(1).with_for_update(skip_locked=True).scalar_subquery())
+    return (update(limit_slots).where(limit_slots.c.name == bindparam("b_name"), limit_slots.c.key == bindparam("b_key"),
+                                      limit_slots.c.slot == free, limit_slots.c.task_id.is_(None))
+            .values(task_id=bindparam("b_task"), acquired_at=bindparam("b_now")).returning(limit_slots.c.slot))
+
+
+_TAKE_ONE = hotsql.Statement(_take_in_one)
+# A task's slot given back, returning which (the caller hands it to a waiter, if the key has one).
+_GIVE_BACK = hotsql.Statement(lambda _dialect, _keys: update(limit_slots).where(
+    limit_slots.c.task_id == bindparam("b_task")).values(task_id=None, acquired_at=None).returning(
+    limit_slots.c.name, limit_slots.c.key, limit_slots.c.slot))
+_ANY_WAITER = hotsql.Statement(lambda _dialect, _keys: select(limit_waiters.c.task_id).where(
+    limit_waiters.c.name == bindparam("b_name"), limit_waiters.c.key == bindparam("b_key")).limit(1))
+
+
+def _give_back_and_look(_dialect, _keys):
+    """PostgreSQL: the slot given back and whether its key has waiters, in one round trip."""
+    freed = (update(limit_slots).where(limit_slots.c.task_id == bindparam("b_task"))
+             .values(task_id=None, acquired_at=None)
+             .returning(limit_slots.c.name, limit_slots.c.key, limit_slots.c.slot).cte("freed"))
+    waiting = exists().where(limit_waiters.c.name == freed.c.name, limit_waiters.c.key == freed.c.key)
+    return select(freed.c.name, freed.c.key, freed.c.slot, waiting.label("waiting"))
+
+
+_GIVE_BACK_AND_LOOK = hotsql.Statement(_give_back_and_look)
+RETURNING = ("postgresql", "sqlite")  # MariaDB has no UPDATE ... RETURNING: two statements there
+
 _FREE_SLOT = (select(limit_slots.c.slot).where(
     limit_slots.c.name == bindparam("b_name"), limit_slots.c.key == bindparam("b_key"),
     limit_slots.c.slot < bindparam("b_n"), limit_slots.c.task_id.is_(None))
@@ -90,16 +125,31 @@ _TAKE_SLOT = update(limit_slots).where(
     limit_slots.c.slot == bindparam("b_slot")).values(task_id=bindparam("b_task"), acquired_at=bindparam("b_now"))
 
 
-def _take(conn, name, key, n, task_id, now) -> bool:
+def _take(conn, name, key, n, task_id, now) -> int | None:
+    """A free slot of the key taken for ``task_id``: its number, or None (none is free)."""
     _ensure_slots(conn, name, key, n)
-    slot = conn.execute(_FREE_SLOT, {"b_name": name, "b_key": key, "b_n": n}).scalar()
+    slot = _take_free(conn, name, key, n, task_id, now)
     if slot is None:  # none free, or its rows are gone (this process's memory of them is stale)
         _ensure_slots(conn, name, key, n, check=True)
-        slot = conn.execute(_FREE_SLOT, {"b_name": name, "b_key": key, "b_n": n}).scalar()
-    if slot is None:
-        return False
-    conn.execute(_TAKE_SLOT, {"b_name": name, "b_key": key, "b_slot": slot, "b_task": task_id, "b_now": now})
-    return True
+        slot = _take_free(conn, name, key, n, task_id, now)
+    return slot
+
+
+def _take_free(conn, name, key, n, task_id, now) -> int | None:
+    params = {"b_name": name, "b_key": key, "b_n": n, "b_task": task_id, "b_now": now}
+    if conn.dialect.name in RETURNING:
+        # From a random slot on, then from the first: takers spread over the key's rows instead of
+        # all walking past the same held ones and waiting on the same few free ones.
+        start = random.randrange(n) if n > 1 else 0
+        for lowest in ((start, 0) if start else (0,)):
+            taken = hotsql.fetch(conn, _TAKE_ONE, {**params, "b_from": lowest})
+            if taken:
+                return taken[0]["slot"]
+        return None
+    slot = conn.execute(_FREE_SLOT, {"b_name": name, "b_key": key, "b_n": n}).scalar()
+    if slot is not None:
+        conn.execute(_TAKE_SLOT, {**params, "b_slot": slot})
+    return slot
 
 
 FORGET_RESERVATION = update(tasks).where(tasks.c.id == bindparam("b_task")).values(rate_at=None)
@@ -116,7 +166,11 @@ def admit(change, task: dict, spec) -> bool:
     conn, now = change.conn, change.now
     name, key = spec.limit_name(spec.concurrency), key_of(spec.concurrency, change)
     fresh = task.get("attempt", 0) == 0 and task["status"] == "queued" and task.get("sends", 0) == 0
-    if (not fresh and holds_slot(conn, task["id"])) or _take(conn, name, key, spec.concurrency.n, task["id"], now):
+    if not fresh and holds_slot(conn, task["id"]):
+        return True
+    slot = _take(conn, name, key, spec.concurrency.n, task["id"], now)
+    if slot is not None:
+        task["slot"] = slot  # the task row says it holds one: its delivery need not look
         return True
     conn.execute(insert(limit_waiters).values(
         task_id=task["id"], run_id=change.row["id"], name=name, key=key,
@@ -155,11 +209,25 @@ def reserve(rt, row: dict, spec, now: float) -> float:
 def release(change, task_id) -> None:
     """``task_id`` ended: its slot goes to the next waiter of its key (sent after the commit)."""
     conn = change.conn
-    held = conn.execute(select(limit_slots.c.name, limit_slots.c.key, limit_slots.c.slot).where(
-        limit_slots.c.task_id == task_id).with_for_update()).first()
-    if held is None:
-        return
-    _hand_over(change.conn, held.name, held.key, held.slot, change.now, change.rt.worker_id, change.woken)
+    if conn.dialect.name == "postgresql":
+        given = hotsql.fetch(conn, _GIVE_BACK_AND_LOOK, {"b_task": task_id})
+        if not given or not given[0]["waiting"]:
+            return  # free now (and locked by this transaction until it commits)
+        name, key, slot = given[0]["name"], given[0]["key"], given[0]["slot"]
+    elif conn.dialect.name in RETURNING:
+        given = hotsql.fetch(conn, _GIVE_BACK, {"b_task": task_id})
+        if not given:
+            return
+        name, key, slot = given[0]["name"], given[0]["key"], given[0]["slot"]
+        if not hotsql.fetch(conn, _ANY_WAITER, {"b_name": name, "b_key": key}):
+            return
+    else:
+        held = conn.execute(select(limit_slots.c.name, limit_slots.c.key, limit_slots.c.slot).where(
+            limit_slots.c.task_id == task_id).with_for_update()).first()
+        if held is None:
+            return
+        name, key, slot = held
+    _hand_over(conn, name, key, slot, change.now, change.rt.worker_id, change.woken)
 
 
 def _effective(now):
@@ -182,7 +250,8 @@ def _hand_over(conn, name, key, slot, now, sender, dispatch) -> bool:
             return False
         conn.execute(delete(limit_waiters).where(limit_waiters.c.task_id == waiter.task_id))
         woken = conn.execute(update(tasks).where(tasks.c.id == waiter.task_id, tasks.c.status == "limited").values(
-            status="queued", sent_at=now, sent_by=sender, sends=tasks.c.sends + 1, updated_at=now)).rowcount
+            status="queued", slot=slot, sent_at=now, sent_by=sender, sends=tasks.c.sends + 1,
+            updated_at=now)).rowcount
         if woken:
             conn.execute(_TAKE_SLOT, {"b_name": name, "b_key": key, "b_slot": slot, "b_task": waiter.task_id,
                                       "b_now": now})
@@ -190,21 +259,32 @@ def _hand_over(conn, name, key, slot, now, sender, dispatch) -> bool:
             return True
 
 
+_STALE_EVERY = 5.0  # seconds between looks for slots of tasks that ended without giving theirs back
+_looked_at = {"stale": 0.0}
+
+
 def reclaim(rt) -> int:
-    """The reconciler's duty: free the slots of tasks that ended without giving theirs back
-    (superseded, cancelled, deleted) and hand them, and any free slot, to waiters; forget
-    waiters whose task no longer waits. How many slots it handed over or freed."""
+    """The reconciler's duty: hand free slots to the waiters of their keys (a slot freed by a
+    transaction that found no waiter, while one was being added); every few seconds, also free
+    the slots of tasks that ended without giving theirs back (superseded, cancelled, deleted) and
+    forget waiters whose task no longer waits. How many slots it handed over or freed."""
     now = rt.clock.now()
-    open_task = exists().where(tasks.c.id == limit_slots.c.task_id, tasks.c.status.in_(OPEN))
-    still_waiting = exists().where(tasks.c.id == limit_waiters.c.task_id, tasks.c.status == "limited")
+    look_stale = now - _looked_at["stale"] >= _STALE_EVERY
     with rt.db.read() as conn:
-        stale = conn.execute(select(limit_slots.c.name, limit_slots.c.key, limit_slots.c.slot).where(
-            limit_slots.c.task_id.is_not(None), ~open_task).limit(RECLAIM_BATCH)).all()
-        free = conn.execute(select(limit_slots.c.name, limit_slots.c.key, limit_slots.c.slot).where(
-            limit_slots.c.task_id.is_(None), exists().where(
-                limit_waiters.c.name == limit_slots.c.name, limit_waiters.c.key == limit_slots.c.key))
-            .limit(RECLAIM_BATCH)).all()
-        gone = conn.execute(select(limit_waiters.c.task_id).where(~still_waiting).limit(RECLAIM_BATCH)).scalars().all()
+        keys = conn.execute(select(limit_waiters.c.name, limit_waiters.c.key).distinct().limit(RECLAIM_BATCH)).all()
+        free = [row for name, key in keys for row in conn.execute(
+            select(limit_slots.c.name, limit_slots.c.key, limit_slots.c.slot).where(
+                limit_slots.c.name == name, limit_slots.c.key == key, limit_slots.c.task_id.is_(None))
+            .limit(RECLAIM_BATCH)).all()]
+        stale, gone = [], []
+        if look_stale:
+            _looked_at["stale"] = now
+            open_task = exists().where(tasks.c.id == limit_slots.c.task_id, tasks.c.status.in_(OPEN))
+            still_waiting = exists().where(tasks.c.id == limit_waiters.c.task_id, tasks.c.status == "limited")
+            stale = conn.execute(select(limit_slots.c.name, limit_slots.c.key, limit_slots.c.slot).where(
+                limit_slots.c.task_id.is_not(None), ~open_task).limit(RECLAIM_BATCH)).all()
+            gone = conn.execute(select(limit_waiters.c.task_id).where(~still_waiting)
+                                .limit(RECLAIM_BATCH)).scalars().all()
     if not (stale or free or gone):
         return 0
     dispatch: list = []
@@ -229,7 +309,7 @@ def reclaim(rt) -> int:
 def runs_now(rt, row: dict, spec) -> bool:
     """At a delivery of a limited step's task: True if it may run (it holds its slot, or took a
     free one); else it now waits for one (stored ``limited``), and the delivery is dropped."""
-    if spec.concurrency is None:
+    if spec.concurrency is None or row.get("slot") is not None:  # it took one when it was made ready
         return True
     from .transitions import Change
 
@@ -242,7 +322,9 @@ def runs_now(rt, row: dict, spec) -> bool:
         cls = rt.registry.get(locked["workflow"], locked["version"])
         change = Change(rt, conn, dict(locked), cls, rt.clock.now())
         name, key = spec.limit_name(spec.concurrency), key_of(spec.concurrency, change)
-        if _take(conn, name, key, spec.concurrency.n, row["id"], change.now):
+        slot = _take(conn, name, key, spec.concurrency.n, row["id"], change.now)
+        if slot is not None:
+            conn.execute(update(tasks).where(tasks.c.id == row["id"]).values(slot=slot))
             return True
         conn.execute(update(tasks).where(tasks.c.id == row["id"], tasks.c.status == "queued").values(
             status="limited", sent_at=None))

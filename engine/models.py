@@ -113,6 +113,8 @@ tasks = Table(
     Column("updated_at", Double, nullable=False),
     # A rate-limited attempt's reserved start (engine/limits.py); NULL until it is delivered.
     Column("rate_at", Double),
+    # The slot of its step's concurrency limit it holds (engine/limits.py), once it took one.
+    Column("slot", Integer),
     Index(None, "status", "available_at"),
     Index(None, "run_id"),
     Index(None, "token"),

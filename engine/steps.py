@@ -55,7 +55,7 @@ RESULT_TRIES = 10
 # The task a delivery names, if queued and a step (one not yet due is sent again with its delay).
 _RUNNABLE = hotsql.Statement(lambda _dialect, _keys: (
     select(tasks.c.id, tasks.c.run_id, tasks.c.state, tasks.c.name, tasks.c.attempt,
-           tasks.c.entry_seq, tasks.c.available_at, tasks.c.sent_at, tasks.c.sends, runs.c.workflow,
+           tasks.c.entry_seq, tasks.c.available_at, tasks.c.sent_at, tasks.c.sends, tasks.c.slot, runs.c.workflow,
            runs.c.version, runs.c.data, runs.c.business_key, runs.c.paused_at,
            pauses.workflow_paused_clause().label("workflow_paused"))
     .join(runs, runs.c.id == tasks.c.run_id)

@@ -446,7 +446,7 @@ class Change:
                "name": spec.name, "kind": spec.kind, "status": "queued", "attempt": 0,
                "max_attempts": spec.max_attempts, "available_at": self.now, "sent_at": None,
                "sent_by": None, "sends": 0, "claimed_at": None, "lease_until": None, "token": None, "visibility_timeout": None,
-               "last_error": None,
+               "last_error": None, "slot": None,
                "created_at": self.now, "updated_at": self.now}
         self.schedule(row, 0.0, spec)
         self.new_tasks.append(row)

@@ -20,6 +20,7 @@ depends_on = None
 def upgrade():
     op.add_column('runs', sa.Column('priority', sa.Integer(), server_default='0', nullable=False))
     op.add_column('tasks', sa.Column('rate_at', sa.Double(), nullable=True))
+    op.add_column('tasks', sa.Column('slot', sa.Integer(), nullable=True))
     op.create_table(
         'limit_slots',
         sa.Column('name', sa.String(200), nullable=False),
@@ -58,5 +59,6 @@ def downgrade():
     op.drop_table('limit_waiters')
     op.drop_index('ix_limit_slots_task_id', table_name='limit_slots')
     op.drop_table('limit_slots')
+    op.drop_column('tasks', 'slot')
     op.drop_column('tasks', 'rate_at')
     op.drop_column('runs', 'priority')
