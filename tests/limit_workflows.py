@@ -11,6 +11,12 @@ from engine import Limit, Rate, State, Workflow, step
 _PROBES: dict = {}
 
 
+def group(run) -> str:
+    """The limit's key: the runs of one test share it (``group`` in their data); a run without one
+    has a key of its own, so that runs of unrelated tests never wait for each other."""
+    return run.data.get("group") or run.id
+
+
 def probe(run, event: str) -> None:
     """With LIMIT_PROBE_URL set (tests/test_limits.py), note the attempt's start or end in the
     ``lim_probe`` table, committed at once: a sampler counts the attempts running at every moment."""
@@ -37,7 +43,7 @@ class LimitedCall(Workflow):
 
     finished = calling.to(done)
 
-    @step(calling, concurrency=2, retries=2, backoff=timedelta(seconds=0.05))
+    @step(calling, concurrency=Limit(2, key=group), retries=2, backoff=timedelta(seconds=0.05))
     def call(self, run):
         if run.attempt <= run.data.get("fail_first", 0):
             raise RuntimeError("the system said no")
@@ -55,7 +61,7 @@ class ThreeAtOnce(Workflow):
 
     finished = calling.to(done)
 
-    @step(calling, concurrency=3, time_limit=timedelta(seconds=30))
+    @step(calling, concurrency=Limit(3, key=group), time_limit=timedelta(seconds=30))
     def call(self, run):
         probe(run, "start")
         time.sleep(run.data.get("sleep", 0.3))

@@ -49,7 +49,7 @@ def finish_all(rt, run_ids, timeout=30):
 
 def test_a_step_with_concurrency_2_runs_two_attempts_at_once_at_most(rt):
     with rt.worker(6):
-        ids = [rt.start("lim_call", {"sleep": 0.25}).id for _ in range(6)]
+        ids = [rt.start("lim_call", {"sleep": 0.25, "group": "g"}).id for _ in range(6)]
         finish_all(rt, ids)
     spans = attempts(rt, ids)
     assert len(spans) == 6 and most_at_once(spans) == 2
@@ -98,12 +98,12 @@ def test_a_higher_priority_run_is_handed_the_slot_before_older_lower_ones(rt):
 
 def test_a_failed_attempt_keeps_its_slot_through_its_retry_and_a_superseded_task_gives_it_back(rt):
     with rt.worker(4):
-        flaky = rt.start("lim_call", {"sleep": 0.05, "fail_first": 1}).id
+        flaky = rt.start("lim_call", {"sleep": 0.05, "fail_first": 1, "group": "g"}).id
         finish_all(rt, [flaky])
         assert [h.kind for h in rt.history(flaky) if h.kind in ("step_failed", "step_succeeded")] == [
             "step_failed", "step_succeeded"]
-        slow = [rt.start("lim_call", {"sleep": 5}).id for _ in range(2)]
-        queued = rt.start("lim_call", {"sleep": 0.05}).id
+        slow = [rt.start("lim_call", {"sleep": 5, "group": "g"}).id for _ in range(2)]
+        queued = rt.start("lim_call", {"sleep": 0.05, "group": "g"}).id
         wait_until(lambda: explain(rt, queued)["tasks"][0]["status"] == "limited", message="the third to wait")
         rt.cancel(slow[0], "no longer needed")  # its task is cancelled: the reconciler frees its slot
         wait_until(lambda: rt.get(queued).status == "succeeded", message="the waiter to get the freed slot")
@@ -189,7 +189,7 @@ def test_three_worker_processes_never_run_more_than_three_attempts_at_once(broke
     sampler = Sampler(probe_table)
     try:
         sampler.start()
-        ids = [rt.start("lim_three", {"sleep": 0.3}).id for _ in range(18)]
+        ids = [rt.start("lim_three", {"sleep": 0.3, "group": "g"}).id for _ in range(18)]
         finish_all(rt, ids, timeout=60)
     finally:
         sampler.stop.set()
@@ -209,7 +209,7 @@ def test_a_killed_workers_attempt_runs_again_under_its_slot_and_the_others_follo
     rt = Interlock(broker_settings)
     env = {"LIMIT_PROBE_URL": broker_settings.database_url}
     first = workers(broker_settings, tmp_path, 1, env)[0]
-    ids = [rt.start("lim_three", {"sleep": 2.0}).id for _ in range(4)]
+    ids = [rt.start("lim_three", {"sleep": 2.0, "group": "g"}).id for _ in range(4)]
     try:
         with probe_table.connect() as conn:
             wait_until(lambda: conn.execute(text("SELECT count(*) FROM lim_probe")).scalar() == 3, timeout=20,
