@@ -35,9 +35,9 @@ def create_app(config: dict | None = None, interlock: Interlock | None = None) -
     app.before_request(rt.keep_clock)
     problems.register(app)
 
-    from . import activities, batches, docs, migrations, pauses, runs, schedules, streams, workflows
+    from . import activities, batches, docs, limits, migrations, pauses, runs, schedules, streams, workflows
 
-    for module in (workflows, runs, pauses, batches, migrations, streams, activities, schedules, docs):
+    for module in (workflows, runs, pauses, limits, batches, migrations, streams, activities, schedules, docs):
         # On the app, not the module-level blueprint: create_app may run more than once per process.
         app.before_request_funcs.setdefault(module.blueprint.name, []).append(auth.require_token)
         app.register_blueprint(module.blueprint)

@@ -56,4 +56,34 @@ def resume(settings, run_id, workflow, version):
         rt.close()
 
 
-COMMANDS = [pause, resume]
+@click.command()
+@click.argument("run_id")
+@click.argument("priority", type=click.IntRange(-1000, 1000))
+@click.pass_obj
+def priority(settings, run_id, priority):
+    """Set run RUN_ID's PRIORITY (higher first where its steps wait for a slot of a limit)."""
+    rt = open_runtime(settings)
+    try:
+        run = rt.set_priority(run_id, priority)
+        click.echo(f"{run.id} {run.status} {run.state} priority {run.priority}")
+    finally:
+        rt.close()
+
+
+@click.command("limits")
+@click.option("--name", default=None, help="Only this limit")
+@click.pass_obj
+def limits_command(settings, name):
+    """Concurrency limits' keys: slots, in use, waiting (busiest first)."""
+    from . import limits
+
+    rt = open_runtime(settings)
+    try:
+        for row in limits.list_limits(rt, name=name):
+            click.echo(f"{row['name']}{' [' + row['key'] + ']' if row['key'] else ''}: {row['in_use']} of "
+                       f"{row['slots']} in use, {row['waiting']} waiting")
+    finally:
+        rt.close()
+
+
+COMMANDS = [pause, resume, priority, limits_command]

@@ -113,15 +113,17 @@ def _tree_line(entry, child) -> str:
 @click.option("--key", "business_key", default=None, help="Business key (a container number, an order id)")
 @click.option("--idempotency-key", default=None, help="A repeat with this key returns the first run")
 @click.option("--version", type=int, default=None)
+@click.option("--priority", type=click.IntRange(-1000, 1000), default=0, show_default=True,
+              help="Higher first where its steps wait for a slot of a limit")
 @click.option("--wait", is_flag=True, help="Wait until the run ends (a worker must be running)")
 @click.option("--json", "as_json", is_flag=True)
 @click.option("--print-id", is_flag=True, help="Print only the run's id: RUN_ID=$(interlock start … --print-id)")
 @click.pass_obj
-def start(settings, workflow, data, business_key, idempotency_key, version, wait, as_json, print_id):
+def start(settings, workflow, data, business_key, idempotency_key, version, priority, wait, as_json, print_id):
     """Start a run (executed by whichever worker is running)."""
     rt = open_runtime(settings)
     run = rt.start(workflow, json_arg(data), business_key=business_key,
-                   idempotency_key=idempotency_key, version=version)
+                   idempotency_key=idempotency_key, version=version, priority=priority)
     if wait:
         run = follow(rt, run.id, fallback_poll=0.1)
     if as_json:

@@ -365,3 +365,20 @@ def describe_wait(limit: dict) -> str:
     return (f"a slot of {limit['limit']} ({where}{limit['in_use']} of {limit['slots']} in use, "
             f"{limit['ahead']} waiting ahead)")
 
+
+
+def list_limits(rt, *, name=None, limit=100) -> list[dict]:
+    """The limit keys with slots in use or waiters: name, key, slots, in use, waiting (busiest first)."""
+    held = func.count(limit_slots.c.task_id)
+    query = (select(limit_slots.c.name, limit_slots.c.key, func.count().label("slots"), held.label("in_use"))
+             .group_by(limit_slots.c.name, limit_slots.c.key).order_by(held.desc(), limit_slots.c.name)
+             .limit(limit))
+    if name is not None:
+        query = query.where(limit_slots.c.name == name)
+    with rt.db.read() as conn:
+        rows = conn.execute(query).all()
+        waiting = dict(((n, k), c) for n, k, c in conn.execute(
+            select(limit_waiters.c.name, limit_waiters.c.key, func.count())
+            .group_by(limit_waiters.c.name, limit_waiters.c.key)).all())
+    return [{"name": n, "key": k or None, "slots": slots, "in_use": used, "waiting": waiting.get((n, k), 0)}
+            for n, k, slots, used in rows]

@@ -151,6 +151,8 @@ SCENARIOS = {
     "migrations.get_plan": lambda rt: ({"plan_id": a_plan(rt)}, None, {}, 200),
     "migrations.plan_runs": lambda rt: ({"plan_id": a_plan(rt)}, None, {"outcome": "clean"}, 200),
     "migrations.apply_plan": lambda rt: ({"plan_id": a_plan(rt)}, {}, {}, 202),
+    "limits.set_priority": lambda rt: ({"run_id": counter(rt)}, {"priority": 5}, {}, 200),
+    "limits.list_limits": lambda rt: ({}, None, {"limit": 10}, 200),
     "streams.history": lambda rt: ({"run_id": counter(rt)}, None, {"after": 0, "wait": 0}, 200),
     "streams.run_stream": lambda rt: ({"run_id": finished(rt)}, None, {}, 200),  # ends after its history
     "streams.all_stream": lambda rt: ({}, None, {}, 200),

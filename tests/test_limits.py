@@ -250,3 +250,21 @@ def test_a_rate_of_20_a_second_holds_over_10_seconds_across_worker_processes(bro
     assert 190 <= busiest <= 210, busiest  # 200 in 10 s, within 5 %
     rate = (len(starts) - 1) / (starts[-1] - starts[0])
     assert abs(rate - 20) <= 1.0, rate
+
+
+def test_the_api_and_the_cli_set_a_priority_and_list_the_limits(rt):
+    from api import create_app
+
+    client = create_app(interlock=rt).test_client()
+    made = client.post("/api/workflows/lim_account/runs", json={"data": {"account": "Z", "sleep": 0.01}, "priority": 3})
+    assert made.status_code == 201 and made.json["priority"] == 3
+    run_id = made.json["id"]
+    changed = client.post(f"/api/runs/{run_id}/priority", json={"priority": -2})
+    assert changed.status_code == 200 and changed.json["priority"] == -2 and rt.get(run_id).priority == -2
+    assert client.post(f"/api/runs/{run_id}/priority", json={"priority": 5000}).status_code == 422
+    assert client.post(f"/api/runs/{run_id}/priority", json={"priority": "high"}).status_code == 422
+    assert client.post("/api/runs/" + "0" * 32 + "/priority", json={"priority": 1}).status_code == 404
+    second = rt.start("lim_account", {"account": "Z", "sleep": 0.01}).id  # waits: Z's one slot is taken
+    listed = client.get("/api/limits", query_string={"name": "lim_account.call"}).json["limits"]
+    assert listed == [{"name": "lim_account.call", "key": "Z", "slots": 1, "in_use": 1, "waiting": 1}]
+    rt.cancel(second)
