@@ -50,6 +50,8 @@ runs = Table(
     Column("parent_seq", Integer),
     # Paused by an operator (engine/pauses.py): no step starts and no timer fires until resumed.
     Column("paused_at", Double),
+    # The start's span as a W3C traceparent (engine/tracing.py): the run's trace. NULL untraced.
+    Column("trace_context", String(64)),
     UniqueConstraint("workflow", "idempotency_key"),
     Index(None, "business_key"),
     Index(None, "status", "id"),
@@ -109,6 +111,8 @@ tasks = Table(
     Column("last_error", Text),
     Column("created_at", Double, nullable=False),
     Column("updated_at", Double, nullable=False),
+    # The span of the change that created the task (W3C traceparent): its attempts' parent.
+    Column("trace_context", String(64)),
     Index(None, "status", "available_at"),
     Index(None, "run_id"),
     Index(None, "token"),
