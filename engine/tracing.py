@@ -56,6 +56,7 @@ if ENABLED:
     _NO_PROVIDER = getattr(trace, "ProxyTracerProvider", ())  # what get_tracer_provider() is until one is set
     _SERVER, _CONSUMER, _INTERNAL = trace.SpanKind.SERVER, trace.SpanKind.CONSUMER, trace.SpanKind.INTERNAL
 _live = False
+_next_look = 0.0
 
 
 def log_context_wanted() -> None:
@@ -72,11 +73,23 @@ def recording() -> bool:
     return _live
 
 
+def _soon() -> bool:
+    """``recording()`` for the hot path: while no provider is set, looked up once a second."""
+    global _next_look
+    if _live:
+        return True
+    now = time.monotonic()
+    if now < _next_look:
+        return False
+    _next_look = now + 1.0
+    return recording()
+
+
 # -- context <-> traceparent ---------------------------------------------------------------
 
 def traceparent() -> str | None:
     """The current span's context as a W3C ``traceparent``, or None (no valid span)."""
-    if not (_live or recording()):
+    if not _soon():
         return None
     carrier: dict = {}
     _propagator.inject(carrier)
@@ -123,14 +136,16 @@ def _parent(stored: str | None, given=None):
 # -- changes --------------------------------------------------------------------------------
 
 def _operation(op) -> str:
-    """StepDone -> step_done: the operation's kind, as span name and attribute."""
-    name = type(op).__name__
+    """StepDone -> step_done: the operation's kind, as span name and attribute (a bulk action's
+    item: its action's)."""
+    inner = getattr(op, "op", None)
+    name = type(inner if inner is not None and hasattr(inner, "perform") else op).__name__.lstrip("_")
     return "".join("_" + c.lower() if c.isupper() and i else c.lower() for i, c in enumerate(name))
 
 
 def spans(batch: bool = False) -> "Spans | None":
     """The spans of a transaction about to change runs, or None when nothing would read them."""
-    if _live or recording() or logs.json_lines:
+    if _soon() or logs.json_lines:
         return Spans(batch)
     return None
 
@@ -146,7 +161,7 @@ class Spans:
         self.started = time.time_ns()
         self.open: dict = {}  # run id (None: a start) -> span
         self.batch = batch
-        self.live = recording()
+        self.live = _live
         self.logged = logs.json_lines
 
     def starting(self, op):
@@ -154,7 +169,8 @@ class Spans:
         its tasks) store it. Returns the token to detach."""
         span = self.open.get(None)
         if span is None and self.live:
-            workflow = getattr(getattr(op, "cls", None), "workflow_name", None)
+            cls = getattr(op, "cls", None) or getattr(getattr(op, "start", None), "cls", None)  # a bound row's
+            workflow = getattr(cls, "workflow_name", None)
             span = self.open[None] = _tracer.start_span(
                 f"start {workflow}" if workflow else "start", kind=_INTERNAL, start_time=self.started)
         return _otel_context.attach(trace.set_span_in_context(span)) if span is not None else None
@@ -164,7 +180,7 @@ class Spans:
         row = change.row
         key = None if change.new else row["id"]
         span = self.open.get(key)
-        operation = _operation(op)
+        operation = "start" if change.new else _operation(op)
         if span is None and self.live:
             parent, links = _parent(row.get("trace_context"), getattr(op, "trace", None))
             span = self.open[key] = _tracer.start_span(
@@ -173,7 +189,7 @@ class Spans:
         if span is not None and token is None:
             token = _otel_context.attach(trace.set_span_in_context(span))
         before = change.leaves() if span is not None and not change.new else None
-        log_token = logs.bind(run_id=row["id"], workflow=row["workflow"], event=_event(op),
+        log_token = logs.bind(run_id=row["id"], workflow=row["workflow"], version=row["version"], event=_event(op),
                               task_id=getattr(op, "task_id", None)) if self.logged else None
         try:
             op.perform(change)
@@ -238,7 +254,7 @@ def _describe(span, operation, op, change, outcome, before, batch) -> None:
 
 def attempt(row: dict, via: str) -> "Attempt | None":
     """The span and log context of a step attempt about to call its function, or None."""
-    if _live or recording() or logs.json_lines:
+    if _soon() or logs.json_lines:
         return Attempt(row, via)
     return None
 
@@ -250,7 +266,7 @@ class Attempt:
 
     def __init__(self, row: dict, via: str):
         self.span = self.token = self.log_token = None
-        if recording():
+        if _live:
             stored = _span_of(row.get("task_trace_context")) or _span_of(row.get("trace_context"))
             self.span = _tracer.start_span(
                 f"step {row['workflow']}.{row['name']}", kind=_CONSUMER,
@@ -261,8 +277,8 @@ class Attempt:
                             "interlock.attempt": row["attempt"], "interlock.via": via})
             self.token = _otel_context.attach(trace.set_span_in_context(self.span))
         if logs.json_lines:
-            self.log_token = logs.bind(run_id=row["run_id"], workflow=row["workflow"], task_id=row["id"],
-                                       state=row["state"], attempt=row["attempt"])
+            self.log_token = logs.bind(run_id=row["run_id"], workflow=row["workflow"], version=row["version"],
+                                       task_id=row["id"], state=row["state"], attempt=row["attempt"])
 
     def done(self, outcome: str, error: BaseException | None = None):
         """The function returned (``succeeded``, ``recheck``) or raised (``failed``): the span
