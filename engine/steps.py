@@ -249,21 +249,27 @@ class StepExecutor:
             else:
                 failure = None
         span = None
+        if failure is not None:  # said while the attempt's span and log context are current
+            self._log_failure(row, failure[0])
         if traced is not None:  # the attempt's span ends; the change applying its result is its child
             span = traced.done("failed" if failure else "recheck" if result.recheck is not None else "succeeded",
                                failure[0] if failure else None)
         if failure is not None:
-            self.fail(row, *failure, started_at, logs=logged.result(), trace=span)
+            self.fail(row, *failure, started_at, logs=logged.result(), trace=span, logged=True)
             return
         duration = self.rt.clock.now() - started_at
         self._hand_over(row, StepDone(row["id"], row["attempt"], result, started_at, duration, logs=logged.result(),
                                       trace=span))
 
-    def fail(self, row, exc, tb, started_at, logs=None, trace=None) -> None:
+    def fail(self, row, exc, tb, started_at, logs=None, trace=None, logged=False) -> None:
         error = f"{type(exc).__name__}: {exc}"
-        log.info("step %s of run %s failed (attempt %s): %s", row["name"], row["run_id"],
-                 row["attempt"], error, extra={"run_id": row["run_id"], "task_id": row["id"]})
+        if not logged:
+            self._log_failure(row, exc)
         self._hand_over(row, StepFailed(row["id"], row["attempt"], error, tb, started_at, logs=logs, trace=trace))
+
+    def _log_failure(self, row, exc) -> None:
+        log.info("step %s of run %s failed (attempt %s): %s: %s", row["name"], row["run_id"], row["attempt"],
+                 type(exc).__name__, exc, extra={"run_id": row["run_id"], "task_id": row["id"]})
 
     def _hand_over(self, row, op, tries: int = 1) -> None:
         """Apply ``op`` through the group commit when a worker runs here, else right now."""

@@ -238,9 +238,12 @@ def test_json_log_lines_carry_the_ids_of_the_change_and_the_attempt(exporter, tm
     handler = logging.StreamHandler(stream)
     handler.setFormatter(logs.JsonFormatter(tracing.current_ids))
     logger = logging.getLogger("tests.trace_workflows")
+    steps_logger = logging.getLogger("engine.steps")
     logger.addHandler(handler)
-    level = logger.level
+    steps_logger.addHandler(handler)
+    level, steps_level = logger.level, steps_logger.level
     logger.setLevel(logging.INFO)
+    steps_logger.setLevel(logging.INFO)
     was, logs.json_lines = logs.json_lines, True
     try:
         with Harness(WORKFLOWS, directory=str(tmp_path)) as h:
@@ -248,7 +251,9 @@ def test_json_log_lines_carry_the_ids_of_the_change_and_the_attempt(exporter, tm
     finally:
         logs.json_lines = was
         logger.removeHandler(handler)
+        steps_logger.removeHandler(handler)
         logger.setLevel(level)
+        steps_logger.setLevel(steps_level)
     assert run.status == "succeeded"
     lines = [json.loads(line) for line in stream.getvalue().splitlines()]
     packing = next(line for line in lines if line["message"].startswith("packing"))
@@ -257,6 +262,8 @@ def test_json_log_lines_carry_the_ids_of_the_change_and_the_attempt(exporter, tm
     assert packing["workflow"] == "traced" and packing["state"] == "packing" and packing["attempt"] == 1
     assert done["event"] == "packed" and done["task_id"] == packing["task_id"]
     assert len(packing["trace_id"]) == 32 and packing["trace_id"] == done["trace_id"]
+    failed = next(line for line in lines if "failed (attempt 1)" in line["message"])
+    assert failed["trace_id"] == done["trace_id"] and failed["workflow"] == "traced" and failed["attempt"] == 1
     assert packing["level"] == "INFO" and packing["logger"] == "tests.trace_workflows"
     # A record's own extra= wins over the context; unknown outside a run.
     record = logging.LogRecord("x", logging.WARNING, __file__, 1, "plain %s", ("text",), None)
