@@ -4,6 +4,7 @@ import logging
 
 from flask import Flask
 
+from engine import tracing
 from engine.config import Settings
 from engine.runtime import Interlock
 
@@ -47,4 +48,5 @@ def create_app(config: dict | None = None, interlock: Interlock | None = None) -
     from . import web
 
     app.register_blueprint(web.blueprint)  # the HTML pages: signed-in sessions, not bearer tokens
+    tracing.instrument(app)  # a span per request, when OpenTelemetry is there
     return app

@@ -59,8 +59,10 @@ class GunicornServer(BaseApplication):
                 self.cfg.set(key, value)
 
     def load(self):
+        from engine import tracing
         from engine.runtime import Interlock
 
+        tracing.setup()  # here, in the server process: a span processor's thread does not survive a fork
         from . import create_app
 
         app = create_app(interlock=Interlock(self.settings))

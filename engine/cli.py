@@ -11,7 +11,7 @@ from dataclasses import asdict
 
 import click
 
-from . import cli_batches, cli_diff, cli_migrate, cli_pauses, cli_retention, cli_runs, cli_schedules
+from . import cli_batches, cli_diff, cli_migrate, cli_pauses, cli_retention, cli_runs, cli_schedules, logs, tracing
 from .cli_common import load_registry, open_runtime
 from .config import Settings
 from .db import Database
@@ -20,8 +20,11 @@ from .errors import InterlockError
 log = logging.getLogger("interlock")
 
 
-def _configure_logging(level=logging.INFO):
-    logging.basicConfig(level=level, format="%(asctime)s %(levelname)-7s %(name)s: %(message)s")
+def _configure_logging(level=logging.INFO, fmt="text", traces=True):
+    """Log lines (INTERLOCK_LOG_FORMAT: text or json), and traces if OTEL_* ask for them."""
+    logs.configure(level, fmt)
+    if traces:
+        tracing.setup()
     logging.getLogger("pika").setLevel(logging.WARNING)
     # Alembic's INFO lines ("Context impl SQLiteImpl.") open every start; _upgrade_sqlite says what changed.
     logging.getLogger("alembic").setLevel(logging.WARNING)
@@ -82,7 +85,7 @@ def db_current(settings):
 # -- processes ----------------------------------------------------------------------------
 
 def _worker_main(settings_dict, threads, metrics_port=None, metrics_host="127.0.0.1"):
-    _configure_logging()
+    _configure_logging(fmt=settings_dict["log_format"])
     if metrics_port:
         from prometheus_client import start_http_server
 
@@ -144,7 +147,7 @@ def dev(settings, threads, host, port):
     from api.serving import ThreadedServer
 
     port = settings.port if port is None else port
-    _configure_logging()
+    _configure_logging(fmt=settings.log_format)
     rt = open_runtime(settings, upgrade_sqlite=True)
     try:
         server = ThreadedServer(create_app(interlock=rt), host, port)
@@ -178,7 +181,7 @@ def serve(settings, host, port, workers, threads):
     from api.serving import GunicornServer, is_loopback
 
     port = settings.port if port is None else port
-    _configure_logging()
+    _configure_logging(fmt=settings.log_format, traces=False)  # traces: in each server process (api/serving.py)
     if not is_loopback(host) and not settings.api_tokens:
         log.warning("serving on %s with INTERLOCK_API_TOKENS empty: anyone who can reach it "
                     "can read and change runs", host)

@@ -46,6 +46,9 @@ class Settings:
     # Runs a bulk action (engine/batches.py) handles per chunk: the cursor moves once per chunk,
     # and a reconciler pass works one chunk, so its other duties wait no longer than that.
     batch_chunk: int = 200
+    # The log lines of `interlock worker`, `serve` and `dev`: "text", or "json" (one object per
+    # line, with the run, workflow, event, task and trace ids when known: engine/logs.py).
+    log_format: str = "text"
 
     @classmethod
     def from_env(cls, environ=None, **overrides) -> "Settings":
@@ -83,6 +86,11 @@ class Settings:
 
 
 def _convert(f, raw: str):
+    if f.name == "log_format":
+        value = raw.strip().lower()
+        if value not in ("text", "json"):
+            raise ConfigurationError(f"{PREFIX}LOG_FORMAT={raw!r}: give text or json")
+        return value
     if f.name == "retention":
         if raw.strip().lower() in ("none", "forever"):
             return None

@@ -52,6 +52,8 @@ runs = Table(
     Column("paused_at", Double),
     # Higher first: its steps waiting for a slot of a limit (engine/limits.py), its messages on RabbitMQ.
     Column("priority", Integer, nullable=False, server_default="0"),
+    # The start's span as a W3C traceparent (engine/tracing.py): the run's trace. NULL untraced.
+    Column("trace_context", String(64)),
     UniqueConstraint("workflow", "idempotency_key"),
     Index(None, "business_key"),
     Index(None, "status", "id"),
@@ -115,6 +117,8 @@ tasks = Table(
     Column("rate_at", Double),
     # The slot of its step's concurrency limit it holds (engine/limits.py), once it took one.
     Column("slot", Integer),
+    # The span of the change that created the task (W3C traceparent): its attempts' parent.
+    Column("trace_context", String(64)),
     Index(None, "status", "available_at"),
     Index(None, "run_id"),
     Index(None, "token"),

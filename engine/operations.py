@@ -4,7 +4,7 @@ from dataclasses import dataclass, field
 
 from sqlalchemy import bindparam, select, update
 
-from . import children, maps, moving, pauses
+from . import children, maps, moving, pauses, tracing
 from . import machine as m
 from .errors import (CallbackError, InterlockError, InvalidTransition, MigrationRefused, RunNotActive,
                      RunPaused)
@@ -40,6 +40,8 @@ class Start:
                "priority": self.priority}
         if self.parent is not None:
             row["parent_id"], row["parent_state"], row["parent_seq"] = self.parent
+        if tracing.ON:  # the start's span (a child run: its parent's change's): the run's trace
+            row["trace_context"] = tracing.traceparent()
         return Change(rt, conn, row, self.cls, now, new=True, writes=writes)
 
     def perform(self, change: Change):
@@ -151,6 +153,7 @@ class StepDone:
     started_at: float
     duration: float
     logs: list | None = None  # what the step logged during the attempt (engine/step_logs.py)
+    trace: object = field(default=None, repr=False, compare=False)  # the attempt's span context
 
     def perform(self, change: Change):
         task = _load_task(change, self.task_id, self.attempt, self.started_at)
@@ -187,6 +190,7 @@ class StepFailed:
     # is received again when its visibility timeout ends).
     retry_in: float | None = None
     logs: list | None = None  # what the step logged during the attempt (engine/step_logs.py)
+    trace: object = field(default=None, repr=False, compare=False)  # the attempt's span context
 
     def perform(self, change: Change):
         task = _load_task(change, self.task_id, self.attempt, self.started_at)

@@ -28,7 +28,7 @@ from dramatiq.middleware.time_limit import TimeLimitExceeded
 from sqlalchemy import bindparam, select, update
 from sqlalchemy.exc import DBAPIError
 
-from . import hotsql, limits, pauses, step_logs
+from . import hotsql, limits, pauses, step_logs, tracing
 from . import machine as m
 from . import metrics
 from .definitions import Recheck
@@ -57,7 +57,8 @@ _RUNNABLE = hotsql.Statement(lambda _dialect, _keys: (
     select(tasks.c.id, tasks.c.run_id, tasks.c.state, tasks.c.name, tasks.c.attempt,
            tasks.c.entry_seq, tasks.c.available_at, tasks.c.sent_at, tasks.c.sends, tasks.c.slot, runs.c.workflow,
            runs.c.version, runs.c.data, runs.c.business_key, runs.c.paused_at,
-           pauses.workflow_paused_clause().label("workflow_paused"))
+           pauses.workflow_paused_clause().label("workflow_paused"),
+           tasks.c.trace_context.label("task_trace_context"), runs.c.trace_context)
     .join(runs, runs.c.id == tasks.c.run_id)
     .where(tasks.c.id == bindparam("b_task"), tasks.c.status == "queued", tasks.c.kind == "step")))
 # queued -> running under a lease, for the attempt after the stored one; claimed_at is the
@@ -165,6 +166,7 @@ class StepExecutor:
                 log.debug("task %s claimed by another delivery: dropped unrun", row["id"])
                 return None
         metrics.observe_claim(row["workflow"], row["available_at"], via, now)
+        row["via"] = via
         with self._lock:
             self.running[row["id"]] = attempt
         return row, cls, spec, now
@@ -237,7 +239,8 @@ class StepExecutor:
         row = {"id": task["id"], "run_id": run["id"], "state": task["state"], "name": task["name"],
                "attempt": task["attempt"] + 1, "entry_seq": task["entry_seq"],
                "available_at": task["available_at"], "workflow": run["workflow"],
-               "version": run["version"], "data": run["data"], "business_key": run["business_key"]}
+               "version": run["version"], "data": run["data"], "business_key": run["business_key"],
+               "task_trace_context": task.get("trace_context"), "trace_context": run.get("trace_context")}
         self._once(task["id"], lambda: self._begin(row, self.rt.clock.now(), "eager", row["attempt"] > 1), limit)
 
     def run(self, loaded, limit=None) -> None:
@@ -248,6 +251,7 @@ class StepExecutor:
                            data=copy.deepcopy(original), business_key=row["business_key"],
                            state=row["state"], attempt=row["attempt"], entered_seq=row["entry_seq"],
                            task_id=row["id"])
+        traced = tracing.attempt(row, row.get("via", "eager")) if tracing.ON else None
         with step_logs.capture() as logged:
             try:
                 value = _call(spec.func, _bare(cls, ctx), ctx, limit, spec.time_limit)
@@ -256,17 +260,28 @@ class StepExecutor:
                 failure = exc, traceback.format_exc()
             else:
                 failure = None
+        span = None
+        if failure is not None:  # said while the attempt's span and log context are current
+            self._log_failure(row, failure[0])
+        if traced is not None:  # the attempt's span ends; the change applying its result is its child
+            span = traced.done("failed" if failure else "recheck" if result.recheck is not None else "succeeded",
+                               failure[0] if failure else None)
         if failure is not None:
-            self.fail(row, *failure, started_at, logs=logged.result())
+            self.fail(row, *failure, started_at, logs=logged.result(), trace=span, logged=True)
             return
         duration = self.rt.clock.now() - started_at
-        self._hand_over(row, StepDone(row["id"], row["attempt"], result, started_at, duration, logs=logged.result()))
+        self._hand_over(row, StepDone(row["id"], row["attempt"], result, started_at, duration, logs=logged.result(),
+                                      trace=span))
 
-    def fail(self, row, exc, tb, started_at, logs=None) -> None:
+    def fail(self, row, exc, tb, started_at, logs=None, trace=None, logged=False) -> None:
         error = f"{type(exc).__name__}: {exc}"
-        log.info("step %s of run %s failed (attempt %s): %s", row["name"], row["run_id"],
-                 row["attempt"], error, extra={"run_id": row["run_id"], "task_id": row["id"]})
-        self._hand_over(row, StepFailed(row["id"], row["attempt"], error, tb, started_at, logs=logs))
+        if not logged:
+            self._log_failure(row, exc)
+        self._hand_over(row, StepFailed(row["id"], row["attempt"], error, tb, started_at, logs=logs, trace=trace))
+
+    def _log_failure(self, row, exc) -> None:
+        log.info("step %s of run %s failed (attempt %s): %s: %s", row["name"], row["run_id"], row["attempt"],
+                 type(exc).__name__, exc, extra={"run_id": row["run_id"], "task_id": row["id"]})
 
     def _hand_over(self, row, op, tries: int = 1) -> None:
         """Apply ``op`` through the group commit when a worker runs here, else right now."""
@@ -278,7 +293,7 @@ class StepExecutor:
         def done(outcome, error):
             if isinstance(error, InterlockError) and isinstance(op, StepDone):
                 # The result was refused (event not allowed now, a callback raised): a failed attempt.
-                self.fail(row, error, None, op.started_at, logs=op.logs)
+                self.fail(row, error, None, op.started_at, logs=op.logs, trace=op.trace)
                 return
             if error is not None and not isinstance(error, InterlockError) and tries < RESULT_TRIES:
                 # Not applied (say the database is down): the function ran, so its result is

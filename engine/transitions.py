@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from sqlalchemy import Double, and_, bindparam, func, insert, or_, select, update
 from statemachine.exceptions import TransitionNotAllowed
 
-from . import bindings, children, hotsql, limits, pauses, search
+from . import bindings, children, hotsql, limits, pauses, search, tracing
 from . import machine as m
 from .errors import (CallbackError, InterlockError, InvalidData, InvalidTransition, RunNotActive,
                      RunNotFound)
@@ -448,6 +448,8 @@ class Change:
                "sent_by": None, "sends": 0, "claimed_at": None, "lease_until": None, "token": None, "visibility_timeout": None,
                "last_error": None, "slot": None,
                "created_at": self.now, "updated_at": self.now}
+        if tracing.ON:  # the span of this change: the step's attempts are its children
+            row["trace_context"] = tracing.traceparent()
         self.schedule(row, 0.0, spec)
         self.new_tasks.append(row)
         self.open_tasks += 1
@@ -689,25 +691,45 @@ def apply(rt, run_id, op, *, session=None, after_commit=None, unless_held=False)
     Once committed, the outcome goes to ``after_commit`` (default: the runtime's, which
     sends its tasks and notifies watchers). ``unless_held``: if another transaction holds the
     run, do nothing and return None (for work the holder will see to)."""
+    spans = tracing.spans() if tracing.ON else None
+    if spans is None:
+        return _apply(rt, run_id, op, session, after_commit, unless_held, None)
+    try:
+        outcome = _apply(rt, run_id, op, session, after_commit, unless_held, spans)
+    except BaseException as exc:
+        spans.end(exc)
+        raise
+    spans.end()
+    return outcome
+
+
+def _apply(rt, run_id, op, session, after_commit, unless_held, spans) -> Outcome | None:
     if session is not None:
         conn = session.connection()
-        outcome = _perform(rt, conn, run_id, op)
+        outcome = _perform(rt, conn, run_id, op, spans=spans)
         rt.after_session_commit(session, outcome)
         return outcome
-    outcome = rt.db.transaction(lambda conn: _perform(rt, conn, run_id, op, unless_held))
+    outcome = rt.db.transaction(lambda conn: _perform(rt, conn, run_id, op, unless_held, spans))
     if outcome is None:
         return None
     (after_commit or rt.after_commit)(outcome)
     return outcome
 
 
-def _perform(rt, conn, run_id, op, unless_held=False) -> Outcome | None:
+def _perform(rt, conn, run_id, op, unless_held=False, spans=None) -> Outcome | None:
     now = rt.clock.now()
+    token = None
     if run_id is None:
         existing = op.existing(rt, conn)
         if existing is not None:
             return Outcome(run=existing)
-        change = op.begin(rt, conn, now)
+        if spans is not None:  # current while the run is made: the run stores it
+            token = spans.starting(op)
+        try:
+            change = op.begin(rt, conn, now)
+        except BaseException:
+            tracing.detach(token)
+            raise
     else:
         task_id = getattr(op, "task_id", None)
         if task_id is not None:
@@ -721,8 +743,11 @@ def _perform(rt, conn, run_id, op, unless_held=False) -> Outcome | None:
             row, task = lock_run(conn, run_id), None
         cls = rt.registry.get(row["workflow"], row["version"])
         change = Change(rt, conn, row, cls, now, task=task)
-    op.perform(change)
-    outcome = change.finish()
+    if spans is not None:
+        outcome = spans.perform(change, op, token)
+    else:
+        op.perform(change)
+        outcome = change.finish()
     change.writes.flush(conn)
     return outcome
 
@@ -734,6 +759,8 @@ def apply_many(rt, items, after_commit=None) -> list:
     order, so two batches never deadlock. Any error rolls the whole batch back: the
     caller then applies each item alone. After the commit, each outcome is dispatched.
     """
+    spans = tracing.spans(batch=True) if tracing.ON else None
+
     def work(conn):
         found = lock_runs_with_tasks(conn, [op.task_id for _, op in items])
         locked = []
@@ -742,24 +769,46 @@ def apply_many(rt, items, after_commit=None) -> list:
             if row is None or row["id"] != run_id:
                 raise _NotInBatch(op.task_id)
             locked.append((row, task, op))
-        return perform_locked(rt, conn, locked)
+        return perform_locked(rt, conn, locked, spans)
 
-    outcomes = rt.db.transaction(work)
+    return _committed(rt, work, after_commit or rt.after_commit, spans)
+
+
+def _committed(rt, work, after_commit, spans) -> list:
+    """Run the transaction ``work``, then each outcome's after-commit work; the outcomes."""
+    try:
+        outcomes = rt.db.transaction(work)
+    except BaseException as exc:
+        if spans is not None:
+            spans.end(exc)
+        raise
     for outcome in outcomes:
-        (after_commit or rt.after_commit)(outcome)
+        after_commit(outcome)
+    if spans is not None:
+        spans.end()
     return outcomes
 
 
-def perform_locked(rt, conn, locked) -> list:
-    """Perform each (run row, task row or None, op) on runs this transaction has locked."""
+def perform_locked(rt, conn, locked, spans=None) -> list:
+    """Perform each (run row, task row or None, op) on runs this transaction has locked.
+
+    ``spans``: the caller's (``tracing.Spans``), ended after its commit; without them each
+    change's span ends when its rows are written."""
     now = rt.clock.now()
     writes, outcomes = Writes(), []
+    own = tracing.spans(batch=True) if spans is None and tracing.ON else None
+    traced = spans or own
     for row, task, op in locked:
         cls = rt.registry.get(row["workflow"], row["version"])
         change = Change(rt, conn, row, cls, now, task=task, writes=writes)
+        if traced is not None:
+            outcomes.append(traced.perform(change, op))
+            continue
         op.perform(change)
         outcomes.append(change.finish())
     writes.flush(conn)
+    if own is not None:
+        own.end()
     return outcomes
 
 
@@ -769,6 +818,7 @@ def fire_due_timers(rt, make_op, limit: int) -> int:
     loaded = _loaded_binds(rt.registry)
     if not loaded:
         return 0
+    spans = tracing.spans(batch=True) if tracing.ON else None
 
     def work(conn):
         found = hotsql.fetch(conn, _DUE_TIMERS, {"b_now": rt.clock.now(), "b_limit": limit, **loaded})
@@ -778,12 +828,9 @@ def fire_due_timers(rt, make_op, limit: int) -> int:
             if row["id"] not in seen:  # a run's next due timer waits for the next pass
                 seen.add(row["id"])
                 locked.append((row, None, make_op(timer)))
-        return perform_locked(rt, conn, locked)
+        return perform_locked(rt, conn, locked, spans)
 
-    outcomes = rt.db.transaction(work)
-    for outcome in outcomes:
-        rt.after_commit(outcome)
-    return len(outcomes)
+    return len(_committed(rt, work, rt.after_commit, spans))
 
 
 class _NotInBatch(Exception):
