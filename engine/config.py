@@ -45,7 +45,11 @@ class Settings:
     archive_dir: str = ""
     # Runs a bulk action (engine/batches.py) handles per chunk: the cursor moves once per chunk,
     # and a reconciler pass works one chunk, so its other duties wait no longer than that.
-    batch_chunk: int = 200
+    batch_chunk: int = 500
+    # The share of each worker process's time that bulk actions may take (0 < share <= 1): after
+    # a pass that worked chunks for t seconds, the next waits t * (1 / share - 1), so that a large
+    # batch leaves the running workflows most of the machine.
+    batch_share: float = 0.25
     # The log lines of `interlock worker`, `serve` and `dev`: "text", or "json" (one object per
     # line, with the run, workflow, event, task and trace ids when known: engine/logs.py).
     log_format: str = "text"
@@ -91,6 +95,14 @@ def _convert(f, raw: str):
         if value not in ("text", "json"):
             raise ConfigurationError(f"{PREFIX}LOG_FORMAT={raw!r}: give text or json")
         return value
+    if f.name == "batch_share":
+        try:
+            share = float(raw)
+        except ValueError:
+            share = math.nan
+        if not 0 < share <= 1:
+            raise ConfigurationError(f"{PREFIX}BATCH_SHARE={raw!r}: give a share of the time, more than 0 and at most 1")
+        return share
     if f.name == "retention":
         if raw.strip().lower() in ("none", "forever"):
             return None

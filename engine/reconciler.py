@@ -12,6 +12,7 @@ another one is left to a process that loads it, and reported once, as a warning.
 
 import logging
 import threading
+import time
 
 from sqlalchemy import and_, not_, or_, select, update
 
@@ -54,6 +55,7 @@ class Reconciler:
         self._reporting = threading.Lock()
         self._passes = 0
         self.retention = retention.Retention(rt)
+        self._batches_after = 0.0  # monotonic time before which no chunk of a bulk action is worked
 
     def start(self) -> "Reconciler":
         self._thread = threading.Thread(target=self._loop, name="interlock-reconciler", daemon=True)
@@ -86,7 +88,7 @@ class Reconciler:
         recovered = self.recover_lost_tasks()
         delivered = children.deliver_pending(self.rt)
         scheduled = schedules.fire_due(self.rt)
-        batched = batch_work.work_for(self.rt, BATCH_SECONDS)
+        batched = self.work_batches()
         limits.reclaim(self.rt)
         # Last, one batch a pass and paced by itself: a backlog of old runs is never a reason to
         # go again at once, so it delays neither the duties above nor the transitions.
@@ -98,6 +100,18 @@ class Reconciler:
         if look and not busy:  # through a backlog, the runs this process can move come first
             self.report_unloaded()
         return busy
+
+    def work_batches(self) -> int:
+        """Chunks of bulk actions for up to BATCH_SECONDS, then none for a while: they take at most
+        ``INTERLOCK_BATCH_SHARE`` of this process's time (the runs' own work goes on meanwhile)."""
+        now = time.monotonic()
+        if now < self._batches_after:
+            return 0
+        read = batch_work.work_for(self.rt, BATCH_SECONDS)
+        took = time.monotonic() - now
+        if read:
+            self._batches_after = now + took / self.rt.settings.batch_share
+        return read
 
     def renew_leases(self) -> None:
         self.rt.executor.keep_leases()

@@ -46,7 +46,8 @@ def test_a_config_dict_wins_over_the_environment_and_numbers_are_taken_too(app_f
 @pytest.mark.parametrize("key, value", [("INTERLOCK_MAX_BODY_BYTES", "lots"), ("INTERLOCK_MAX_BODY_BYTES", "1.5"),
                                         ("INTERLOCK_POLL_INTERVAL", "soon"), ("INTERLOCK_POLL_INTERVAL", "nan"),
                                         ("INTERLOCK_RESEND_AFTER", "inf"), ("INTERLOCK_LEASE_SECONDS", "-1"),
-                                        ("INTERLOCK_WORKER_THREADS", "-2")])
+                                        ("INTERLOCK_WORKER_THREADS", "-2"), ("INTERLOCK_BATCH_SHARE", "0"),
+                                        ("INTERLOCK_BATCH_SHARE", "1.5"), ("INTERLOCK_BATCH_SHARE", "half")])
 def test_a_bad_value_is_a_configuration_error_when_the_app_is_made(app_from, key, value):
     with pytest.raises(ConfigurationError, match=key):
         app_from(**{key: value})

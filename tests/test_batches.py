@@ -499,3 +499,23 @@ def test_a_process_that_cannot_read_the_filter_leaves_the_batch_to_one_that_can(
     drain(rt)
     assert batches.get(rt, batch["id"])["status"] == "done"
     assert {rt.get(r).status for r in ids} == {"cancelled"}
+
+
+def test_a_reconciler_leaves_bulk_actions_no_more_than_their_share_of_its_time(rt, monkeypatch):
+    """After a pass that worked chunks for t seconds, none is worked for t * (1 / share - 1)."""
+    from engine import reconciler as reconciling
+
+    monkeypatch.setattr(reconciling, "BATCH_SECONDS", 0.0)  # a chunk a pass
+    shared = Interlock(rt.settings.replace(workflows=WORKFLOWS, batch_chunk=7, batch_share=0.01))
+    try:
+        parcels(shared, 40)
+        batch = batches.create(shared, "cancel", {"workflow": "batch_parcel"})
+        paced = Reconciler(shared)
+        assert paced.work_batches() > 0
+        assert paced.work_batches() == 0 and paced.work_batches() == 0  # its share spent: the rest waits
+        assert batches.get(shared, batch["id"])["done"] < 40
+        while Reconciler(shared).work_batches():  # a reconciler that has not worked any yet may
+            pass
+        assert batches.get(shared, batch["id"])["status"] == "done"
+    finally:
+        shared.close()
