@@ -189,7 +189,9 @@ def test_three_worker_processes_never_run_more_than_three_attempts_at_once(broke
     sampler = Sampler(probe_table)
     try:
         sampler.start()
-        ids = [rt.start("lim_three", {"sleep": 0.3, "group": "g"}).id for _ in range(18)]
+        # Steps of a second: the hand-over of a slot (a commit, then a broker message) is well
+        # under that even on a loaded machine, so three at once are seen, and never a fourth.
+        ids = [rt.start("lim_three", {"sleep": 1.0, "group": "g"}).id for _ in range(12)]
         finish_all(rt, ids, timeout=60)
     finally:
         sampler.stop.set()
@@ -201,7 +203,7 @@ def test_three_worker_processes_never_run_more_than_three_attempts_at_once(broke
     with probe_table.connect() as conn:
         spans = [(s, e, t) for t, s, e in conn.execute(text("SELECT task_id, started_at, ended_at FROM lim_probe"))]
         pids = set(conn.execute(text("SELECT DISTINCT pid FROM lim_probe")).scalars())
-    assert len(spans) == 18 and most_at_once(spans) == 3
+    assert len(spans) == 12 and most_at_once(spans) == 3
     assert len(pids) >= 2  # the work was shared
 
 
