@@ -277,7 +277,10 @@ class Change:
         return m.leaves(self._machine) if self._machine is not None else m.leaves_of(self.cls, self.configuration)
 
     def is_final(self) -> bool:
-        return m.is_final(self._machine) if self._machine is not None else m.is_final_at(self.cls, self.configuration)
+        # From the configuration even when the machine was built: a machine restored at a final
+        # configuration says it is not terminated, and a run ended by a change that built one
+        # after reaching its final state would stay "waiting" there.
+        return m.is_final_at(self.cls, self.configuration)
 
     def accepted(self) -> list[str]:
         return m.accepted_events(self.machine)
