@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 
 from sqlalchemy import bindparam, delete, select, update
 
-from .errors import MigrationRefused
+from .errors import InvalidData, MigrationRefused
 from .models import history, run_search, runs, tasks, timers
 from .timeparse import duration
 
@@ -77,7 +77,6 @@ def situation(row: dict, task_rows, timer_rows) -> Situation:
 
 def check_mapping(old_cls, new_cls, mapping: dict) -> dict:
     """The mapping, if every key is a state of the old version and every value one of the new."""
-    from .errors import InvalidData
     if not isinstance(mapping, dict):
         raise InvalidData("the mapping must map old state ids to new ones", field="map")
     for old, new in mapping.items():
@@ -342,7 +341,7 @@ def move(change, verdict: Verdict, new_cls, task_rows, timer_rows, plan: dict) -
     if old_cls._search != new_cls._search:  # the new version's fields, from the data as it is
         conn.execute(delete(run_search).where(run_search.c.run_id == run_id))
         change.search_before = {}
-    seq = change.record("migrated", source=source, target=change.leaves(), cause="migration", detail=detail)
+    change.record("migrated", source=source, target=change.leaves(), cause="migration", detail=detail)
     for new in verdict.new_tasks:
         change.add_task(new, entries[new], new_cls.step_for(new))
     for new, name in verdict.new_timers:
@@ -351,7 +350,6 @@ def move(change, verdict: Verdict, new_cls, task_rows, timer_rows, plan: dict) -
         change.add_timer(new, entries[new], spec.name, "timer", spec.send, _due(change, spec, entered))
         if change.status == "failed":
             change.new_timers[-1]["status"] = "suspended"
-    return seq
 
 
 def _is_inside(cls, key, parent_id) -> bool:
