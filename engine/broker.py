@@ -43,7 +43,9 @@ class DatabaseClockEta(Middleware):
             message.options["eta"] = due - round(self.clock.offset * 1000)
 
 
-def build_broker(url: str, clock=None) -> dramatiq.Broker:
+def build_broker(url: str, clock=None, priorities: int = 0) -> dramatiq.Broker:
+    """The broker of ``url``; ``priorities``: levels of message priority where the broker has
+    them (RabbitMQ's x-max-priority queues), 0 for none."""
     middleware = [TimeLimit(), ShutdownNotifications()]
     if clock is not None:
         middleware.append(DatabaseClockEta(clock))
@@ -61,7 +63,7 @@ def build_broker(url: str, clock=None) -> dramatiq.Broker:
         from dramatiq.brokers.rabbitmq import RabbitmqBroker
 
         # Publisher confirms: a step message is on the broker's disk before we move on.
-        return RabbitmqBroker(url=url, middleware=middleware, confirm_delivery=True)
+        return RabbitmqBroker(url=url, middleware=middleware, confirm_delivery=True, max_priority=priorities or None)
     raise ConfigurationError(
         f"unsupported broker URL {url!r}: use memory://, redis://host:port/db or amqp://user:pass@host:port/")
 
@@ -73,6 +75,15 @@ def time_limit_monitor(broker):
 
 def is_in_memory(broker) -> bool:
     return isinstance(broker, StubBroker)
+
+
+def broker_level(priority: int, levels: int) -> int:
+    """A run's priority (-1000 to 1000, 0 by default) as one of the broker's ``levels + 1``
+    levels: 0 in the middle, each level up or down twice the priority of the one before (1, 2-3,
+    4-7, ...), so that the small priorities people give stay apart and the order is kept."""
+    middle = levels // 2
+    steps = min(abs(priority).bit_length(), levels - middle if priority > 0 else middle)
+    return middle + steps if priority > 0 else middle - steps
 
 
 class Dispatcher:
@@ -88,6 +99,25 @@ class Dispatcher:
         self.actor = dramatiq.Actor(execute, broker=broker, actor_name=ACTOR_NAME, queue_name=queue,
                                     priority=0, options={"max_retries": 0})
         self.delivers = not is_in_memory(broker)
+        self.levels = getattr(broker, "max_priority", None) or 0
+
+    def check_queue(self) -> None:
+        """Declare the step queue now (a worker at start): RabbitMQ refuses to declare a queue
+        again with other arguments, such as one an engine made without priorities."""
+        if not self.levels:
+            return
+        from dramatiq.errors import ConnectionClosed
+
+        try:
+            self.broker.declare_queue(self.actor.queue_name, ensure=True)
+        except ConnectionClosed as exc:
+            if "PRECONDITION_FAILED" not in str(exc):
+                raise
+            name = self.actor.queue_name
+            raise ConfigurationError(
+                f"RabbitMQ queue {name!r} exists without {self.levels} priority levels (x-max-priority): "
+                f"once it is empty, delete {name}, {name}.DQ and {name}.XQ (rabbitmqctl delete_queue), or set "
+                f"INTERLOCK_BROKER_PRIORITIES to the queue's own levels (0: none)") from None
 
     def is_redis(self) -> bool:
         return type(self.broker).__name__ == "RedisBroker"
@@ -114,10 +144,13 @@ class Dispatcher:
         except Exception:  # noqa: BLE001 - the next heartbeat tries again
             log.debug("could not reach the broker", exc_info=True)
 
-    def send(self, task_id: str, delay: float = 0.0, time_limit: float | None = None) -> bool:
+    def send(self, task_id: str, delay: float = 0.0, time_limit: float | None = None, priority: int = 0) -> bool:
+        """Send the task's message (``priority``: its run's); False if the broker did not take it."""
         options = {}
         if time_limit:
             options["time_limit"] = int(time_limit * 1000)
+        if self.levels:
+            options["broker_priority"] = broker_level(priority, self.levels)
         try:
             self.actor.send_with_options(args=(task_id,), delay=int(delay * 1000) or None, **options)
             return True

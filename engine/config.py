@@ -29,6 +29,10 @@ class Settings:
     # that entered it, skipping the broker round trip; 0: every step goes through the broker.
     eager_threads: int = 8
     queue: str = "interlock"
+    # Levels of RabbitMQ message priority (its queues are declared with x-max-priority): a run's
+    # priority orders its step messages there (engine/broker.py). 0: plain queues. Other brokers
+    # have none; limits order their waiters by priority on every broker.
+    broker_priorities: int = 10
     # "token" (read-write) or "token:ro" / "token:rw", comma-separated; empty: the API is open.
     api_tokens: str = ""
     max_body_bytes: int = 1_048_576
@@ -119,4 +123,6 @@ def _convert(f, raw: str):
     # Every number here is a size, a count or a duration: nan or inf would never compare as meant.
     if kind is not str and not (math.isfinite(value) and value >= 0):
         raise ConfigurationError(f"{PREFIX}{f.name.upper()}={raw!r} must be a finite number, 0 or more")
+    if f.name == "broker_priorities" and value > 255:
+        raise ConfigurationError(f"{PREFIX}BROKER_PRIORITIES={raw!r}: RabbitMQ takes at most 255 levels (0: none)")
     return value

@@ -240,7 +240,7 @@ def _hand_over(conn, name, key, slot, now, sender, dispatch) -> bool:
     from .transitions import Dispatch
 
     while True:
-        waiter = conn.execute(select(limit_waiters.c.task_id, limit_waiters.c.time_limit).where(
+        waiter = conn.execute(select(limit_waiters.c.task_id, limit_waiters.c.time_limit, limit_waiters.c.priority).where(
             limit_waiters.c.name == name, limit_waiters.c.key == key)
             .order_by(_effective(now).desc(), limit_waiters.c.since).limit(1)
             .with_for_update(skip_locked=True)).first()
@@ -255,7 +255,7 @@ def _hand_over(conn, name, key, slot, now, sender, dispatch) -> bool:
         if woken:
             conn.execute(_TAKE_SLOT, {"b_name": name, "b_key": key, "b_slot": slot, "b_task": waiter.task_id,
                                       "b_now": now})
-            dispatch.append(Dispatch(waiter.task_id, 0.0, waiter.time_limit))
+            dispatch.append(Dispatch(waiter.task_id, 0.0, waiter.time_limit, priority=waiter.priority))
             return True
 
 
@@ -302,7 +302,7 @@ def reclaim(rt) -> int:
                 continue  # taken again meanwhile
             _hand_over(conn, name, key, slot, now, rt.worker_id, dispatch)
     for item in dispatch:
-        rt.dispatcher.send(item.task_id, item.delay, item.time_limit)
+        rt.dispatcher.send(item.task_id, item.delay, item.time_limit, item.priority)
     return len(stale) + len(free)
 
 

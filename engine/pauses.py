@@ -80,7 +80,7 @@ def send_held(change) -> int:
             continue  # a retry not yet due: the reconciler sends it when it is
         change.conn.execute(update(tasks).where(tasks.c.id == task_id, tasks.c.sent_at.is_(None)).values(
             sent_at=change.now, sent_by=change.rt.worker_id, sends=tasks.c.sends + 1))
-        change.dispatch.append(Dispatch(task_id, 0.0, spec.time_limit))
+        change.dispatch.append(Dispatch(task_id, 0.0, spec.time_limit, priority=change.row.get("priority") or 0))
     return len(held)
 
 

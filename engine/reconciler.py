@@ -149,18 +149,22 @@ class Reconciler:
         # lacks the workflow would only hand its task to the broker for any worker to fail it.
         with self.rt.db.read() as conn:
             pending = conn.execute(
-                select(tasks.c.id, tasks.c.state, runs.c.workflow, runs.c.version)
+                select(tasks.c.id, tasks.c.state, runs.c.workflow, runs.c.version, runs.c.priority,
+                       tasks.c.available_at)
                 .join(runs, runs.c.id == tasks.c.run_id)
                 .where(needs_send, of_loaded_workflows(self.rt.registry), pauses.not_held()).limit(BATCH)).all()
         if not pending:
             return 0
         taken = self._take(needs_send, [task_id for task_id, *_ in pending], now)
         sent = 0
-        for task_id, state, workflow, version in pending:
+        for task_id, state, workflow, version, priority, available_at in pending:
             if task_id not in taken:
                 continue  # another reconciler took it
             spec = self.rt.registry.get(workflow, version).step_for(state)
-            if self.rt.dispatcher.send(task_id, 0.0, spec.time_limit if spec else None):
+            # A copy sent again after waiting goes up a level per AGING seconds waited: behind a
+            # steady stream of higher priorities (RabbitMQ delivers strictly by level), not forever.
+            aged = priority + int(max(0.0, now - available_at) / limits.AGING)
+            if self.rt.dispatcher.send(task_id, 0.0, spec.time_limit if spec else None, aged):
                 sent += 1
             else:
                 unsent(self.rt, task_id)

@@ -82,7 +82,7 @@ class Interlock:
         self.clock = Clock(warn_over=self.settings.clock_skew_warn)
         self.keep_clock()
         self.registry = registry or Registry().load_modules(self.settings.workflow_modules)
-        self.broker = build_broker(self.settings.broker_url, self.clock)
+        self.broker = build_broker(self.settings.broker_url, self.clock, self.settings.broker_priorities)
         self.executor = StepExecutor(self)
         self.dispatcher = Dispatcher(self.broker, self.settings.queue, self.executor.execute)
         self.notifier = Notifier(self.db, now=self.clock.now)
@@ -118,7 +118,7 @@ class Interlock:
             outcome.dispatch = [d for d in outcome.dispatch
                                 if d.delay or d.task is None or not self.eager.offer(d, outcome.run)]
         for item in outcome.dispatch:
-            if not self.dispatcher.send(item.task_id, item.delay, item.time_limit):
+            if not self.dispatcher.send(item.task_id, item.delay, item.time_limit, item.priority):
                 unsent(self, item.task_id)
         if outcome.history:
             run = outcome.run
@@ -298,6 +298,7 @@ class Worker:
         if self._dramatiq is not None:
             return self
         broker = self.rt.broker
+        self.rt.dispatcher.check_queue()
         self.presence = Presence(self.rt)
         self.presence.register()
         self.rt.worker_id = self.presence.id
@@ -330,7 +331,7 @@ class Worker:
         clean = True
         if self.rt.eager is not None:
             for dispatch in self.rt.eager.stop():
-                clean &= self.rt.dispatcher.send(dispatch.task_id, 0.0, dispatch.time_limit)
+                clean &= self.rt.dispatcher.send(dispatch.task_id, 0.0, dispatch.time_limit, dispatch.priority)
             clean &= not self.rt.eager.busy()
             self.rt.eager = None
         self.rt.batcher.stop()

@@ -56,7 +56,7 @@ RESULT_TRIES = 10
 _RUNNABLE = hotsql.Statement(lambda _dialect, _keys: (
     select(tasks.c.id, tasks.c.run_id, tasks.c.state, tasks.c.name, tasks.c.attempt,
            tasks.c.entry_seq, tasks.c.available_at, tasks.c.sent_at, tasks.c.sends, tasks.c.slot, runs.c.workflow,
-           runs.c.version, runs.c.data, runs.c.business_key, runs.c.paused_at,
+           runs.c.version, runs.c.data, runs.c.business_key, runs.c.paused_at, runs.c.priority,
            pauses.workflow_paused_clause().label("workflow_paused"),
            tasks.c.trace_context.label("task_trace_context"), runs.c.trace_context)
     .join(runs, runs.c.id == tasks.c.run_id)
@@ -149,7 +149,7 @@ class StepExecutor:
         if spec.rate is not None:
             start = limits.reserve(self.rt, row, spec, now)
             if start - now > limits.RATE_LEAD:  # back just before its start, holding no thread meanwhile
-                self.rt.dispatcher.send(row["id"], start - now - limits.RATE_LEAD, spec.time_limit)
+                self.rt.dispatcher.send(row["id"], start - now - limits.RATE_LEAD, spec.time_limit, row["priority"])
                 return None
             if start > now:
                 time.sleep(start - now)
@@ -205,7 +205,7 @@ class StepExecutor:
                 tasks.c.id == row["id"], tasks.c.status == "queued", tasks.c.attempt == row["attempt"],
             ).values({"sent_at": now, "sent_by": self.rt.worker_id, "sends": tasks.c.sends + 1} if later
                      else {"sent_at": None}))
-        if later and not self.rt.dispatcher.send(row["id"], delay, spec.time_limit):
+        if later and not self.rt.dispatcher.send(row["id"], delay, spec.time_limit, row["priority"]):
             unsent(self.rt, row["id"])
 
     def _hold(self, row: dict) -> None:

@@ -84,6 +84,7 @@ class Dispatch:
     delay: float
     time_limit: float
     task: dict | None = None  # the task row as committed (a worker here may run it at once)
+    priority: int = 0  # the run's: orders the message where the broker has priorities
 
 
 @dataclass
@@ -472,7 +473,7 @@ class Change:
         task["available_at"] = self.now + delay
         if spec.kind == "step" and self.rt.dispatcher.delivers and delay <= MAX_BROKER_DELAY and not self.held():
             task["sent_at"], task["sent_by"], task["sends"] = self.now, self.rt.worker_id, 1
-            self.dispatch.append(Dispatch(task["id"], delay, spec.time_limit, task))
+            self.dispatch.append(Dispatch(task["id"], delay, spec.time_limit, task, self.row.get("priority") or 0))
         else:
             task["sent_at"], task["sent_by"], task["sends"] = None, None, 0
 

@@ -94,6 +94,25 @@ class PerAccount(Workflow):
     demo_events = {}
 
 
+class Unlimited(Workflow):
+    """A call with no limit: a run's priority orders its message where the broker has priorities."""
+
+    name, version = "lim_plain", 1
+
+    calling = State(initial=True)
+    done = State(final=True)
+
+    finished = calling.to(done)
+
+    @step(calling)
+    def call(self, run):
+        time.sleep(run.data.get("sleep", 0.05))
+        return "finished"
+
+    demo_data = {"sleep": 0.01}
+    demo_events = {}
+
+
 class Rated(Workflow):
     """A gateway that takes 20 calls a second."""
 

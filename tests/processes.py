@@ -23,6 +23,7 @@ def env_for(settings, **extra) -> dict:
         "INTERLOCK_BROKER_URL": settings.broker_url,
         "INTERLOCK_WORKFLOWS": settings.workflows,
         "INTERLOCK_QUEUE": settings.queue,
+        "INTERLOCK_BROKER_PRIORITIES": str(settings.broker_priorities),
         "INTERLOCK_LEASE_SECONDS": str(settings.lease_seconds),
         "INTERLOCK_RESEND_AFTER": str(settings.resend_after),
         "INTERLOCK_POLL_INTERVAL": str(settings.poll_interval),

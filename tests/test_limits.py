@@ -4,6 +4,7 @@ again under its slot; a rate holds; higher priorities are handed slots first."""
 
 import threading
 import time
+import uuid
 
 import pytest
 from sqlalchemy import create_engine, text
@@ -150,8 +151,12 @@ def in_window(starts, seconds) -> list[int]:
 
 @pytest.fixture(params=["redis", "rabbitmq"])
 def broker_settings(request, pg_settings):
-    from tests.conftest import broker_url
-    return pg_settings.replace(workflows=WORKFLOWS, broker_url=broker_url(request.param), lease_seconds=2.0)
+    from tests.conftest import _delete_rabbit_queues, broker_url
+    settings = pg_settings.replace(workflows=WORKFLOWS, broker_url=broker_url(request.param), lease_seconds=2.0,
+                                   queue=f"interlock_test_{uuid.uuid4().hex[:12]}")
+    yield settings
+    if request.param == "rabbitmq":
+        _delete_rabbit_queues(settings.queue)
 
 
 @pytest.fixture
@@ -254,6 +259,94 @@ def test_a_rate_of_20_a_second_holds_over_10_seconds_across_worker_processes(bro
     assert 170 <= busiest <= 210, busiest
     rate = (len(starts) - 1) / (starts[-1] - starts[0])
     assert 16 <= rate <= 21, rate
+
+
+def test_a_high_priority_runs_step_starts_before_the_queued_low_priority_ones(broker_settings, tmp_path):
+    """RabbitMQ orders the messages themselves (queues with x-max-priority); Redis has no
+    priorities, so there the order is the database's: the waiters of a limit."""
+    rabbitmq = broker_settings.broker_url.startswith("amqp")
+    workflow, data = ("lim_plain", {"sleep": 0.05}) if rabbitmq else ("lim_account", {"account": "Q", "sleep": 0.05})
+    rt = Interlock(broker_settings)
+    try:
+        low = [rt.start(workflow, data).id for _ in range(40)]
+        high = rt.start(workflow, data, priority=5).id
+        procs = workers(broker_settings, tmp_path, 1, {})
+        try:
+            finish_all(rt, [*low, high], timeout=60)
+        finally:
+            for proc in procs:
+                proc.stop()
+        order = [run_id for _, _, run_id in sorted(attempts(rt, [*low, high]))]
+    finally:
+        rt.close()
+    # Without priorities it would be the last of 41. RabbitMQ hands the four threads of the worker
+    # their first messages together; the limit lets one low-priority run through first, which took
+    # the slot when it was started.
+    assert order.index(high) < (4 if rabbitmq else 2), order.index(high)
+
+
+def test_a_queue_declared_without_priorities_is_a_clear_error_at_worker_start(pg_settings):
+    import pika
+
+    from engine.errors import ConfigurationError
+    from tests.conftest import _delete_rabbit_queues, broker_url
+
+    settings = pg_settings.replace(workflows=WORKFLOWS, broker_url=broker_url("rabbitmq"),
+                                   queue=f"interlock_test_{uuid.uuid4().hex[:12]}")
+    connection = pika.BlockingConnection(pika.URLParameters(settings.broker_url))
+    connection.channel().queue_declare(settings.queue, durable=True)  # as an engine without priorities did
+    connection.close()
+    rt = Interlock(settings)
+    try:
+        with pytest.raises(ConfigurationError, match="x-max-priority"):
+            rt.worker(1).start()
+        assert rt.worker_id is None  # nothing registered
+    finally:
+        rt.close()
+        _delete_rabbit_queues(settings.queue)
+    assert rt_works_without_priorities(settings)
+
+
+def test_a_message_sent_again_after_waiting_goes_up_a_level_per_minute_waited(pg_settings):
+    import pika
+
+    from engine.broker import broker_level
+    from engine.models import tasks
+    from engine.reconciler import Reconciler
+    from tests.conftest import _delete_rabbit_queues, broker_url
+
+    settings = pg_settings.replace(workflows=WORKFLOWS, broker_url=broker_url("rabbitmq"),
+                                   queue=f"interlock_test_{uuid.uuid4().hex[:12]}")
+    rt = Interlock(settings)
+    try:
+        run = rt.start("lim_plain", {"sleep": 0.01}, priority=1)
+        long_ago = rt.clock.now() - 600  # ten minutes in the queue, unclaimed: its message may be lost
+        with rt.db.write() as conn:
+            conn.execute(tasks.update().where(tasks.c.run_id == run.id).values(available_at=long_ago, sent_at=long_ago))
+        assert Reconciler(rt).send_outbox() == 1
+        connection = pika.BlockingConnection(pika.URLParameters(settings.broker_url))
+        channel = connection.channel()
+        levels = []
+        while (got := channel.basic_get(settings.queue, auto_ack=True))[0] is not None:
+            levels.append(got[1].priority)
+        connection.close()
+    finally:
+        rt.close()
+        _delete_rabbit_queues(settings.queue)
+    # The copy is delivered first, and a twin that arrives later is dropped unrun (it claims first).
+    assert levels == [broker_level(11, 10), broker_level(1, 10)] == [9, 6]
+
+
+def rt_works_without_priorities(settings) -> bool:
+    """INTERLOCK_BROKER_PRIORITIES=0 declares plain queues, as before."""
+    rt = Interlock(settings.replace(broker_priorities=0))
+    try:
+        with rt.worker(2):
+            run = rt.start("lim_plain", {"sleep": 0.01})
+            finish_all(rt, [run.id])
+        return True
+    finally:
+        rt.close()
 
 
 def test_the_api_and_the_cli_set_a_priority_and_list_the_limits(rt):
