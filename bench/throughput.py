@@ -127,6 +127,7 @@ class Bench:
         return m.env_with(INTERLOCK_DATABASE_URL=database_url, INTERLOCK_BROKER_URL=broker_url,
                           INTERLOCK_WORKFLOWS="bench.flows", INTERLOCK_QUEUE=queue,
                           INTERLOCK_WORKER_THREADS=self.args.threads, INTERLOCK_RESEND_AFTER=self.args.resend_after,
+                          INTERLOCK_BROKER_PRIORITIES=self.args.broker_priorities,
                           BENCH_TIMEOUT=self.timeout)
 
     def driver(self, env, *args, timeout=600):
@@ -273,6 +274,8 @@ def parse_args(argv):
     p.add_argument("--resend-after", type=float, default=60.0,
                    help="INTERLOCK_RESEND_AFTER for the workers (default 60: longer than a task waits in the "
                    "backlog, so nothing is re-sent while it drains; a lost message is still re-sent)")
+    p.add_argument("--broker-priorities", type=int, default=10,
+                   help="INTERLOCK_BROKER_PRIORITIES for Interlock (RabbitMQ priority levels; 0: plain queues)")
     p.add_argument("--json", type=Path, default=None, help="also write every measured figure to this file")
     p.add_argument("--keep-logs", action="store_true", help="keep the worker logs (their directory is printed)")
     args = p.parse_args(argv)

@@ -19,7 +19,7 @@ two round trips.
 from sqlalchemy import bindparam, select
 from sqlalchemy.exc import IntegrityError
 
-from . import hotsql
+from . import hotsql, limits
 from . import machine as m
 from .models import runs
 from .transitions import Outcome, Writes, apply
@@ -63,6 +63,8 @@ def together(rt, conn, items) -> list[Outcome] | None:
     if not in_savepoint:
         writes.flush(conn)
         return outcomes
+    if writes.slot_takes:  # slots of limited first steps (a start the SAVEPOINT undoes frees them: limits.reclaim)
+        limits.flush(conn, writes)
     try:
         with hotsql.pipelined(conn):
             hotsql.execute_sql(conn, f"SAVEPOINT {SAVEPOINT}")

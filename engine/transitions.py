@@ -85,6 +85,7 @@ class Dispatch:
     time_limit: float
     task: dict | None = None  # the task row as committed (a worker here may run it at once)
     priority: int = 0  # the run's: orders the message where the broker has priorities
+    withheld: bool = False  # its task found no slot at the flush (engine/limits.py): not sent
 
 
 @dataclass
@@ -170,6 +171,10 @@ class Writes:
         self.history, self.tasks, self.timers, self.signals = [], [], [], []
         self.search_deletes, self.search_inserts = [], []  # rows of run_search (engine/search.py)
         self.deferred: dict = {}  # an operation's own statements: {statement: [parameters, ...]}
+        # Slots of concurrency limits (engine/limits.py), (change, task, spec, dispatch): taken at
+        # the flush before the rows are written, a statement for the batch (PostgreSQL); and
+        # (change, task id): given back after them, so that a waiter's row is there to be handed one.
+        self.slot_takes, self.slot_gives = [], []
 
     def defer(self, statement, params: dict) -> None:
         """Run ``statement`` with ``params`` at the flush, with the others like it (one executemany)."""
@@ -181,9 +186,13 @@ class Writes:
         self.deferred.clear()
 
     def flush(self, conn):
+        if self.slot_takes:
+            limits.take_pending(conn, self)
         self._flush_deferred(conn)
         with hotsql.pipelined(conn):
             self.write(conn)
+        if self.slot_gives:
+            limits.give_back_pending(conn, self)
 
     def write(self, conn):
         """``flush``'s statements, in a pipeline the caller holds (with statements of its own)."""
@@ -242,6 +251,7 @@ class Change:
         self.dispatch: list[Dispatch] = []
         self.woken: list[Dispatch] = []  # other runs' tasks handed a slot this change freed (engine/limits.py)
         self.related: list[Outcome] = []  # runs started by this change (children), already finished
+        self.outcome: Outcome | None = None  # what finish() returned
         self.signals: list[tuple] = []  # (signal id, receiving run) for after the commit
 
     # -- history ---------------------------------------------------------------
@@ -465,17 +475,22 @@ class Change:
         task of a step with a concurrency limit first takes its slot, or waits for one (engine/limits.py)."""
         if spec.kind == "step" and spec.rate is not None and task.get("attempt"):
             self.writes.defer(limits.FORGET_RESERVATION, {"b_task": task["id"]})  # a retry reserves again
+        admitted = True
         if spec.kind == "step" and spec.concurrency is not None and not self.held():
-            if not limits.admit(self, task, spec):  # waiting for a slot: sent when one is handed to it
-                task["status"], task["available_at"] = "limited", self.now
-                task["sent_at"], task["sent_by"], task["sends"] = None, None, 0
+            admitted = limits.admit(self, task, spec)
+            if admitted is False:  # waiting for a slot: sent when one is handed to it
+                limits.mark_waiting(task, self.now)
                 return
         task["available_at"] = self.now + delay
+        dispatch = None
         if spec.kind == "step" and self.rt.dispatcher.delivers and delay <= MAX_BROKER_DELAY and not self.held():
             task["sent_at"], task["sent_by"], task["sends"] = self.now, self.rt.worker_id, 1
-            self.dispatch.append(Dispatch(task["id"], delay, spec.time_limit, task, self.row.get("priority") or 0))
+            dispatch = Dispatch(task["id"], delay, spec.time_limit, task, self.row.get("priority") or 0)
+            self.dispatch.append(dispatch)
         else:
             task["sent_at"], task["sent_by"], task["sends"] = None, None, 0
+        if admitted is None:  # its slot is taken at the flush, with the batch's others
+            self.writes.slot_takes.append((self, task, spec, dispatch))
 
     def held(self) -> bool:
         """New steps wait: the run, or its workflow, is paused (engine/pauses.py)."""
@@ -595,9 +610,11 @@ class Change:
         self.writes.history.extend(self.history_rows)
         self.writes.tasks.extend(self.new_tasks)
         self.writes.timers.extend(self.new_timers)
-        return Outcome(run={**self.row, **values}, history=self.history_rows,
-                       dispatch=self.dispatch + self.woken, created=self.new, finished=finished,
-                       related=self.related, signals=self.signals)
+        # Kept: the flush may still withhold a dispatch or add one (engine/limits.py).
+        self.outcome = Outcome(run={**self.row, **values}, history=self.history_rows,
+                               dispatch=self.dispatch + self.woken, created=self.new, finished=finished,
+                               related=self.related, signals=self.signals)
+        return self.outcome
 
 
 _TASK_COLUMNS = [c.label("task__" + c.name) for c in tasks.c]

@@ -94,6 +94,30 @@ class PerAccount(Workflow):
     demo_events = {}
 
 
+class TwoCalls(Workflow):
+    """Two calls in a row to a system that takes two at once."""
+
+    name, version = "lim_chain", 1
+
+    first = State(initial=True)
+    second = State()
+    done = State(final=True)
+
+    next = first.to(second)
+    finished = second.to(done)
+
+    @step(first, concurrency=Limit(2, key=group))
+    def call_first(self, run):
+        return "next"
+
+    @step(second, concurrency=Limit(2, key=group))
+    def call_second(self, run):
+        return "finished"
+
+    demo_data = {}
+    demo_events = {}
+
+
 class Unlimited(Workflow):
     """A call with no limit: a run's priority orders its message where the broker has priorities."""
 

@@ -7,7 +7,7 @@ import time
 import uuid
 
 import pytest
-from sqlalchemy import create_engine, text
+from sqlalchemy import create_engine, select, text
 
 from engine.explain import explain
 from engine.runtime import Interlock
@@ -283,6 +283,74 @@ def test_a_high_priority_runs_step_starts_before_the_queued_low_priority_ones(br
     # their first messages together; the limit lets one low-priority run through first, which took
     # the slot when it was started.
     assert order.index(high) < (4 if rabbitmq else 2), order.index(high)
+
+
+def _limited_snapshot(rt, run_ids) -> dict:
+    """Each run's state and tasks (step, status, whether it holds a slot), the waiters in order."""
+    from engine.models import limit_slots, limit_waiters, tasks
+
+    with rt.db.read() as conn:
+        holding = set(conn.execute(select(limit_slots.c.task_id).where(limit_slots.c.task_id.is_not(None))).scalars())
+        rows = conn.execute(select(tasks.c.id, tasks.c.run_id, tasks.c.name, tasks.c.status, tasks.c.slot)
+                            .where(tasks.c.run_id.in_(run_ids)).order_by(tasks.c.id)).all()
+        waiting = conn.execute(select(limit_waiters.c.task_id).order_by(limit_waiters.c.since,
+                                                                          limit_waiters.c.task_id)).scalars().all()
+    index = {run_id: i for i, run_id in enumerate(run_ids)}
+    of_task = {row.id: (index[row.run_id], row.name) for row in rows}
+    return {"runs": [(rt.get(r).state, rt.get(r).status) for r in run_ids],
+            "tasks": sorted((of_task[r.id], r.status, r.id in holding, r.slot is not None) for r in rows),
+            "waiters": [of_task[t] for t in waiting if t in of_task]}
+
+
+def _drive_limited_batches(rt, group) -> dict:
+    """Five runs of two limited steps (two slots each): their steps end in group commits of
+    every step holding a slot at once, until all are done."""
+    from engine.operations import StepDone, StepResult
+    from engine.transitions import apply_many
+
+    run_ids = [rt.start("lim_chain", {"group": group}).id for _ in range(5)]
+    snapshots = [_limited_snapshot(rt, run_ids)]
+    for _ in range(8):
+        with rt.db.read() as conn:
+            ready = conn.execute(text("SELECT id, run_id FROM tasks WHERE status = 'queued' AND slot IS NOT NULL "
+                                      "ORDER BY id")).all()
+        ready = [(task_id, run_id) for task_id, run_id in ready if run_id in run_ids]
+        if not ready:
+            break
+        now = rt.clock.now()
+        apply_many(rt, [(run_id, StepDone(task_id, 1, StepResult("next" if rt.get(run_id).state == "first"
+                                                                 else "finished"), now, 0.0))
+                        for task_id, run_id in ready])
+        snapshots.append(_limited_snapshot(rt, run_ids))
+    return snapshots
+
+
+def test_slots_taken_and_given_back_by_the_batch_are_those_taken_one_task_at_a_time(pg_settings, monkeypatch):
+    """PostgreSQL takes a group commit's slots, and gives them back, with a statement for the batch
+    (limits.flush); the tasks holding slots, the waiters and their order are those of taking and
+    giving back one task at a time."""
+    from engine import limits
+
+    rt = Interlock(pg_settings.replace(workflows=WORKFLOWS))
+    try:
+        batched = _drive_limited_batches(rt, "batched")
+        monkeypatch.setattr(limits, "BATCHED", ())
+        alone = _drive_limited_batches(rt, "alone")
+    finally:
+        rt.close()
+    assert batched == alone
+    assert len(batched) >= 5 and batched[-1]["runs"] == [("done", "succeeded")] * 5
+    assert batched[0]["waiters"] == [(2, "call_first"), (3, "call_first"), (4, "call_first")]
+
+
+def test_a_group_commit_that_gives_back_slots_and_makes_new_waiters_hands_them_over(rt):
+    """Two runs' second steps end in the batch in which two others enter theirs: the slots go
+    to the new waiters once their rows are written, and no task is left waiting with no waiter."""
+    snapshots = _drive_limited_batches(rt, "handed")
+    assert snapshots[-1]["runs"] == [("done", "succeeded")] * 5
+    for snapshot in snapshots:
+        waiting = sorted(task for task, status, _, _ in snapshot["tasks"] if status == "limited")
+        assert waiting == sorted(snapshot["waiters"])
 
 
 def test_a_queue_declared_without_priorities_is_a_clear_error_at_worker_start(pg_settings):
