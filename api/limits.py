@@ -3,7 +3,7 @@
 from flask import Blueprint
 from pydantic import BaseModel, Field
 
-from engine import limits
+from engine import limit_views
 
 from . import schemas as s
 from .context import engine
@@ -43,4 +43,4 @@ def set_priority(run_id, body: SetPriority):
 @API.route(blueprint, "/limits", "GET", summary="Concurrency limits' keys: slots, in use, waiting (busiest first)",
            query=LimitsQuery, responses={200: LimitList})
 def list_limits(query: LimitsQuery):
-    return {"limits": limits.list_limits(engine(), name=query.name, limit=query.limit)}
+    return {"limits": limit_views.list_limits(engine(), name=query.name, limit=query.limit)}

@@ -75,11 +75,11 @@ def priority(settings, run_id, priority):
 @click.pass_obj
 def limits_command(settings, name):
     """Concurrency limits' keys: slots, in use, waiting (busiest first)."""
-    from . import limits
+    from . import limit_views
 
     rt = open_runtime(settings)
     try:
-        for row in limits.list_limits(rt, name=name):
+        for row in limit_views.list_limits(rt, name=name):
             click.echo(f"{row['name']}{' [' + row['key'] + ']' if row['key'] else ''}: {row['in_use']} of "
                        f"{row['slots']} in use, {row['waiting']} waiting")
     finally:

@@ -2,10 +2,8 @@
 
 from sqlalchemy import and_, false, or_, select
 
-from . import limits
+from . import limit_views, pauses
 from . import machine as m
-from . import pauses
-from .limits import describe_wait
 from .errors import WorkflowNotFound
 from .models import history, maps, runs, signals, tasks, timers
 from .queries import get_run
@@ -64,7 +62,7 @@ def explain(rt, run_id: str) -> dict:
         with rt.db.read() as conn:
             for t in outstanding:
                 if t["status"] == "limited":
-                    t["limit"] = limits.waiting_for(conn, t["id"], now)
+                    t["limit"] = limit_views.waiting_for(conn, t["id"], now)
     for t in outstanding:  # a start put off by a rate limit
         spec = cls.step_for(t["state"]) if cls is not None else None
         if t["next_attempt_at"] and getattr(spec, "rate", None) is not None and t["attempt"] == 0:
@@ -238,7 +236,7 @@ def _summary(run, accepted, armed, outstanding, children=()) -> str:
         if t["status"] == "failed":
             parts.append(f"a retry of failed {t['kind']} {t['name']} ({t['last_error']})")
         elif t["status"] == "limited" and t.get("limit"):
-            parts.append(f"{describe_wait(t['limit'])}, for {t['kind']} {t['name']}")
+            parts.append(f"{limit_views.describe_wait(t['limit'])}, for {t['kind']} {t['name']}")
         elif t.get("rate_limit"):
             parts.append(f"{t['kind']} {t['name']} to start at {t['next_attempt_at']} (rate limit {t['rate_limit']})")
         elif t["status"] == "running":
