@@ -18,7 +18,8 @@ two under each overlap policy (bench/chaos_schedules.py), one of them issuing ru
 retention archives and deletes two seconds after they end (bench/chaos_retention.py), a bulk
 cancel of the runs a search field selects (bench/chaos_batches.py), runs started on version 1
 of a workflow and moved to version 2 mid-flight by a migration plan made and applied through the
-API (bench/chaos_migrations.py), and activity tasks that
+API (bench/chaos_migrations.py), calls under a concurrency limit per account
+(bench/chaos_limits.py), and activity tasks that
 ActivityPollers do (one more receiver drops one task per run on the floor).
 
 Meanwhile, on the printed schedule: SIGKILL a random worker and restart it, SIGKILL the API
@@ -55,8 +56,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench import (chaos_batches, chaos_composition, chaos_migrations, chaos_pauses, chaos_retention, chaos_schedules,
-                   duplicates)
+from bench import (chaos_batches, chaos_composition, chaos_limits, chaos_migrations, chaos_pauses, chaos_retention,
+                   chaos_schedules, duplicates)
 from bench import measure as m
 from bench.chaos_checks import check
 from engine.client import ActivityPoller, ApiError, Client, ClientError
@@ -142,6 +143,7 @@ def plan_run(i: int, rng: random.Random, now: float) -> tuple[str, dict]:
                 "label_deadline": round(now + (3600 if rng.random() < 0.5 else rng.uniform(2, 8)), 3),
                 "pickup_deadline": round(now + (3600 if chaos["pickup"] == "pickup" else rng.uniform(4, 12)), 3)}
     kind, data = chaos_migrations.plan(kind, data, chaos, i)
+    kind, data = chaos_limits.plan(kind, data, chaos, i)
     chaos_pauses.plan(chaos, kind, i)
     chaos_batches.plan(chaos, kind, data, i)
     data["chaos"] = chaos
@@ -299,6 +301,7 @@ class Scenario:
                               capture_output=True, text=True, timeout=120, stdin=subprocess.DEVNULL, check=False)
         if done.returncode != 0:
             raise RuntimeError("interlock db upgrade failed: " + done.stderr[-500:])
+        chaos_limits.set_up(self.env["INTERLOCK_DATABASE_URL"])
         self.start_api()
         for slot in range(self.cfg.workers):
             self.start_worker(slot)

@@ -32,6 +32,8 @@ Each invariant counts what it looked at and what broke it:
 17-18. Moving runs between versions (``migration moves each run once``, ``migrated runs follow
    the new version``): see bench/chaos_migrations.py. A ``migrated`` entry renames the states
    of the entries the run is in (its mapping); the replay follows it.
+19-20. Concurrency limits (``a concurrency limit is never exceeded``, ``limit slots come back``):
+   see bench/chaos_limits.py.
 
 Flat workflows only (a history row's source and target are leaf states).
 """
@@ -41,7 +43,8 @@ from dataclasses import dataclass, field
 
 from sqlalchemy import create_engine, select, text
 
-from bench import chaos_batches, chaos_composition, chaos_migrations, chaos_pauses, chaos_retention, chaos_schedules
+from bench import (chaos_batches, chaos_composition, chaos_limits, chaos_migrations, chaos_pauses, chaos_retention,
+                   chaos_schedules)
 from engine.db import normalize_url
 from engine.models import history, runs, tasks, timers
 
@@ -49,7 +52,8 @@ ACTIVE = ("running", "waiting")
 CANCEL = "<cancelled by operator>"
 # Errors the example and chaos workflows raise on purpose (their data asks for them): failed
 # attempts from anything else (a killed worker, a dropped connection...) are injected faults.
-SIMULATED_ERRORS = ("CustomsUnavailable", "GatewayTimeout", "StepBroken", "InspectionFailed", "CrateBroken")
+SIMULATED_ERRORS = ("CustomsUnavailable", "GatewayTimeout", "StepBroken", "InspectionFailed", "CrateBroken",
+                    "CallRefused")
 # Events the chaos script sends from outside, by (workflow, state): a run waiting there is
 # waiting for the script, not stuck.
 EXTERNAL = {("cargo", "booked"), ("cargo", "at_port"), ("orders", "review"),
@@ -130,6 +134,8 @@ def allowed_outcomes(workflow: str, data: dict) -> set:
             allowed = {"completed"}
     elif workflow == chaos_migrations.WORKFLOW:
         allowed = {"arrived", "moored"}  # on version 1, or moved to version 2
+    elif workflow == chaos_limits.WORKFLOW:
+        allowed = {"called"}
     elif workflow == "chaos_parcel":
         allowed = {"pickup": {"delivered"}, "race": {"delivered", "returned"},
                    "no_pickup": {"returned"}}.get(plan.get("pickup"), {"delivered", "returned"})
@@ -280,8 +286,9 @@ def check(url: str, registry, now: float | None = None, archive_dir=None) -> Rep
     retained = chaos_retention.check(url, archived, Invariant)
     bulk = chaos_batches.check(url, Invariant)
     migrated = chaos_migrations.check(url, registry, by_run, task_rows, timer_rows, Invariant)
+    limited = chaos_limits.check(url, Invariant)
     return Report([finals, contiguous, once, steps, timer_check, *composition, *paused, *scheduled, *retained, *bulk,
-                   *migrated],
+                   *migrated, *limited],
                   len(run_rows),
                   transitions, outcomes, children=sum(r["parent_id"] is not None for r in run_rows),
                   scheduled=sum((r["idempotency_key"] or "").startswith("schedule:") for r in run_rows))

@@ -10,7 +10,7 @@ which final states a run was allowed to reach.
 import time
 from datetime import timedelta
 
-from engine import State, Workflow, activity, after, at, child, map_, step
+from engine import Limit, State, Workflow, activity, after, at, child, map_, step
 
 
 class StepBroken(Exception):
@@ -221,6 +221,40 @@ class ChaosVoyageV2(Workflow):
     @step(loading, retries=4, backoff=timedelta(seconds=0.1), time_limit=timedelta(seconds=20))
     def load(self, run):
         return _load(run, {"detain": "sail"}, 2)
+
+
+# -- a concurrency limit: bench/chaos_limits.py plans the runs and checks the limit ------------
+
+class CallRefused(Exception):
+    """The carrier said no (the run's data says how many times)."""
+
+
+class ChaosCall(Workflow):
+    """A call to a carrier that takes two calls at once per account."""
+
+    name, version = "chaos_call", 1
+
+    calling = State(initial=True)
+    called = State(final=True)
+    gave_up = State(final=True)
+
+    answered = calling.to(called)
+    refused = calling.to(gave_up)
+    final_status = {"gave_up": "failed"}
+
+    @step(calling, concurrency=Limit(2, key=lambda run: run.data["account"]), retries=3,
+          backoff=timedelta(seconds=0.1), time_limit=timedelta(seconds=20), on_error="refused")
+    def call(self, run):
+        from bench import chaos_limits
+
+        chaos_limits.probe(run, "start")
+        try:
+            time.sleep(run.data.get("work_seconds", 0))
+            if run.attempt <= run.data.get("call_failures", 0):
+                raise CallRefused(f"the carrier said no (attempt {run.attempt})")
+        finally:
+            chaos_limits.probe(run, "end")
+        return "answered"
 
 
 def _load(run, routes: dict, version: int):

@@ -25,7 +25,8 @@ INVARIANTS = ["final states", "history contiguous", "transitions once per state 
               "no timer fired while paused", "queued events applied once", "schedule ticks start one run each",
               "no schedule tick lost", "overlap policy kept", "retention deletes whole finished runs",
               "bulk cancel acts on each run once", "migration moves each run once",
-              "migrated runs follow the new version", "no step run twice without a fault"]
+              "migrated runs follow the new version", "a concurrency limit is never exceeded",
+              "limit slots come back", "no step run twice without a fault"]
 
 
 def chaos(tmp_path, *args, timeout=300):
