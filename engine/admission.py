@@ -31,7 +31,7 @@ import random
 from sqlalchemy import Double, bindparam, delete, exists, func, insert, select, update
 
 from . import children
-from .errors import CallbackError
+from .errors import CallbackError, InterlockError
 from .ids import new_id
 from .limits import AGING, KEY_LENGTH, RETURNING, _insert_ignoring_duplicates
 from .models import admission_slots as slots
@@ -209,7 +209,12 @@ def admitted(change, signal) -> bool:
     _set_since(change, None)
     seq = change.record("admitted", cause="admission", target=change.leaves(),
                         detail={**detail, "slot": held.slot, "key": held.key or None, "waited": round(waited, 3)})
-    change.enter_states(list(change.configuration), seq)
+    try:
+        change.enter_states(list(change.configuration), seq)
+    except InterlockError as exc:  # its data refused (an at() timer's field...): the signal is refused
+        if isinstance(exc, CallbackError):
+            raise
+        raise CallbackError(change.row["id"], "admission", exc) from exc
     return True
 
 

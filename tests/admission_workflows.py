@@ -3,7 +3,7 @@
 import time
 from datetime import timedelta
 
-from engine import Limit, State, Workflow, after, step
+from engine import Limit, State, Workflow, after, at, step
 
 
 def group(run) -> str:
@@ -48,3 +48,21 @@ class Gate(Workflow):
     demo_data = {"park": True}
     demo_events = {"parked": "finished"}
 
+
+
+class Deadline(Workflow):
+    """One at a time; its initial state has a deadline read from the run's data when entered."""
+
+    name, version = "adm_deadline", 1
+    max_active = Limit(1, key=group)
+
+    pending = State(initial=True)
+    done = State(final=True)
+
+    finish = pending.to(done)
+    late = pending.to(done)
+
+    expires = at("deadline", pending, send="late")
+
+    demo_data = {"deadline": "2100-01-01T00:00:00Z"}
+    demo_events = {"pending": "finish"}

@@ -384,3 +384,27 @@ def test_a_killed_worker_leaves_the_slots_with_their_runs_whose_steps_run_again(
         assert most_at_once(spans) == 3
     finally:
         rt.close()
+
+
+def test_a_run_whose_states_cannot_be_entered_at_its_admission_fails_and_passes_the_slot_on(rt):
+    first = rt.start("adm_deadline", {"group": "e", "deadline": "2100-01-01T00:00:00Z"}).id
+    broken = rt.start("adm_deadline", {"group": "e"}).id  # no deadline: its timer cannot be armed
+    after = rt.start("adm_deadline", {"group": "e", "deadline": "2100-01-01T00:00:00Z"}).id
+    rt.send(first, "finish")
+    wait_until(lambda: rt.get(after).admission_since is None, message="the slot passed on to the third run")
+    run = rt.get(broken)
+    assert run.status == "failed" and run.admission_since is None
+    assert kinds(rt, broken)[-2:] == ["signal_refused", "failed"] and "deadline" in rt.history(broken)[-1].detail["error"]
+    assert explain(rt, after)["timers"][0]["name"] == "expires"
+
+
+def test_a_paused_waiting_run_is_admitted_in_its_turn_and_starts_once_resumed(rt):
+    first = rt.start("adm_deadline", {"group": "z", "deadline": "2100-01-01T00:00:00Z"}).id
+    waiting = rt.start("adm_deadline", {"group": "z", "deadline": "2100-01-01T00:00:00Z"}).id
+    rt.pause(waiting)
+    rt.send(waiting, "finish", queue=True)
+    rt.send(first, "finish")
+    wait_until(lambda: rt.get(waiting).admission_since is None, message="the paused run admitted")
+    assert rt.get(waiting).state == "pending" and kinds(rt, waiting)[-1] == "admitted"
+    rt.resume(waiting)
+    wait_until(lambda: rt.get(waiting).status == "succeeded", message="the queued event applied on resume")
