@@ -258,12 +258,14 @@ def applicable_clause():
 # -- the reconciler's duty --------------------------------------------------------------------
 
 def _limits_loaded(rt) -> dict:
-    """{workflow: n} of the loaded workflows with max_active (their newest version's)."""
+    """{workflow: n} of the loaded workflows with max_active (the newest version declaring it)."""
     out = {}
     for name in rt.registry.names():
-        cls = rt.registry.get(name, max(rt.registry.versions(name)))
-        if cls._max_active is not None:
-            out[name] = cls._max_active.n
+        for version in sorted(rt.registry.versions(name), reverse=True):
+            limit = rt.registry.get(name, version)._max_active
+            if limit is not None:
+                out[name] = limit.n
+                break
     return out
 
 
