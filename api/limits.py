@@ -1,9 +1,11 @@
 """Flow control: a run's priority, and the concurrency limits' keys in use (engine/limits.py)."""
 
+from typing import Literal
+
 from flask import Blueprint
 from pydantic import BaseModel, Field
 
-from engine import limit_views
+from engine import admission, limit_views
 
 from . import schemas as s
 from .context import engine
@@ -17,11 +19,15 @@ class SetPriority(s.Strict):
 
 
 class LimitKey(BaseModel):
-    name: str = Field(description="the limit's name (workflow.step, or the name given to Limit)")
+    kind: Literal["step", "workflow"] = Field(
+        "step", description="step: a step's concurrency (slots held by tasks); workflow: a workflow's "
+                            "max_active (slots held by runs from their admission until they end)")
+    name: str = Field(description="the limit's name (workflow.step, the name given to Limit, or the workflow)")
     key: str | None
     slots: int
     in_use: int
-    waiting: int = Field(description="tasks waiting for a slot of this key (holding no thread or message)")
+    waiting: int = Field(description="tasks (step) or runs (workflow) waiting for a slot of this key, holding "
+                                     "no thread or message")
 
 
 class LimitList(BaseModel):
@@ -40,7 +46,9 @@ def set_priority(run_id, body: SetPriority):
     return engine().set_priority(run_id, body.priority).to_dict()
 
 
-@API.route(blueprint, "/limits", "GET", summary="Concurrency limits' keys: slots, in use, waiting (busiest first)",
+@API.route(blueprint, "/limits", "GET", summary="Limits' keys: steps' concurrency and workflows' max_active: "
+                                               "slots, in use, waiting (busiest first, steps then workflows)",
            query=LimitsQuery, responses={200: LimitList})
 def list_limits(query: LimitsQuery):
-    return {"limits": limit_views.list_limits(engine(), name=query.name, limit=query.limit)}
+    steps = [{"kind": "step", **row} for row in limit_views.list_limits(engine(), name=query.name, limit=query.limit)]
+    return {"limits": steps + admission.list_slots(engine(), name=query.name, limit=query.limit)}

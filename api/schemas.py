@@ -187,6 +187,8 @@ class RunOut(BaseModel):
     parent_state: str | None = Field(None, description="the parent's state that started this run")
     paused_at: str | None = Field(None, description="when an operator paused the run (null: not paused); "
                                                      "a paused run starts no step and fires no timer")
+    admission_since: str | None = Field(None, description="since when the run waits in its initial state for a "
+                                                          "slot of its workflow's max_active (null: admitted)")
 
 
 class RunPage(BaseModel):
@@ -316,6 +318,16 @@ class PauseOut(BaseModel):
     text: str
 
 
+class AdmissionOut(BaseModel):
+    workflow: str
+    key: str | None = Field(description="the max_active key the run counts under (null: one for the workflow)")
+    active: int = Field(description="runs of the key admitted now (holding a slot until they end)")
+    max_active: int | None
+    ahead: int = Field(description="runs waiting that will be admitted before this one")
+    since: str | None
+    handed: bool = Field(description="a slot was handed to the run: its admission is on its way")
+
+
 class Explanation(BaseModel):
     """What the run is waiting for."""
 
@@ -323,6 +335,8 @@ class Explanation(BaseModel):
     status: Status
     state: str
     paused: PauseOut | None = Field(None, description="set while the run, or its workflow, is paused")
+    admission: AdmissionOut | None = Field(None, description="set while the run waits in its initial state for "
+                                                             "a slot of its workflow's max_active")
     entered_at: str | None
     in_state_seconds: float | None
     accepted_events: list[EventOption]

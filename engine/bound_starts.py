@@ -51,7 +51,9 @@ def together(rt, conn, items) -> list[Outcome] | None:
     cls = items[0].start.cls
     # A plain workflow's start runs no callback and starts no child: nothing is written before
     # the writes, so on PostgreSQL the SAVEPOINT can go out with them.
-    in_savepoint = conn.dialect.name == "postgresql" and m.is_plain(cls) and not cls._children
+    # (A workflow with max_active takes its slots before the writes: not in the SAVEPOINT.)
+    in_savepoint = (conn.dialect.name == "postgresql" and m.is_plain(cls) and not cls._children
+                    and cls._max_active is None)
     if not in_savepoint and _any_started(conn, cls.workflow_name, items):
         return None
     now = rt.clock.now()

@@ -15,9 +15,9 @@ so a crash between the two loses nothing.
 import logging
 from dataclasses import dataclass
 
-from sqlalchemy import or_, select, update
+from sqlalchemy import and_, or_, select, update
 
-from . import maps
+from . import admission, maps
 from .errors import CallbackError, InterlockError, InvalidTransition
 from .ids import new_id
 from .models import runs, signals
@@ -107,16 +107,40 @@ class ApplySignals:
     def perform(self, change) -> None:
         # The receiver's lock is held: no other transaction applies these signals meanwhile.
         query = select(signals).where(signals.c.run_id == change.row["id"], signals.c.status == "pending")
-        if change.paused_at is not None:  # a paused run is still cancelled with its parent
-            query = query.where(signals.c.kind == "parent_left")
-        found = change.conn.execute(query.order_by(signals.c.created_at, signals.c.id).limit(self.limit)
-                                    ).mappings().all()
+        waiting = change.admission_since is not None
+        # A paused run is still cancelled with its parent (and admitted); a run waiting for a slot
+        # takes only those too: what was queued meanwhile is applied once it is admitted.
+        if change.paused_at is not None or waiting:
+            found = self._read(change, query.where(signals.c.kind.in_(("parent_left", admission.ADMITTED))))
+        else:
+            found = self._read(change, query)
         fanin = maps.Fanin(change, found)
         done = {"applied": [], "stale": []}
+        self._apply(change, found, fanin, done)
+        if waiting and change.admission_since is None and change.paused_at is None:
+            # Admitted just now: what it queued while it waited, in order, before anything else.
+            taken = [signal_id for ids in done.values() for signal_id in ids]
+            self._apply(change, self._read(change, query.where(signals.c.id.not_in(taken))), fanin, done)
+        fanin.settle()
+        for status, ids in done.items():
+            if ids:
+                change.conn.execute(update(signals).where(signals.c.id.in_(ids)).values(
+                    status=status, applied_at=change.now))
+
+    def _read(self, change, query) -> list:
+        return change.conn.execute(query.order_by(signals.c.created_at, signals.c.id).limit(self.limit)
+                                   ).mappings().all()
+
+    @staticmethod
+    def _apply(change, found, fanin, done) -> None:
         for signal in found:
             try:
                 if signal["kind"] == "parent_left":
                     applied = _parent_left(change, signal)
+                elif signal["kind"] == admission.ADMITTED:
+                    applied = admission.admitted(change, signal)
+                elif signal["kind"] == admission.QUEUED_DATA:
+                    applied = admission.queued_data(change, signal)
                 elif signal["kind"] == "event":
                     applied = _queued_event(change, signal)
                 else:
@@ -124,11 +148,6 @@ class ApplySignals:
             except CallbackError as exc:  # this transaction is lost: the signal is refused alone
                 raise SignalRefused(signal["id"], exc) from exc
             done["applied" if applied else "stale"].append(signal["id"])
-        fanin.settle()
-        for status, ids in done.items():
-            if ids:
-                change.conn.execute(update(signals).where(signals.c.id.in_(ids)).values(
-                    status=status, applied_at=change.now))
 
 
 def _for_state_entry(change, signal, fanin) -> bool:
@@ -213,6 +232,8 @@ class RefuseSignal:
         change.record("signal_refused", cause="child" if found.kind == "child_ended" else "event", event=event,
                       detail={"signal": self.signal_id, "kind": found.kind, "from": found.source_id,
                               "error": self.error})
+        if found.kind == admission.ADMITTED:  # its states could not be entered
+            admission.refused(change, self.error)
 
 
 def _parent_left(change, signal) -> bool:
@@ -259,8 +280,10 @@ def drain(rt, run_id) -> None:
 
 
 def _applicable():
-    """A pending signal its receiver applies now: a paused run takes only ``parent_left``."""
-    return or_(runs.c.paused_at.is_(None), signals.c.kind == "parent_left")
+    """A pending signal its receiver applies now: a paused run takes only ``parent_left`` (and its
+    admission); one waiting for a slot only those (engine/admission.py)."""
+    return and_(or_(runs.c.paused_at.is_(None), signals.c.kind.in_(("parent_left", admission.ADMITTED))),
+                admission.applicable_clause())
 
 
 def deliver_pending(rt) -> int:

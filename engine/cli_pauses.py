@@ -71,17 +71,21 @@ def priority(settings, run_id, priority):
 
 
 @click.command("limits")
-@click.option("--name", default=None, help="Only this limit")
+@click.option("--name", default=None, help="Only this limit (a step's, or a workflow's max_active)")
 @click.pass_obj
 def limits_command(settings, name):
-    """Concurrency limits' keys: slots, in use, waiting (busiest first)."""
-    from . import limit_views
+    """Limits' keys: steps' concurrency (slots, in use, tasks waiting) and workflows' max_active
+    (active runs, runs waiting in their initial state), busiest first."""
+    from . import admission, limit_views
 
     rt = open_runtime(settings)
     try:
         for row in limit_views.list_limits(rt, name=name):
             click.echo(f"{row['name']}{' [' + row['key'] + ']' if row['key'] else ''}: {row['in_use']} of "
                        f"{row['slots']} in use, {row['waiting']} waiting")
+        for row in admission.list_slots(rt, name=name):
+            click.echo(f"workflow {row['name']}{' [' + row['key'] + ']' if row['key'] else ''}: {row['in_use']} of "
+                       f"{row['slots']} active, {row['waiting']} waiting to start")
     finally:
         rt.close()
 

@@ -15,8 +15,8 @@ from statemachine.factory import StateMachineMetaclass
 from . import search as search_fields
 from .errors import DefinitionError
 from .specs import (ACTIVITY_NAME, MAX_VISIBILITY_TIMEOUT, PARENT_CLOSE, ActivitySpec, ChildSpec,  # noqa: F401
-                    MapSpec, Recheck, StepSpec, TimerSpec, TriggerSpec, activity, after, at, child, map_,
-                    recheck, step, trigger)
+                    MAX_LIMIT, Limit, MapSpec, Recheck, StepSpec, TimerSpec, TriggerSpec, activity, after,
+                    at, child, map_, recheck, step, trigger)
 
 RUN_STATUSES = ("running", "waiting", "succeeded", "failed", "cancelled")
 FINAL_STATUSES = ("succeeded", "failed", "cancelled")
@@ -208,6 +208,7 @@ def _check_and_collect(cls, class_name):
         if status not in FINAL_STATUSES:
             raise DefinitionError(f"{class_name}: final_status {status!r} is not one of {FINAL_STATUSES}")
     cls._retention_seconds = _check_retention(class_name, getattr(cls, "retention", None))
+    cls._max_active = _check_max_active(cls, class_name, getattr(cls, "max_active", None))
     cls._steps = steps
     cls._activities = activities
     cls._children = children
@@ -227,6 +228,30 @@ def _check_retention(class_name, retention) -> float | None:
                               f"runs are kept, e.g. timedelta(days=30)) or None for INTERLOCK_RETENTION, "
                               f"got {retention!r}")
     return retention.total_seconds()
+
+
+def _check_max_active(cls, class_name, max_active) -> Limit | None:
+    """At most this many runs admitted at once (engine/admission.py): an int, or ``Limit(n, key=...)``."""
+    if max_active is None:
+        return None
+    if not isinstance(max_active, Limit):
+        if isinstance(max_active, bool) or not isinstance(max_active, int) or not 1 <= max_active <= MAX_LIMIT:
+            raise DefinitionError(f"{class_name}: max_active must be an int from 1 to {MAX_LIMIT} (runs admitted "
+                                  f"at once), Limit(n, key=...) or None, got {max_active!r}")
+        max_active = Limit(max_active)
+    if max_active.name is not None:
+        raise DefinitionError(f"{class_name}: max_active=Limit(...) takes no name: its slots are the workflow's")
+    initial = cls.initial_state
+    inside, seen = [initial], 0
+    while seen < len(inside):  # the initial state and every state nested in it
+        inside += list(getattr(inside[seen], "states", ()) or ())
+        seen += 1
+    for state in inside:
+        if any(t.is_eventless for t in state.transitions):
+            raise DefinitionError(f"{class_name}: with max_active, runs wait for a slot in the initial state "
+                                  f"{initial.id!r}, which an eventless transition of {state.id!r} would leave at "
+                                  "once; start with a state the run leaves on an event or a step")
+    return max_active
 
 
 def _bind_state(cls, class_name, spec, attr, finals, taken: dict, plural: str) -> None:
@@ -273,6 +298,10 @@ class Workflow(StateMachine, metaclass=WorkflowMeta):
     # How long finished runs are kept (then deleted with their history: engine/retention.py);
     # None: INTERLOCK_RETENTION, and with that unset, forever. timedelta.max keeps them forever.
     retention: timedelta | None = None
+    # At most this many runs admitted at once (an int, or Limit(n, key=...) per key); the others
+    # wait in the initial state, in arrival order (engine/admission.py). None: no limit.
+    max_active = None
+    _max_active = None
 
     @classmethod
     def step_for(cls, state_id) -> "StepSpec | ActivitySpec | None":

@@ -2,7 +2,7 @@
 
 from sqlalchemy import and_, false, or_, select
 
-from . import limit_views, pauses
+from . import admission, limit_views, pauses
 from . import machine as m
 from .errors import WorkflowNotFound
 from .models import history, maps, runs, signals, tasks, timers
@@ -86,13 +86,20 @@ def explain(rt, run_id: str) -> dict:
         pending = waiting_for if armed or outstanding else "an event"
         waiting_for = (f"a worker that loads workflow {run.workflow} v{run.version} (this process does not), "
                        f"for: {pending}")
+    admission_wait = None
+    if run.admission_since is not None and run.status in ACTIVE:
+        with rt.db.read() as conn:
+            admission_wait = admission.waiting_for(conn, run, now, cls._max_active if cls is not None else None)
+        waiting_for = admission.describe_wait(admission_wait)
+        if accepted:
+            waiting_for += "; then: an event: " + ", ".join(sorted({a["event"] for a in accepted}))
     paused = _paused(run, workflow_pause)
     if paused is not None:
         waiting_for = f"{paused['text']}; then: {waiting_for}"
     if nobody is not None and unloaded is None and (armed or outstanding):  # else said just above
         waiting_for = f"{nobody}; then: {waiting_for}"
     return {
-        "run_id": run.id, "status": run.status, "state": run.state, "paused": paused,
+        "run_id": run.id, "status": run.status, "state": run.state, "paused": paused, "admission": admission_wait,
         "entered_at": iso(entered), "in_state_seconds": round(now - entered, 3) if entered else None,
         "accepted_events": accepted, "blocked_events": blocked,
         "timers": [{"name": t.name, "kind": t.kind, "event": t.event, "state": t.state,

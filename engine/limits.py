@@ -64,7 +64,7 @@ def key_of(limit, change) -> str:
     return str(value)[:KEY_LENGTH]
 
 
-def _insert_ignoring_duplicates(dialect: str, table):
+def insert_ignoring_duplicates(dialect: str, table):
     if dialect == "postgresql":
         return postgresql.insert(table).on_conflict_do_nothing()
     if dialect == "sqlite":
@@ -78,7 +78,7 @@ def _ensure_slots(conn, name: str, key: str, n: int, check=False) -> None:
     have = conn.execute(select(func.count()).select_from(limit_slots).where(
         limit_slots.c.name == name, limit_slots.c.key == key)).scalar_one()
     if have < n:
-        conn.execute(_insert_ignoring_duplicates(conn.dialect.name, limit_slots),
+        conn.execute(insert_ignoring_duplicates(conn.dialect.name, limit_slots),
                      [{"name": name, "key": key, "slot": i, "task_id": None, "acquired_at": None}
                       for i in range(have, n)])
         if conn.dialect.name == "postgresql" and n - have >= ANALYZE_AFTER:
@@ -238,7 +238,7 @@ def reserve(rt, row: dict, spec, now: float) -> float:
         bucket = conn.execute(select(rate_buckets.c.next_at).where(
             rate_buckets.c.name == name, rate_buckets.c.key == key).with_for_update()).first()
         if bucket is None:
-            conn.execute(_insert_ignoring_duplicates(conn.dialect.name, rate_buckets).values(
+            conn.execute(insert_ignoring_duplicates(conn.dialect.name, rate_buckets).values(
                 name=name, key=key, next_at=now))
             bucket = conn.execute(select(rate_buckets.c.next_at).where(
                 rate_buckets.c.name == name, rate_buckets.c.key == key).with_for_update()).first()
@@ -440,7 +440,7 @@ def runs_now(rt, row: dict, spec) -> bool:
             return True
         conn.execute(update(tasks).where(tasks.c.id == row["id"], tasks.c.status == "queued").values(
             status="limited", sent_at=None))
-        conn.execute(_insert_ignoring_duplicates(conn.dialect.name, limit_waiters).values(
+        conn.execute(insert_ignoring_duplicates(conn.dialect.name, limit_waiters).values(
             task_id=row["id"], run_id=row["run_id"], name=name, key=key, priority=locked["priority"] or 0,
             since=change.now, time_limit=spec.time_limit))
     return False

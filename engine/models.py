@@ -54,6 +54,9 @@ runs = Table(
     Column("priority", Integer, nullable=False, server_default="0"),
     # The start's span as a W3C traceparent (engine/tracing.py): the run's trace. NULL untraced.
     Column("trace_context", String(64)),
+    # Waiting since then for a slot of its workflow's max_active (engine/admission.py): in its
+    # initial state, no step sent, no timer armed. NULL: admitted, or its workflow has no max_active.
+    Column("admission_since", Double),
     UniqueConstraint("workflow", "idempotency_key"),
     Index(None, "business_key"),
     Index(None, "status", "id"),
@@ -413,4 +416,28 @@ rate_buckets = Table(
     Column("name", String(200), primary_key=True),
     Column("key", String(255), primary_key=True),
     Column("next_at", Double, nullable=False),
+)
+
+
+# A workflow's max_active (engine/admission.py): a row per slot of a key, holding the run admitted
+# to it (NULL: free) from its admission until it ends; ``slot`` below max_active is usable.
+admission_slots = Table(
+    "admission_slots", metadata,
+    Column("workflow", String(200), primary_key=True),
+    Column("key", String(255), primary_key=True),
+    Column("slot", Integer, primary_key=True, autoincrement=False),
+    Column("run_id", ID),
+    Column("acquired_at", Double),
+    Index(None, "run_id"),
+)
+
+# A run waiting for a slot, in its initial state: the oldest of the highest priority is admitted next.
+admission_waiters = Table(
+    "admission_waiters", metadata,
+    Column("run_id", ID, primary_key=True),
+    Column("workflow", String(200), nullable=False),
+    Column("key", String(255), nullable=False),
+    Column("priority", Integer, nullable=False),
+    Column("since", Double, nullable=False),
+    Index(None, "workflow", "key", "priority", "since"),
 )

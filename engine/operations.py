@@ -4,7 +4,7 @@ from dataclasses import dataclass, field
 
 from sqlalchemy import bindparam, select, update
 
-from . import children, maps, moving, pauses, tracing
+from . import admission, children, maps, moving, pauses, tracing
 from . import machine as m
 from .errors import (CallbackError, InterlockError, InvalidTransition, MigrationRefused, RunNotActive,
                      RunPaused)
@@ -37,7 +37,7 @@ class Start:
                "idempotency_key": self.idempotency_key, "last_seq": 0, "open_tasks": 0, "open_timers": 0,
                "created_at": now, "updated_at": now, "finished_at": None,
                "parent_id": None, "parent_state": None, "parent_seq": None, "paused_at": None,
-               "priority": self.priority}
+               "priority": self.priority, "admission_since": None}
         if self.parent is not None:
             row["parent_id"], row["parent_state"], row["parent_seq"] = self.parent
         if tracing.ON:  # the start's span (a child run: its parent's change's): the run's trace
@@ -58,6 +58,8 @@ class Start:
         seq = change.record("started", target=change.leaves(), cause="start", data=self.data,
                             detail={"workflow": self.cls.workflow_name, "version": self.cls.version,
                                     "business_key": self.business_key})
+        if self.cls._max_active is not None and not admission.start(change, seq):
+            return  # held: its states are entered when it is admitted (engine/admission.py)
         change.enter_states(list(change.configuration), seq)
 
 
@@ -79,6 +81,13 @@ class SendEvent:
             change.record("event_queued", event=self.event, cause=self.cause, data=self.data,
                           detail={"reason": "the run is paused: applied when it is resumed"})
             return
+        if change.admission_since is not None:  # waiting for a slot: applied once admitted
+            if self.event not in change.cls._event_ids and not change.cls.allow_event_without_transition:
+                raise InvalidTransition(change.row["id"], self.event, change.leaf_ids(), change.accepted(),
+                                        "the workflow declares no such event")
+            admission.queue(change, "event", {"event": self.event, "data": self.data, "cause": self.cause},
+                            f"event {self.event!r}")
+            return
         change.send(self.event, self.data, self.cause)
 
 
@@ -91,6 +100,9 @@ class UpdateData:
         require_active(change, "update its data")
         if change.paused_at is not None:  # its triggers would move the run
             raise RunPaused(change.row["id"], "update its data")
+        if change.admission_since is not None:  # its triggers would move the run: applied once admitted
+            admission.queue(change, admission.QUEUED_DATA, {"patch": self.patch, "cause": self.cause}, "the update")
+            return
         change.update_data(self.patch, self.cause)
 
 
@@ -407,5 +419,7 @@ class SetPriority:
         params = {"b_id": change.row["id"], "b_priority": self.priority}
         change.writes.defer(_SET_PRIORITY, params)
         change.writes.defer(_WAITER_PRIORITY, params)
+        if change.admission_since is not None:  # its place in its workflow's queue
+            change.writes.defer(admission.WAITER_PRIORITY, params)
         change.row = {**change.row, "priority": self.priority}
         change.record("priority_changed", cause="operator", detail={"from": before, "to": self.priority})

@@ -36,15 +36,16 @@ class Run:
     parent_state: str | None = None  # the parent's state that started it
     paused_at: float | None = None  # paused by an operator: no step starts, no timer fires
     priority: int = 0  # higher first where steps wait for a slot (engine/limits.py)
+    admission_since: float | None = None  # waiting for a slot of its workflow's max_active (engine/admission.py)
 
     @classmethod
     def from_row(cls, row) -> "Run":
-        out = {name: row[name] for name in cls.__dataclass_fields__ if name != "priority"}
-        return cls(**out, priority=row.get("priority") or 0)
+        out = {name: row[name] for name in cls.__dataclass_fields__ if name not in ("priority", "admission_since")}
+        return cls(**out, priority=row.get("priority") or 0, admission_since=row.get("admission_since"))
 
     def to_dict(self) -> dict:
         out = asdict(self)
-        for name in ("created_at", "updated_at", "finished_at", "paused_at"):
+        for name in ("created_at", "updated_at", "finished_at", "paused_at", "admission_since"):
             out[name] = iso(out[name])
         return out
 

@@ -16,7 +16,7 @@ import time
 
 from sqlalchemy import and_, not_, or_, select, update
 
-from . import batch_work, children, limits, pauses, retention, schedules
+from . import admission, batch_work, children, limits, pauses, retention, schedules
 from .errors import InterlockError
 from .explain import not_loaded
 from .models import runs, tasks, timers
@@ -90,6 +90,7 @@ class Reconciler:
         scheduled = schedules.fire_due(self.rt)
         batched = self.work_batches()
         limits.reclaim(self.rt)
+        admission.reclaim(self.rt)
         # Last, one batch a pass and paced by itself: a backlog of old runs is never a reason to
         # go again at once, so it delays neither the duties above nor the transitions.
         self.retention.tick()

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from sqlalchemy import Double, and_, bindparam, func, insert, or_, select, update
 from statemachine.exceptions import TransitionNotAllowed
 
-from . import bindings, children, hotsql, limits, pauses, search, tracing
+from . import admission, bindings, children, hotsql, limits, pauses, search, tracing
 from . import machine as m
 from .errors import (CallbackError, InterlockError, InvalidData, InvalidTransition, RunNotActive,
                      RunNotFound)
@@ -245,6 +245,7 @@ class Change:
         self.open_tasks = row["open_tasks"]
         self.open_timers = row["open_timers"]
         self.paused_at = row.get("paused_at")  # an operator paused the run (engine/pauses.py)
+        self.admission_since = row.get("admission_since")  # waiting for a slot (engine/admission.py)
         self.history_rows: list[dict] = []
         self.new_tasks: list[dict] = []
         self.new_timers: list[dict] = []
@@ -594,6 +595,8 @@ class Change:
         if finished:
             self.paused_at = None  # a step that ran on while paused ended it: nothing to resume
             children.finishing(self)
+            if self.cls._max_active is not None and self.status != "failed":  # a failed run keeps its slot
+                admission.ending(self)
         values = {"status": self.status, "state": self.leaves(),
                   "configuration": self.configuration, "entries": self.entries,
                   "history_values": self.remembered or None,

@@ -431,5 +431,5 @@ def test_the_api_and_the_cli_set_a_priority_and_list_the_limits(rt):
     assert client.post("/api/runs/" + "0" * 32 + "/priority", json={"priority": 1}).status_code == 404
     second = rt.start("lim_account", {"account": "Z", "sleep": 0.01}).id  # waits: Z's one slot is taken
     listed = client.get("/api/limits", query_string={"name": "lim_account.call"}).json["limits"]
-    assert listed == [{"name": "lim_account.call", "key": "Z", "slots": 1, "in_use": 1, "waiting": 1}]
+    assert listed == [{"kind": "step", "name": "lim_account.call", "key": "Z", "slots": 1, "in_use": 1, "waiting": 1}]
     rt.cancel(second)
