@@ -27,6 +27,7 @@ def only_set(column: str) -> dict:
     where = text(f"{column} IS NOT NULL")
     return {"sqlite_where": where, "postgresql_where": where}
 
+
 runs = Table(
     "runs", metadata,
     Column("id", ID, primary_key=True),
