@@ -19,6 +19,15 @@ ID = String(32)
 # Runs in more than one leaf state (a parallel state): their `state` is comma-joined.
 PARALLEL = "state LIKE '%,%'"
 
+
+def only_set(column: str) -> dict:
+    """An index of the rows with ``column`` set (most leave it NULL): a row without it writes no
+    page of the index. Queries compare the column, which proves ``IS NOT NULL`` to the planner.
+    MariaDB has no partial index: a full one there."""
+    where = text(f"{column} IS NOT NULL")
+    return {"sqlite_where": where, "postgresql_where": where}
+
+
 runs = Table(
     "runs", metadata,
     Column("id", ID, primary_key=True),
@@ -68,10 +77,11 @@ runs = Table(
     # created_after / created_before of GET /api/runs: a day's runs without walking newer ones.
     Index(None, "created_at"),
     # A parent's children, newest first.
-    Index(None, "parent_id", "id"),
-    # Retention: a workflow version's runs finished before a time, oldest first (active: NULL).
-    Index(None, "workflow", "version", "finished_at"),
-    Index(None, "finished_at", "status"),  # the dashboard: runs finished per hour of the last day
+    Index(None, "parent_id", "id", **only_set("parent_id")),
+    # Retention: a workflow version's runs finished before a time, oldest first.
+    Index(None, "workflow", "version", "finished_at", **only_set("finished_at")),
+    # The dashboard: runs finished per hour of the last day.
+    Index(None, "finished_at", "status", **only_set("finished_at")),
 )
 
 history = Table(
@@ -124,7 +134,7 @@ tasks = Table(
     Column("trace_context", String(64)),
     Index(None, "status", "available_at"),
     Index(None, "run_id"),
-    Index(None, "token"),
+    Index(None, "token", **only_set("token")),  # activities only
     Index(None, "kind", "name", "status"),
 )
 
@@ -295,8 +305,8 @@ run_search = Table(
     Column("field", String(100), primary_key=True),
     Column("text_value", SEARCH_TEXT),
     Column("num_value", Double),
-    Index(None, "field", "text_value", "run_id"),
-    Index(None, "field", "num_value", "run_id"),
+    Index(None, "field", "text_value", "run_id", **only_set("text_value")),
+    Index(None, "field", "num_value", "run_id", **only_set("num_value")),
 )
 
 # Bulk actions (engine/batches.py): one row per batch, its filter and its cursor (the last run id

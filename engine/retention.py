@@ -218,8 +218,10 @@ def purge(rt, finished_before: float, workflow: str | None = None, now: float | 
 
 
 def _versions(conn, workflow) -> list[tuple]:
-    """The (workflow, version) pairs that have runs: one walk of the retention index."""
-    query = select(runs.c.workflow, runs.c.version).distinct().order_by(runs.c.workflow, runs.c.version)
+    """The (workflow, version) pairs that have finished runs: one walk of the retention index,
+    which holds the finished runs only (the predicate is what lets the planner use it)."""
+    query = (select(runs.c.workflow, runs.c.version).where(runs.c.finished_at.is_not(None)).distinct()
+             .order_by(runs.c.workflow, runs.c.version))
     if workflow is not None:
         query = query.where(runs.c.workflow == workflow)
     return [tuple(row) for row in conn.execute(query)]

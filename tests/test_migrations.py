@@ -100,6 +100,39 @@ def test_0006_downgrades_to_the_state_index_and_upgrades_again(empty_database):
     db.dispose()
 
 
+def _wheres(db, tables) -> dict:
+    """{index name: its WHERE as the database gives it back, or None} of ``tables``."""
+    with db.engine.connect() as conn:
+        found = {ix["name"]: ix.get("dialect_options", {}).get(f"{db.dialect}_where")
+                 for table in tables for ix in inspect(conn).get_indexes(table)}
+    return {name: None if where is None else " ".join(str(where).split()) for name, where in found.items()}
+
+
+def test_0021_indexes_rows_with_the_column_set_and_downgrades_to_full_indexes(empty_database):
+    db = Database(empty_database)
+    db.upgrade()
+    tables = ("runs", "run_search", "tasks")
+    partial = {ix.name: ix.dialect_options["sqlite"]["where"] for table in tables
+               for ix in metadata.tables[table].indexes
+               if ix.name != "ix_runs_parallel" and ix.dialect_options["sqlite"]["where"] is not None}
+    head = _wheres(db, tables)
+    if db.dialect not in ("sqlite", "postgresql"):  # MariaDB has no partial index: full ones, as before
+        assert all(head[name] is None for name in head if name != "ix_runs_parallel")
+    else:
+        assert set(partial) == {"ix_runs_parent_id_id", "ix_runs_workflow_version_finished_at",
+                                "ix_runs_finished_at_status", "ix_run_search_field_text_value_run_id",
+                                "ix_run_search_field_num_value_run_id", "ix_tasks_token"}
+        for name, where in partial.items():
+            column = str(where).split()[0]
+            assert column in head[name] and "NOT NULL" in head[name].upper(), (name, head[name])
+    command.downgrade(db.alembic_config(), "0020")
+    down = _wheres(db, tables)
+    assert down.keys() == head.keys() and all(down[name] is None for name in partial)
+    db.upgrade()
+    assert _wheres(db, tables) == head
+    db.dispose()
+
+
 def test_engine_refuses_a_database_behind_head_and_says_what_to_run(tmp_path):
     settings = Settings(database_url=f"sqlite:///{tmp_path / 'behind.db'}")
     with pytest.raises(SchemaOutOfDate, match="interlock db upgrade"):
