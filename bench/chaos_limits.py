@@ -24,7 +24,7 @@ from engine.db import normalize_url
 
 WORKFLOW = "chaos_call"
 LIMIT, ACCOUNTS = 2, 3
-SHARE = 7  # every 7th order run (from the 3rd) becomes a call
+SHARE = 3  # every 3rd order run becomes a call: enough at once, per account, to fill its two slots
 SETTLE = 20.0  # seconds the slots may take to come back after the last run ended
 
 _engines: dict = {}
@@ -33,11 +33,11 @@ _engines: dict = {}
 def plan(kind: str, data: dict, chaos: dict, i: int) -> tuple[str, dict]:
     """Every SHARE-th order run becomes a call; its data from its own generator, so that the
     other runs' plans stay the same."""
-    if kind != "orders" or i % SHARE != 3:
+    if kind != "orders" or i % SHARE != 1:
         return kind, data
     chaos.pop("decision", None)
     rng = random.Random(7919 * i + 5)
-    return WORKFLOW, {"account": f"A{i % ACCOUNTS}", "work_seconds": rng.choice([0.05, 0.2, 0.5, 1.0]),
+    return WORKFLOW, {"account": f"A{i // SHARE % ACCOUNTS}", "work_seconds": rng.choice([0.2, 0.5, 1.0, 2.0]),
                       "call_failures": rng.choice([0, 0, 0, 1])}
 
 
@@ -87,11 +87,13 @@ def check(url: str, invariant) -> list:
                 continue
             held.checked += 1
             by_account.setdefault(account, []).append((started, ended))
+        peaks = {}
         for account, spans in sorted(by_account.items()):
-            top = most_at_once(spans)
+            peaks[account] = top = most_at_once(spans)
             if top > LIMIT:
                 held.fail("more attempts at once than the limit", "-", f"account {account}: {top} of {LIMIT}")
-        held.notes.append(f"{len(by_account)} accounts; {unended} attempt(s) noted no end (killed mid-step)")
+        held.notes.append(f"peak at once per account: {', '.join(f'{a} {p}' for a, p in peaks.items()) or 'none'} "
+                          f"(limit {LIMIT}); {unended} attempt(s) noted no end (killed mid-step)")
         deadline = time.monotonic() + SETTLE
         while True:
             with engine.connect() as conn:
