@@ -11,21 +11,22 @@ Invariants, from the database alone:
     noted no end: its slot stays its task's, and its re-run is the next interval).
 20. ``limit slots come back``: once every run has ended, no slot row holds a task and no waiter
     is left (the reconciler frees the slots of tasks that ended without giving theirs back,
-    superseded or cancelled, within its few seconds' look).
+    superseded or cancelled, within its few seconds' look: the script waits for it, ``settle``,
+    up to SETTLE seconds before it stops the workers).
 """
 
 import os
 import random
 import time
 
-from sqlalchemy import create_engine, text
+from sqlalchemy import create_engine, inspect, text
 
 from engine.db import normalize_url
 
 WORKFLOW = "chaos_call"
 LIMIT, ACCOUNTS = 2, 3
 SHARE = 3  # every 3rd order run becomes a call: enough at once, per account, to fill its two slots
-SETTLE = 20.0  # seconds the slots may take to come back after the last run ended
+SETTLE = 20.0  # seconds the slots may take to come back after the last run ended (the workers still up)
 
 _engines: dict = {}
 
@@ -63,6 +64,23 @@ def probe(run, event: str) -> None:
                               "WHERE task_id = :t AND attempt = :a AND pid = :p AND ended_at IS NULL"), params)
 
 
+def settle(url: str, timeout: float = SETTLE) -> None:
+    """Before the workers stop: wait until the reconciler has freed the slots of tasks that
+    ended without giving theirs back (a cancelled or superseded call), which it looks for every
+    few seconds, so that the check sees what it left behind."""
+    engine = create_engine(normalize_url(url))
+    deadline = time.monotonic() + timeout
+    try:
+        while time.monotonic() < deadline:
+            with engine.connect() as conn:
+                if not conn.execute(text("SELECT 1 FROM limit_slots WHERE task_id IS NOT NULL UNION ALL "
+                                         "SELECT 1 FROM limit_waiters")).first():
+                    return
+            time.sleep(0.5)
+    finally:
+        engine.dispose()
+
+
 def most_at_once(spans) -> int:
     events = sorted([(start, 1) for start, _ in spans] + [(end, -1) for _, end in spans])
     now = top = 0
@@ -78,7 +96,9 @@ def check(url: str, invariant) -> list:
     engine = create_engine(normalize_url(url))
     try:
         with engine.connect() as conn:
-            rows = conn.execute(text("SELECT account, started_at, ended_at FROM chaos_limit_probe")).all()
+            probed = inspect(conn).has_table("chaos_limit_probe")  # none: a database of no chaos run
+            rows = conn.execute(text("SELECT account, started_at, ended_at FROM chaos_limit_probe")).all() \
+                if probed else []
         by_account: dict = {}
         unended = 0
         for account, started, ended in rows:
@@ -94,15 +114,10 @@ def check(url: str, invariant) -> list:
                 held.fail("more attempts at once than the limit", "-", f"account {account}: {top} of {LIMIT}")
         held.notes.append(f"peak at once per account: {', '.join(f'{a} {p}' for a, p in peaks.items()) or 'none'} "
                           f"(limit {LIMIT}); {unended} attempt(s) noted no end (killed mid-step)")
-        deadline = time.monotonic() + SETTLE
-        while True:
-            with engine.connect() as conn:
-                holding = conn.execute(text("SELECT name, key, task_id FROM limit_slots WHERE task_id IS NOT NULL")).all()
-                waiting = conn.execute(text("SELECT name, key, task_id FROM limit_waiters")).all()
-                back.checked = conn.execute(text("SELECT count(DISTINCT (name, key)) FROM limit_slots")).scalar()
-            if not (holding or waiting) or time.monotonic() > deadline:
-                break
-            time.sleep(0.5)
+        with engine.connect() as conn:
+            holding = conn.execute(text("SELECT name, key, task_id FROM limit_slots WHERE task_id IS NOT NULL")).all()
+            waiting = conn.execute(text("SELECT name, key, task_id FROM limit_waiters")).all()
+            back.checked = len(conn.execute(text("SELECT DISTINCT name, key FROM limit_slots")).all())
         for name, key, task_id in holding:
             back.fail("a slot still held after every run ended", "-", f"{name} {key}: task {task_id}")
         for name, key, task_id in waiting:
