@@ -121,10 +121,14 @@ def _give_back_many(_dialect, _keys):
     return select(freed.c.name, freed.c.key, freed.c.slot, waiting.label("waiting"))
 
 
-def _take_many(_dialect, _keys):
+def _take_many(_dialect, keys):
     """PostgreSQL: up to one free slot of the key for each of a batch's new tasks, from slot
     ``b_from`` on, in one statement: the task ids and the slots they took. The free slots are an
-    array the primary key's index is searched with, whatever the planner knows of the table."""
+    array the primary key's index is searched with, whatever the planner knows of the table.
+
+    With ``b_gives``, the same statement also gives back the slots of those ended tasks whose key
+    has no waiter (the others are handed over after the rows are written), and each row returned
+    says how many it gave back (``given``)."""
     free = (select(limit_slots.c.slot).where(
         limit_slots.c.name == bindparam("b_name"), limit_slots.c.key == bindparam("b_key"),
         limit_slots.c.slot >= bindparam("b_from"), limit_slots.c.slot < bindparam("b_n"),
@@ -133,10 +137,16 @@ def _take_many(_dialect, _keys):
     found = select(func.array_agg(aggregate_order_by(free.c.slot, free.c.slot)).label("slots")).cte("found")
     slots = cast(select(found.c.slots).scalar_subquery(), ARRAY(Integer))  # an array, not a set of rows
     task_ids = Grouping(cast(bindparam("b_tasks", type_=ARRAY(String)), ARRAY(String)))  # (...)[i]
-    return (update(limit_slots).where(limit_slots.c.name == bindparam("b_name"), limit_slots.c.key == bindparam("b_key"),
-                                      limit_slots.c.slot == any_(slots))
-            .values(task_id=task_ids[func.array_position(slots, limit_slots.c.slot)], acquired_at=bindparam("b_now"))
-            .returning(limit_slots.c.task_id, limit_slots.c.slot))
+    taken = (update(limit_slots).where(limit_slots.c.name == bindparam("b_name"), limit_slots.c.key == bindparam("b_key"),
+                                       limit_slots.c.slot == any_(slots))
+             .values(task_id=task_ids[func.array_position(slots, limit_slots.c.slot)], acquired_at=bindparam("b_now")))
+    if "b_gives" not in keys:
+        return taken.returning(limit_slots.c.task_id, limit_slots.c.slot)
+    no_waiter = ~exists().where(limit_waiters.c.name == limit_slots.c.name, limit_waiters.c.key == limit_slots.c.key)
+    gone = (update(limit_slots).where(limit_slots.c.task_id == any_(bindparam("b_gives", type_=ARRAY(String))), no_waiter)
+            .values(task_id=None, acquired_at=None).returning(limit_slots.c.slot).cte("gone"))
+    given = select(func.count()).select_from(gone).scalar_subquery()
+    return taken.returning(limit_slots.c.task_id, limit_slots.c.slot, given.label("given"))
 
 
 _GIVE_BACK_MANY = hotsql.Statement(_give_back_many)
@@ -310,13 +320,18 @@ def take_pending(conn, writes) -> None:
         if id(task) in stored or any(new is task for new in change.new_tasks):
             key = (spec.limit_name(spec.concurrency), key_of(spec.concurrency, change), spec.concurrency.n)
             groups.setdefault(key, []).append((change, task, spec, dispatch))
+    gives = [task_id for _, task_id in writes.slot_gives]  # given back with the first group's take
     for (name, key, n), wanted in groups.items():
         now = wanted[0][0].now
         _ensure_slots(conn, name, key, n)
-        got = _take_for(conn, name, key, n, [task["id"] for _, task, _, _ in wanted], now)
+        got, given = _take_for(conn, name, key, n, [task["id"] for _, task, _, _ in wanted], now, gives)
+        if gives and given == len(gives):
+            writes.slot_gives = []  # none had a waiter: nothing left to give back after the rows
+        gives = None
         if len(got) < len(wanted):  # none free, or its rows are gone (this process's memory is stale)
             _ensure_slots(conn, name, key, n, check=True)
-            got.update(_take_for(conn, name, key, n, [t["id"] for _, t, _, _ in wanted if t["id"] not in got], now))
+            got.update(_take_for(conn, name, key, n, [t["id"] for _, t, _, _ in wanted if t["id"] not in got],
+                                 now)[0])
         for change, task, spec, dispatch in wanted:
             if task["id"] in got:
                 task["slot"] = got[task["id"]]
@@ -328,18 +343,26 @@ def take_pending(conn, writes) -> None:
                     sent.remove(dispatch)
 
 
-def _take_for(conn, name, key, n, task_ids, now) -> dict:
-    """Slots of the key for as many of ``task_ids`` as are free: {task id: slot}."""
+def _take_for(conn, name, key, n, task_ids, now, gives=None) -> tuple[dict, int | None]:
+    """Slots of the key for as many of ``task_ids`` as are free: ({task id: slot}, how many of
+    ``gives`` the first statement gave back, None if it returned no row to say)."""
     start = random.randrange(n) if n > 1 else 0  # spread over the key's rows, as _take_free does
     got: dict = {}
+    given = None
     for lowest in ((start, 0) if start else (0,)):
         rest = [task_id for task_id in task_ids if task_id not in got]
         if not rest:
             break
-        for row in hotsql.fetch(conn, _TAKE_MANY, {"b_name": name, "b_key": key, "b_from": lowest, "b_n": n,
-                                                   "b_k": len(rest), "b_tasks": rest, "b_now": now}):
+        params = {"b_name": name, "b_key": key, "b_from": lowest, "b_n": n, "b_k": len(rest), "b_tasks": rest,
+                  "b_now": now}
+        if gives:
+            params["b_gives"] = gives
+        for row in hotsql.fetch(conn, _TAKE_MANY, params):
             got[row["task_id"]] = row["slot"]
-    return got
+            if gives:
+                given = row["given"]
+        gives = None
+    return got, given
 
 
 def effective_priority(now):
