@@ -84,7 +84,8 @@ def test_a_waiting_step_holds_no_thread_and_explain_names_the_slot(rt):
 
 def test_a_higher_priority_run_is_handed_the_slot_before_older_lower_ones(rt):
     with rt.worker(4):
-        blocker = rt.start("lim_account", {"account": "P", "sleep": 0.6}).id
+        # Long enough that the five starts and the priority change below come first on a loaded machine.
+        blocker = rt.start("lim_account", {"account": "P", "sleep": 2.0}).id
         wait_until(lambda: explain(rt, blocker)["tasks"][0]["status"] != "limited")
         low = [rt.start("lim_account", {"account": "P", "sleep": 0.05}, priority=0).id for _ in range(3)]
         high = rt.start("lim_account", {"account": "P", "sleep": 0.05}, priority=5).id
@@ -103,7 +104,7 @@ def test_a_failed_attempt_keeps_its_slot_through_its_retry_and_a_superseded_task
         finish_all(rt, [flaky])
         assert [h.kind for h in rt.history(flaky) if h.kind in ("step_failed", "step_succeeded")] == [
             "step_failed", "step_succeeded"]
-        slow = [rt.start("lim_call", {"sleep": 5, "group": "g"}).id for _ in range(2)]
+        slow = [rt.start("lim_call", {"sleep": 8, "group": "g"}).id for _ in range(2)]
         queued = rt.start("lim_call", {"sleep": 0.05, "group": "g"}).id
         wait_until(lambda: explain(rt, queued)["tasks"][0]["status"] == "limited", message="the third to wait")
         rt.cancel(slow[0], "no longer needed")  # its task is cancelled: the reconciler frees its slot
