@@ -643,8 +643,7 @@ class Scenario:
                 time.sleep(0.5)
             if quiet_at is None:
                 self.say(f"runs still active {cfg.settle_timeout:.0f}s after the last fault: checking anyway")
-            else:
-                chaos_limits.settle(m.pg_url(self.dbname, "postgresql+psycopg"))
+            chaos_limits.settle(m.pg_url(self.dbname, "postgresql+psycopg"))
         finally:
             self.stop.set()
             for poller in self.pollers:

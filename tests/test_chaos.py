@@ -177,10 +177,10 @@ DAMAGE = {
          "INSERT INTO chaos_limit_probe VALUES ('t1', 1, 'A0', 1, 10.0, 12.0), ('t2', 1, 'A0', 2, 10.5, 12.5), "
          "('t3', 1, 'A0', 3, 11.0, 13.0), ('t4', 1, 'A1', 3, 11.0, 13.0), ('t5', 1, 'A0', 3, 12.6, 14.0)"],
         {"a concurrency limit is never exceeded": {"more attempts at once than the limit": 1}}),
-    "a slot left held after every run ended": (
+    "a slot left held by a task that is gone": (
         ["INSERT INTO limit_slots (name, key, slot, task_id) VALUES ('chaos_call.call', 'A0', 0, 'gone'), "
          "('chaos_call.call', 'A0', 1, NULL)"],
-        {"limit slots come back": {"a slot still held after every run ended": 1}}),
+        {"limit slots come back": {"a slot still held by an ended task": 1}}),
     "a final run with a task still queued": (
         ["UPDATE tasks SET status = 'queued' WHERE name = 'ship'"],
         {"final states": {"final run with an open task": 1},
